@@ -1,0 +1,30 @@
+//! The one proto build of the workspace (used by `common/`, see its
+//! `Cargo.toml`). It needs no system `protoc`: the vendored binary is used.
+
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // prost-build finds `protoc` through this variable. Setting it is sound
+    // here: a build script is single-threaded.
+    #[allow(unsafe_code)]
+    unsafe {
+        env::set_var("PROTOC", protoc);
+    }
+
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("..");
+    let proto_dir = root.join("proto");
+    let files: Vec<PathBuf> = ["types", "commands", "events", "stream", "queries"]
+        .iter()
+        .map(|name| proto_dir.join(format!("hotel/v1/{name}.proto")))
+        .collect();
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("hotel_descriptor.bin"))
+        .compile_protos(&files, &[proto_dir])?;
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! What the command server and the query servers share.
+//!
+//! # Layout
+//! - [`pb`]: the generated `hotel.v1` code and its file descriptor set.
+//! - [`validate`]: parsing and checking of request fields, collecting every
+//!   problem into one `INVALID_ARGUMENT` with `google.rpc.BadRequest` details.
+//! - [`dates`]: the calendar-date format of the API (`YYYY-MM-DD`).
+//! - [`server`]: health, reflection, metrics and shutdown plumbing for tonic.
+//! - [`telemetry`]: structured logs.
+
+pub mod dates;
+pub mod server;
+pub mod telemetry;
+pub mod validate;
+
+/// Generated code for package `hotel.v1`.
+#[allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
+pub mod pb {
+    tonic::include_proto!("hotel.v1");
+    /// Descriptor of every `hotel.v1` file, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hotel_descriptor");
+}
+
+/// Wall-clock now as a protobuf timestamp.
+pub fn timestamp_now() -> prost_types::Timestamp {
+    prost_types::Timestamp::from(std::time::SystemTime::now())
+}
+
+/// Milliseconds since the Unix epoch as a protobuf timestamp.
+pub fn timestamp_from_millis(millis: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}

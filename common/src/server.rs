@@ -1,0 +1,64 @@
+//! Plumbing every gRPC server of the project shares: reflection, metrics,
+//! and the shutdown signal.
+
+use std::{net::SocketAddr, time::Instant};
+
+use tonic::Code;
+
+use crate::pb::FILE_DESCRIPTOR_SET;
+
+/// Reflection services (v1 and v1alpha), so `grpcurl` needs no proto files.
+pub fn reflection_services() -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok((v1, v1alpha))
+}
+
+/// Serves Prometheus metrics at `http://{addr}/metrics`.
+pub fn install_metrics(addr: SocketAddr) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()?;
+    Ok(())
+}
+
+/// Counts one finished RPC by method and status code, and its latency.
+pub fn record_rpc(method: &'static str, started: Instant, code: Code) {
+    let code = format!("{code:?}");
+    metrics::counter!("grpc_requests_total", "method" => method, "code" => code).increment(1);
+    metrics::histogram!("grpc_request_duration_seconds", "method" => method)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler only fails outside a runtime");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,16 @@
+//! Structured logs through `tracing`.
+
+use tracing_subscriber::{EnvFilter, fmt};
+
+/// Installs the global subscriber: `RUST_LOG` filters (default `info`), and
+/// `json` selects one JSON object per line instead of human-readable text.
+pub fn init(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_target(true);
+    // A second init (tests that start several servers in one process) is fine.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
