@@ -1,1 +1,14 @@
-fn main() {}
+use clap::Parser;
+use query_server::{Config, QueryServer};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    hotel_common::telemetry::init(config.log_json);
+    let server = QueryServer::build(config).await?;
+    // The one line on stdout: tests and scripts read the real address here.
+    println!("query-server listening on {}", server.local_addr());
+    server
+        .run_until_stopped(hotel_common::server::shutdown_signal())
+        .await
+}

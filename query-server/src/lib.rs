@@ -1,0 +1,195 @@
+//! The query server of the hotel booking system: it follows the command
+//! server's event stream into its own SQLite read model and answers
+//! `hotel.v1.QueryService` from it.
+//!
+//! # Layout
+//! - [`config`]: flags and environment variables.
+//! - [`projector`]: the stream subscriber. Subscribes from the checkpoint,
+//!   accepts only the next position, commits events with the checkpoint in
+//!   one transaction, resubscribes with backoff; publishes the checkpoint,
+//!   state, health and lag ([`projector::Projection`]).
+//! - [`read_model`]: the SQLite file: migrations, `apply_event`, the
+//!   queries' SQL, the writer and the read-only readers.
+//! - [`queries`]: the tonic handlers of `QueryService` and
+//!   `QueryAdminService`: validation, paging tokens, live queries.
+//! - [`freshness`]: waiting for `min_position` on the checkpoint watch.
+//! - [`rebuild`]: rebuilding the read model into a new file and swapping it in.
+//! - [`QueryServer`]: wires it together; tests run it in process.
+
+pub mod config;
+pub mod freshness;
+pub mod projector;
+pub mod queries;
+pub mod read_model;
+pub mod rebuild;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use hotel_common::{
+    pb::{
+        query_admin_service_server::QueryAdminServiceServer,
+        query_service_server::QueryServiceServer,
+    },
+    server::{install_metrics, reflection_services},
+};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+pub use config::Config;
+
+use crate::{
+    projector::{Projection, ProjectorHandle},
+    queries::{Admin, Queries},
+    read_model::{ReadModel, Writer},
+    rebuild::{LiveProjector, Rebuilder},
+};
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A query server, bound and ready to serve.
+pub struct QueryServer {
+    /// The bound gRPC listener.
+    listener: TcpListener,
+    /// The address actually bound (the port is real even when 0 was asked).
+    local_addr: SocketAddr,
+    /// The command server, for the event stream (connects lazily, reconnects).
+    channel: Channel,
+    /// The writer of the read model, handed to the projector at start.
+    writer: Writer,
+    /// Readers of the read model.
+    read_model: Arc<ReadModel>,
+    /// The live projection's checkpoint and status.
+    projection: Arc<Projection>,
+    /// Health of the gRPC services.
+    health: HealthReporter,
+    /// The health service to serve.
+    health_service:
+        tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+}
+
+impl QueryServer {
+    /// Opens (or creates) the read model, binds the listener and prepares
+    /// everything; nothing is served until [`QueryServer::run_until_stopped`].
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        if let Some(addr) = config.metrics_addr {
+            install_metrics(addr).with_context(|| format!("serving metrics on {addr}"))?;
+        }
+        let path = config.database_path.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            rebuild::remove_abandoned(&path);
+            Writer::open(&path)
+        })
+        .await??;
+        let checkpoint = writer.checkpoint()?;
+        let read_model = Arc::new(ReadModel::new(writer.path()));
+        let health = HealthReporter::new();
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(health.clone()),
+        );
+        let projection = Arc::new(Projection::new(checkpoint, Some(health.clone())));
+        projection.init_health().await;
+        let channel = Endpoint::from_shared(config.command_server_url.clone())
+            .with_context(|| format!("bad command server URL {}", config.command_server_url))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding {}", config.listen_addr))?;
+        let local_addr = listener.local_addr()?;
+        tracing::info!(
+            %local_addr,
+            database = %config.database_path.display(),
+            checkpoint = checkpoint.position,
+            command_server = config.command_server_url,
+            "query server ready"
+        );
+        Ok(Self {
+            listener,
+            local_addr,
+            channel,
+            writer,
+            read_model,
+            projection,
+            health,
+            health_service,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The live projection (checkpoint and status), for tests and tools.
+    pub fn projection(&self) -> Arc<Projection> {
+        self.projection.clone()
+    }
+
+    /// Runs the projector and serves until `shutdown` resolves; then ends
+    /// live queries, gives in-flight requests [`SHUTDOWN_GRACE`], stops the
+    /// projector after its current commit and closes the read model.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stopping_sender, stopping) = watch::channel(false);
+        let live: LiveProjector = Arc::new(tokio::sync::Mutex::new(Some(ProjectorHandle::spawn(
+            self.channel.clone(),
+            self.writer,
+            self.projection.clone(),
+        ))));
+        let queries = Queries::new(
+            self.read_model.clone(),
+            self.projection.clone(),
+            stopping.clone(),
+        );
+        let admin = Admin::new(Arc::new(Rebuilder::new(
+            self.channel.clone(),
+            self.read_model.clone(),
+            self.projection.clone(),
+            live.clone(),
+            stopping.clone(),
+        )));
+        let (reflection_v1, reflection_v1alpha) = reflection_services()?;
+        let mut stopped = stopping.clone();
+        let serve = Server::builder()
+            .add_service(self.health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(QueryServiceServer::new(queries))
+            .add_service(QueryAdminServiceServer::new(admin))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            });
+        tokio::pin!(serve);
+        let served = tokio::select! {
+            served = &mut serve => served.context("serving gRPC"),
+            () = shutdown => {
+                tracing::info!("shutting down");
+                for service in ["", "hotel.v1.QueryService"] {
+                    self.health.set_service_status(service, ServingStatus::NotServing).await;
+                }
+                let _ = stopping_sender.send(true);
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await {
+                    Ok(served) => served.context("serving gRPC"),
+                    Err(_) => {
+                        tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; dropping them");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let _ = stopping_sender.send(true);
+        let projector = live.lock().await.take();
+        if let Some(projector) = projector {
+            let writer = projector.stop().await?;
+            tokio::task::spawn_blocking(move || writer.close()).await??;
+        }
+        tracing::info!("query server stopped");
+        served
+    }
+}

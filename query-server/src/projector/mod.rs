@@ -1,0 +1,354 @@
+//! The projector: follows `hotel.v1.EventStream` from the checkpoint and
+//! applies what arrives to the read model, exactly once.
+//!
+//! One task per read model file. It subscribes at `checkpoint + 1`, accepts
+//! an event only if its position is the next expected one, and commits each
+//! run of events together with the checkpoint in one SQLite transaction (on
+//! a blocking thread, while the next events keep arriving). Anything else (a
+//! gap, a duplicate, a refused batch, a broken or silent stream) ends the
+//! subscription: what was accepted is committed, then it subscribes again
+//! from the checkpoint after a backoff with jitter.
+
+mod status;
+
+use std::{sync::Arc, time::Duration};
+
+use hotel_common::pb::{
+    self, EventEnvelope, SubscribeRequest, event_stream_client::EventStreamClient,
+    subscribe_response::Message,
+};
+use tokio::{sync::watch, task::JoinHandle, time::Instant};
+use tonic::transport::Channel;
+
+pub use status::Projection;
+
+use crate::read_model::{ApplyError, Writer, apply::millis};
+
+/// Events asked for per stream message.
+const MAX_BATCH: i32 = 1000;
+/// Most events committed in one SQLite transaction.
+const MAX_EVENTS_PER_COMMIT: usize = 10_000;
+/// Most events held in memory waiting for the writer; past it the projector
+/// stops reading the stream (HTTP/2 flow control slows the server).
+const MAX_BUFFERED: usize = 20_000;
+/// A stream that sends nothing (not even a heartbeat) this long is dead.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest message accepted from the command server.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Backoff bounds between subscriptions.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// A running projector.
+pub struct ProjectorHandle {
+    /// Set to `true` to stop the projector.
+    stop: watch::Sender<bool>,
+    /// Returns the writer when the projector stops.
+    task: JoinHandle<Writer>,
+}
+
+impl ProjectorHandle {
+    /// Starts a projector writing through `writer`, publishing to `projection`.
+    pub fn spawn(channel: Channel, writer: Writer, projection: Arc<Projection>) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(channel, writer, projection, stop_rx));
+        Self { stop, task }
+    }
+
+    /// Stops the projector once its current commit is done; returns the writer.
+    pub async fn stop(self) -> anyhow::Result<Writer> {
+        let _ = self.stop.send(true);
+        Ok(self.task.await?)
+    }
+}
+
+/// Why a subscription ended.
+#[derive(Debug)]
+enum Ended {
+    /// Asked to stop.
+    Stopped,
+    /// The stream broke, ended or went silent.
+    Disconnected(String),
+    /// The stream or the read model refused the order of events.
+    OutOfOrder(String),
+}
+
+/// Follows the stream until `stop` turns true; returns the writer.
+pub async fn run(
+    channel: Channel,
+    mut writer: Writer,
+    projection: Arc<Projection>,
+    mut stop: watch::Receiver<bool>,
+) -> Writer {
+    let mut client = EventStreamClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut backoff = Backoff::default();
+    loop {
+        if *stop.borrow() {
+            return writer;
+        }
+        // The file, not the published value, is the truth of where we are.
+        let from_position = match writer.checkpoint() {
+            Ok(checkpoint) => checkpoint.position + 1,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the checkpoint");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    _ = stop.wait_for(|stop| *stop) => return writer,
+                }
+            }
+        };
+        let request = SubscribeRequest {
+            from_position,
+            filter: None,
+            max_batch: MAX_BATCH,
+        };
+        let subscribed = tokio::select! {
+            subscribed = client.subscribe(request) => subscribed,
+            _ = stop.wait_for(|stop| *stop) => return writer,
+        };
+        let ended = match subscribed {
+            Ok(response) => {
+                projection.set_state(pb::ProjectionState::CatchingUp).await;
+                tracing::info!(from_position, "subscribed to the event stream");
+                let before = projection.checkpoint();
+                let (returned, ended) = follow(
+                    response.into_inner(),
+                    writer,
+                    from_position,
+                    &projection,
+                    &mut stop,
+                )
+                .await;
+                writer = returned;
+                if projection.checkpoint() > before {
+                    backoff.reset();
+                }
+                ended
+            }
+            Err(status) => Ended::Disconnected(format!(
+                "subscribing failed: {} {}",
+                status.code(),
+                status.message()
+            )),
+        };
+        match ended {
+            Ended::Stopped => return writer,
+            Ended::Disconnected(reason) => {
+                projection
+                    .set_state(pb::ProjectionState::Disconnected)
+                    .await;
+                tracing::warn!(
+                    checkpoint = projection.checkpoint(),
+                    reason,
+                    "event stream lost; reconnecting"
+                );
+            }
+            Ended::OutOfOrder(reason) => {
+                tracing::warn!(
+                    checkpoint = projection.checkpoint(),
+                    reason,
+                    "resubscribing from the checkpoint"
+                );
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|stop| *stop) => return writer,
+        }
+    }
+}
+
+/// A commit running on a blocking thread: the writer comes back with the outcome.
+type Commit = JoinHandle<(Writer, Result<i64, ApplyError>, i64)>;
+
+/// Reads one subscription and commits what it delivers; returns the writer
+/// and why the subscription ended. Events accepted before the end are
+/// committed first.
+async fn follow(
+    mut stream: tonic::Streaming<pb::SubscribeResponse>,
+    writer: Writer,
+    from_position: i64,
+    projection: &Projection,
+    stop: &mut watch::Receiver<bool>,
+) -> (Writer, Ended) {
+    // Invariant: `idle` holds the writer exactly when `in_flight` is None.
+    let mut idle = Some(writer);
+    let mut in_flight: Option<Commit> = None;
+    let mut expected = from_position;
+    let mut buffer: Vec<EventEnvelope> = Vec::new();
+    // Set by CaughtUp: the position whose commit makes the projection live.
+    let mut live_at: Option<i64> = None;
+    let mut ended: Option<Ended> = None;
+    let mut idle_deadline = Instant::now() + IDLE_TIMEOUT;
+
+    loop {
+        if let Some(writer) = idle.take_if(|_| !buffer.is_empty()) {
+            let take = buffer.len().min(MAX_EVENTS_PER_COMMIT);
+            let batch: Vec<EventEnvelope> = buffer.drain(..take).collect();
+            in_flight = Some(spawn_commit(writer, batch));
+        }
+        if in_flight.is_none() {
+            if live_at.is_some_and(|through| projection.checkpoint() >= through) {
+                projection.set_state(pb::ProjectionState::Live).await;
+                live_at = None;
+            }
+            if let Some(ended) = ended.take() {
+                return (idle.take().expect("the writer is idle"), ended);
+            }
+        }
+        let reading = ended.is_none();
+        tokio::select! {
+            biased;
+            joined = async { in_flight.as_mut().expect("checked by the condition").await },
+                if in_flight.is_some() =>
+            {
+                in_flight = None;
+                let (writer, outcome, last_event_at) = match joined {
+                    Ok(done) => done,
+                    Err(error) => std::panic::resume_unwind(error.into_panic()),
+                };
+                idle = Some(writer);
+                match outcome {
+                    Ok(checkpoint) => {
+                        projection.committed(checkpoint, last_event_at);
+                        projection.set_pending_since(buffer.first().map(occurred_at));
+                    }
+                    Err(error) => {
+                        // Nothing of the refused batch was applied; neither
+                        // is anything after it.
+                        buffer.clear();
+                        let reason = format!("the read model refused a batch: {error}");
+                        ended = Some(match error {
+                            ApplyError::OutOfOrder { .. } => Ended::OutOfOrder(reason),
+                            _ => {
+                                tracing::error!(%error, "applying events failed");
+                                Ended::Disconnected(reason)
+                            }
+                        });
+                    }
+                }
+            }
+            _ = stop.wait_for(|stop| *stop), if reading => {
+                buffer.clear();
+                ended = Some(Ended::Stopped);
+            }
+            message = stream.message(), if reading && buffer.len() < MAX_BUFFERED => {
+                idle_deadline = Instant::now() + IDLE_TIMEOUT;
+                ended = receive(message, projection, &mut expected, &mut buffer, &mut live_at);
+            }
+            _ = tokio::time::sleep_until(idle_deadline), if reading => {
+                ended = Some(Ended::Disconnected("no message from the stream for 15 s".into()));
+            }
+        }
+    }
+}
+
+/// Commits `batch` on a blocking thread.
+fn spawn_commit(mut writer: Writer, batch: Vec<EventEnvelope>) -> Commit {
+    tokio::task::spawn_blocking(move || {
+        let last_event_at = batch.last().map_or(0, occurred_at);
+        let outcome = writer.apply_batch(&batch);
+        (writer, outcome, last_event_at)
+    })
+}
+
+fn occurred_at(envelope: &EventEnvelope) -> i64 {
+    millis(envelope.occurred_at.as_ref())
+}
+
+/// Takes one stream message: buffers the events that continue the sequence,
+/// records heads and catch-up; returns why to end the subscription, if so.
+fn receive(
+    message: Result<Option<pb::SubscribeResponse>, tonic::Status>,
+    projection: &Projection,
+    expected: &mut i64,
+    buffer: &mut Vec<EventEnvelope>,
+    live_at: &mut Option<i64>,
+) -> Option<Ended> {
+    let message = match message {
+        Ok(Some(response)) => response.message,
+        Ok(None) => return Some(Ended::Disconnected("the stream ended".into())),
+        Err(status) => {
+            return Some(Ended::Disconnected(format!(
+                "{} {}",
+                status.code(),
+                status.message()
+            )));
+        }
+    };
+    match message {
+        Some(Message::Events(batch)) => {
+            projection.saw_head(batch.head);
+            let was_empty = buffer.is_empty();
+            for envelope in batch.events {
+                if envelope.position != *expected {
+                    return Some(Ended::OutOfOrder(format!(
+                        "the stream sent position {} where {} was expected",
+                        envelope.position, *expected
+                    )));
+                }
+                *expected += 1;
+                tracing::trace!(
+                    position = envelope.position,
+                    event_type = envelope.event_type,
+                    command_id = envelope.command_id,
+                    "received event"
+                );
+                buffer.push(envelope);
+            }
+            if was_empty {
+                projection.set_pending_since(buffer.first().map(occurred_at));
+            }
+        }
+        Some(Message::CaughtUp(caught_up)) => {
+            projection.saw_head(caught_up.head);
+            // Live once everything received so far is committed.
+            *live_at = Some(*expected - 1);
+        }
+        Some(Message::Heartbeat(heartbeat)) => projection.saw_head(heartbeat.head),
+        None => {}
+    }
+    None
+}
+
+/// Exponential backoff with jitter between subscriptions.
+#[derive(Debug, Default)]
+struct Backoff {
+    /// Failed attempts since the last progress.
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let ceiling = BACKOFF_MIN
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(BACKOFF_MAX);
+        self.attempt = self.attempt.saturating_add(1);
+        // "Equal jitter": half fixed, half random, so replicas spread out.
+        let half = ceiling / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_resets() {
+        let mut backoff = Backoff::default();
+        let first = backoff.next_delay();
+        assert!(first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN);
+        for _ in 0..20 {
+            assert!(backoff.next_delay() <= BACKOFF_MAX);
+        }
+        assert!(backoff.next_delay() >= BACKOFF_MAX / 2);
+        backoff.reset();
+        assert!(backoff.next_delay() <= BACKOFF_MIN);
+    }
+}

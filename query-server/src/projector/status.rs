@@ -1,0 +1,190 @@
+//! What the projector publishes: the checkpoint (a watch channel the
+//! freshness waits and live queries follow), and its status for
+//! `GetProjectionStatus`, health and metrics.
+
+use std::sync::Mutex;
+
+use hotel_common::{pb, timestamp_from_millis};
+use tokio::sync::watch;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::read_model::{Checkpoint, now_millis};
+
+/// The gRPC service names whose health follows the projection.
+const HEALTH_SERVICES: [&str; 2] = ["", "hotel.v1.QueryService"];
+
+/// The shared face of one projection (one read model file's progress).
+pub struct Projection {
+    /// The last committed position; every commit publishes here.
+    checkpoint: watch::Sender<i64>,
+    /// Everything else `GetProjectionStatus` reports.
+    status: Mutex<Status>,
+    /// Health of the server; `None` for a projection nobody queries (a rebuild).
+    health: Option<HealthReporter>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Status {
+    /// Latest head the command server reported.
+    head: i64,
+    state: pb::ProjectionState,
+    /// Wall-clock time of the last commit, ms since the epoch.
+    last_applied_at_ms: Option<i64>,
+    /// Commit time of the last applied event.
+    last_event_at_ms: Option<i64>,
+    /// Commit time of the oldest event received but not yet applied.
+    pending_since_ms: Option<i64>,
+    /// Whether the projection has been live once (health stays SERVING after).
+    caught_up_once: bool,
+}
+
+impl std::fmt::Debug for Projection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projection")
+            .field("checkpoint", &*self.checkpoint.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Projection {
+    /// A projection starting from `checkpoint` as stored in its file.
+    pub fn new(checkpoint: Checkpoint, health: Option<HealthReporter>) -> Self {
+        let (sender, _) = watch::channel(checkpoint.position);
+        Self {
+            checkpoint: sender,
+            status: Mutex::new(Status {
+                state: pb::ProjectionState::CatchingUp,
+                last_applied_at_ms: checkpoint.applied_at_ms,
+                ..Status::default()
+            }),
+            health,
+        }
+    }
+
+    /// Sets health to NOT_SERVING until the first catch-up.
+    pub async fn init_health(&self) {
+        if let Some(health) = &self.health {
+            for service in HEALTH_SERVICES {
+                health
+                    .set_service_status(service, ServingStatus::NotServing)
+                    .await;
+            }
+        }
+    }
+
+    /// The last committed position.
+    pub fn checkpoint(&self) -> i64 {
+        *self.checkpoint.borrow()
+    }
+
+    /// Follows the checkpoint: the receiver wakes on every commit.
+    pub fn watch_checkpoint(&self) -> watch::Receiver<i64> {
+        self.checkpoint.subscribe()
+    }
+
+    fn with_status<T>(&self, change: impl FnOnce(&mut Status) -> T) -> T {
+        let mut status = self
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        change(&mut status)
+    }
+
+    /// Records a head reported by the command server.
+    pub fn saw_head(&self, head: i64) {
+        self.with_status(|s| s.head = s.head.max(head));
+        self.publish_metrics();
+    }
+
+    /// Records that events up to a commit time are waiting to be applied.
+    pub fn set_pending_since(&self, occurred_at_ms: Option<i64>) {
+        self.with_status(|s| s.pending_since_ms = occurred_at_ms);
+    }
+
+    /// Records a commit and wakes everyone waiting for positions up to it.
+    pub fn committed(&self, position: i64, last_event_at_ms: i64) {
+        self.with_status(|s| {
+            s.last_applied_at_ms = Some(now_millis());
+            s.last_event_at_ms = Some(last_event_at_ms);
+            s.head = s.head.max(position);
+        });
+        self.checkpoint.send_if_modified(|current| {
+            let advanced = position > *current;
+            *current = (*current).max(position);
+            advanced
+        });
+        self.publish_metrics();
+    }
+
+    /// Takes over the checkpoint of a file swapped in by a rebuild (never
+    /// behind the current one).
+    pub fn adopt(&self, checkpoint: Checkpoint) {
+        self.with_status(|s| s.last_applied_at_ms = checkpoint.applied_at_ms);
+        self.checkpoint.send_if_modified(|current| {
+            let advanced = checkpoint.position > *current;
+            *current = (*current).max(checkpoint.position);
+            advanced
+        });
+        self.publish_metrics();
+    }
+
+    /// Moves to `state`; the first move to LIVE makes the server SERVING.
+    pub async fn set_state(&self, state: pb::ProjectionState) {
+        let first_catch_up = self.with_status(|s| {
+            s.state = state;
+            let first = state == pb::ProjectionState::Live && !s.caught_up_once;
+            s.caught_up_once |= first;
+            first
+        });
+        if first_catch_up && let Some(health) = &self.health {
+            for service in HEALTH_SERVICES {
+                health
+                    .set_service_status(service, ServingStatus::Serving)
+                    .await;
+            }
+            tracing::info!(
+                checkpoint = self.checkpoint(),
+                "read model caught up; serving"
+            );
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> pb::ProjectionState {
+        self.with_status(|s| s.state)
+    }
+
+    /// The answer to `GetProjectionStatus`.
+    pub fn report(&self) -> pb::GetProjectionStatusResponse {
+        let checkpoint = self.checkpoint();
+        let status = self.with_status(|s| s.clone());
+        let lag_events = (status.head - checkpoint).max(0);
+        let lag_seconds = if lag_events == 0 {
+            0.0
+        } else {
+            status
+                .pending_since_ms
+                .or(status.last_event_at_ms)
+                .map_or(0.0, |since| (now_millis() - since).max(0) as f64 / 1000.0)
+        };
+        pb::GetProjectionStatusResponse {
+            checkpoint,
+            head: status.head.max(checkpoint),
+            lag_events,
+            lag_seconds,
+            state: status.state as i32,
+            last_applied_at: status.last_applied_at_ms.map(timestamp_from_millis),
+        }
+    }
+
+    fn publish_metrics(&self) {
+        if self.health.is_none() {
+            return;
+        }
+        let checkpoint = self.checkpoint();
+        let head = self.with_status(|s| s.head).max(checkpoint);
+        metrics::gauge!("projection_checkpoint").set(checkpoint as f64);
+        metrics::gauge!("projection_head").set(head as f64);
+        metrics::gauge!("projection_lag_events").set((head - checkpoint) as f64);
+    }
+}

@@ -1,0 +1,346 @@
+//! How each event changes the read model. These rules mirror the command
+//! server's write model exactly: after applying positions `1..=n`, every
+//! reservation and every night count here equals MySQL's at position `n`.
+
+use hotel_common::{
+    dates,
+    pb::{self, event::Kind},
+};
+use rusqlite::{Transaction, params};
+use time::Date;
+
+/// Why a batch was refused or failed; a refused batch changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The batch does not continue the checkpoint (a gap or a duplicate).
+    #[error("expected position {expected}, got {got}")]
+    OutOfOrder { expected: i64, got: i64 },
+    /// The event cannot be applied as written (a bug on the sending side).
+    #[error("event at position {position} is malformed: {reason}")]
+    Malformed { position: i64, reason: String },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// A reservation status as the read model writes it.
+pub fn status_name(status: pb::ReservationStatus) -> &'static str {
+    use pb::ReservationStatus as S;
+    match status {
+        S::Confirmed => "CONFIRMED",
+        S::Waitlisted => "WAITLISTED",
+        S::Cancelled => "CANCELLED",
+        S::CheckedIn => "CHECKED_IN",
+        S::CheckedOut => "CHECKED_OUT",
+        S::Unspecified => "UNSPECIFIED",
+    }
+}
+
+/// Milliseconds since the epoch of a protobuf timestamp (0 when absent).
+pub fn millis(timestamp: Option<&prost_types::Timestamp>) -> i64 {
+    timestamp.map_or(0, |t| {
+        t.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(t.nanos) / 1_000_000)
+    })
+}
+
+/// Applies `events` in order on top of the checkpoint stored in `tx`, and
+/// stores the new checkpoint. The first event must be `checkpoint + 1` and
+/// each next one exactly one more; otherwise nothing is applied (the caller
+/// drops the transaction). Returns the new checkpoint.
+pub fn apply_batch(
+    tx: &Transaction<'_>,
+    events: &[pb::EventEnvelope],
+    applied_at_ms: i64,
+) -> Result<i64, ApplyError> {
+    let mut checkpoint: i64 = tx
+        .prepare_cached("SELECT position FROM checkpoint WHERE id = 1")?
+        .query_row([], |row| row.get(0))?;
+    for envelope in events {
+        if envelope.position != checkpoint + 1 {
+            return Err(ApplyError::OutOfOrder {
+                expected: checkpoint + 1,
+                got: envelope.position,
+            });
+        }
+        apply_event(tx, envelope)?;
+        checkpoint = envelope.position;
+    }
+    tx.prepare_cached("UPDATE checkpoint SET position = ?1, applied_at_ms = ?2 WHERE id = 1")?
+        .execute(params![checkpoint, applied_at_ms])?;
+    Ok(checkpoint)
+}
+
+/// Applies one event. Does not touch the checkpoint.
+pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result<(), ApplyError> {
+    let position = envelope.position;
+    let occurred_at = millis(envelope.occurred_at.as_ref());
+    let Some(kind) = envelope.event.as_ref().and_then(|e| e.kind.as_ref()) else {
+        // A payload this binary does not know (a newer server): nothing here
+        // depends on it, so the position still counts as applied.
+        tracing::warn!(
+            position,
+            event_type = envelope.event_type,
+            "skipping an event of unknown type"
+        );
+        return Ok(());
+    };
+    match kind {
+        Kind::HotelRegistered(e) => {
+            tx.prepare_cached(
+                "INSERT INTO hotels (hotel_id, name, city, city_key) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (hotel_id) DO UPDATE
+                 SET name = excluded.name, city = excluded.city, city_key = excluded.city_key",
+            )?
+            .execute(params![e.hotel_id, e.name, e.city, city_key(&e.city)])?;
+        }
+        Kind::RoomTypeAdded(e) => {
+            let rate = e.nightly_rate.clone().unwrap_or_default();
+            tx.prepare_cached(
+                "INSERT INTO room_types
+                     (hotel_id, code, name, max_guests, inventory, rate_minor, currency)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (hotel_id, code) DO UPDATE
+                 SET name = excluded.name, max_guests = excluded.max_guests,
+                     inventory = excluded.inventory, rate_minor = excluded.rate_minor,
+                     currency = excluded.currency",
+            )?
+            .execute(params![
+                e.hotel_id,
+                e.code,
+                e.name,
+                e.max_guests,
+                e.inventory,
+                rate.amount_minor,
+                rate.currency
+            ])?;
+        }
+        Kind::RoomInventoryChanged(e) => {
+            tx.prepare_cached(
+                "UPDATE room_types SET inventory = ?3 WHERE hotel_id = ?1 AND code = ?2",
+            )?
+            .execute(params![e.hotel_id, e.room_type_code, e.inventory])?;
+        }
+        Kind::ReservationConfirmed(e) => {
+            let booking = booking(position, e.booking.as_ref())?;
+            insert_reservation(tx, envelope, booking, pb::ReservationStatus::Confirmed)?;
+            let stay = Stay::parse(position, &booking.check_in, &booking.check_out)?;
+            add_to_nights(tx, &booking.hotel_id, &booking.room_type_code, stay, 1, 0)?;
+        }
+        Kind::ReservationWaitlisted(e) => {
+            let booking = booking(position, e.booking.as_ref())?;
+            insert_reservation(tx, envelope, booking, pb::ReservationStatus::Waitlisted)?;
+            let stay = Stay::parse(position, &booking.check_in, &booking.check_out)?;
+            add_to_nights(tx, &booking.hotel_id, &booking.room_type_code, stay, 0, 1)?;
+        }
+        Kind::ReservationPromoted(e) => {
+            set_status(
+                tx,
+                &e.reservation_id,
+                pb::ReservationStatus::Confirmed,
+                occurred_at,
+                position,
+            )?;
+            let stay = Stay::parse(position, &e.check_in, &e.check_out)?;
+            add_to_nights(tx, &e.hotel_id, &e.room_type_code, stay, 1, -1)?;
+        }
+        Kind::ReservationCancelled(e) => {
+            set_status(
+                tx,
+                &e.reservation_id,
+                pb::ReservationStatus::Cancelled,
+                occurred_at,
+                position,
+            )?;
+            let (booked, waiting) = match e.previous_status() {
+                pb::ReservationStatus::Confirmed => (-1, 0),
+                pb::ReservationStatus::Waitlisted => (0, -1),
+                _ => (0, 0),
+            };
+            if (booked, waiting) != (0, 0) {
+                let stay = Stay::parse(position, &e.check_in, &e.check_out)?;
+                add_to_nights(tx, &e.hotel_id, &e.room_type_code, stay, booked, waiting)?;
+            }
+        }
+        Kind::GuestCheckedIn(e) => {
+            set_status(
+                tx,
+                &e.reservation_id,
+                pb::ReservationStatus::CheckedIn,
+                occurred_at,
+                position,
+            )?;
+        }
+        Kind::GuestCheckedOut(e) => {
+            set_status(
+                tx,
+                &e.reservation_id,
+                pb::ReservationStatus::CheckedOut,
+                occurred_at,
+                position,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The key `SearchAvailability` matches a city by.
+pub fn city_key(city: &str) -> String {
+    city.trim().to_lowercase()
+}
+
+fn booking(position: i64, booking: Option<&pb::Booking>) -> Result<&pb::Booking, ApplyError> {
+    booking.ok_or_else(|| ApplyError::Malformed {
+        position,
+        reason: "the booking is missing".into(),
+    })
+}
+
+/// The nights `[check_in, check_out)` of a stay, checked.
+#[derive(Clone, Copy)]
+struct Stay {
+    check_in: Date,
+    check_out: Date,
+}
+
+impl Stay {
+    fn parse(position: i64, check_in: &str, check_out: &str) -> Result<Self, ApplyError> {
+        match (dates::parse(check_in), dates::parse(check_out)) {
+            (Some(check_in), Some(check_out)) if check_in < check_out => Ok(Self {
+                check_in,
+                check_out,
+            }),
+            _ => Err(ApplyError::Malformed {
+                position,
+                reason: format!("bad stay {check_in:?} to {check_out:?}"),
+            }),
+        }
+    }
+
+    fn nights(self) -> impl Iterator<Item = Date> {
+        dates::nights(self.check_in, self.check_out)
+    }
+
+    fn len(self) -> i64 {
+        (self.check_out - self.check_in).whole_days()
+    }
+}
+
+fn insert_reservation(
+    tx: &Transaction<'_>,
+    envelope: &pb::EventEnvelope,
+    booking: &pb::Booking,
+    status: pb::ReservationStatus,
+) -> Result<(), ApplyError> {
+    let stay = Stay::parse(envelope.position, &booking.check_in, &booking.check_out)?;
+    let guest = booking.guest.clone().unwrap_or_default();
+    let total = booking.total_price.clone().unwrap_or_default();
+    let updated_at = millis(envelope.occurred_at.as_ref());
+    tx.prepare_cached(
+        "INSERT INTO reservations
+             (reservation_id, hotel_id, room_type_code, check_in, check_out, nights,
+              guest_id, guest_name, guest_email, guests, status, total_minor, currency,
+              priority, booked_at_ms, updated_at_ms, booked_position, last_position)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17)",
+    )?
+    .execute(params![
+        booking.reservation_id,
+        booking.hotel_id,
+        booking.room_type_code,
+        booking.check_in,
+        booking.check_out,
+        stay.len(),
+        guest.guest_id,
+        guest.name,
+        guest.email,
+        booking.guests,
+        status_name(status),
+        total.amount_minor,
+        total.currency,
+        booking.priority,
+        millis(booking.booked_at.as_ref()),
+        updated_at,
+        envelope.position,
+    ])?;
+    record_change(
+        tx,
+        &booking.reservation_id,
+        envelope.position,
+        status,
+        updated_at,
+    )
+}
+
+fn set_status(
+    tx: &Transaction<'_>,
+    reservation_id: &str,
+    status: pb::ReservationStatus,
+    updated_at_ms: i64,
+    position: i64,
+) -> Result<(), ApplyError> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE reservations SET status = ?2, updated_at_ms = ?3, last_position = ?4
+             WHERE reservation_id = ?1",
+        )?
+        .execute(params![
+            reservation_id,
+            status_name(status),
+            updated_at_ms,
+            position
+        ])?;
+    if changed == 0 {
+        return Err(ApplyError::Malformed {
+            position,
+            reason: format!("reservation {reservation_id} is unknown"),
+        });
+    }
+    record_change(tx, reservation_id, position, status, updated_at_ms)
+}
+
+fn record_change(
+    tx: &Transaction<'_>,
+    reservation_id: &str,
+    position: i64,
+    status: pb::ReservationStatus,
+    updated_at_ms: i64,
+) -> Result<(), ApplyError> {
+    tx.prepare_cached(
+        "INSERT INTO reservation_changes (reservation_id, position, status, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        reservation_id,
+        position,
+        status_name(status),
+        updated_at_ms
+    ])?;
+    Ok(())
+}
+
+/// Adds `booked` and `waiting` (either may be negative) to every night of the stay.
+fn add_to_nights(
+    tx: &Transaction<'_>,
+    hotel_id: &str,
+    room_type_code: &str,
+    stay: Stay,
+    booked: i64,
+    waiting: i64,
+) -> Result<(), ApplyError> {
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO nights (hotel_id, room_type_code, night, booked, waiting)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (hotel_id, room_type_code, night) DO UPDATE
+         SET booked = booked + excluded.booked, waiting = waiting + excluded.waiting",
+    )?;
+    for night in stay.nights() {
+        upsert.execute(params![
+            hotel_id,
+            room_type_code,
+            dates::format(night),
+            booked,
+            waiting
+        ])?;
+    }
+    Ok(())
+}

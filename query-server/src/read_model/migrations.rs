@@ -1,0 +1,37 @@
+//! Schema migrations: embedded `.sql` files applied in order at start,
+//! tracked with `PRAGMA user_version`.
+
+use anyhow::Context;
+use rusqlite::Connection;
+
+/// Every migration, in order; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_read_model",
+    include_str!("../../migrations/0001_read_model.sql"),
+)];
+
+/// Applies the migrations the file has not seen yet, each in its own
+/// transaction together with the version bump.
+pub fn run(conn: &mut Connection) -> anyhow::Result<()> {
+    let current: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .context("reading the schema version")?;
+    let current = usize::try_from(current).context("a negative schema version")?;
+    if current > MIGRATIONS.len() {
+        anyhow::bail!(
+            "the read model has schema version {current}, newer than this binary knows ({}); \
+             use a newer query-server or rebuild the file",
+            MIGRATIONS.len()
+        );
+    }
+    for (index, (name, sql)) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("applying migration {name}"))?;
+        tx.pragma_update(None, "user_version", i64::try_from(index + 1)?)?;
+        tx.commit()
+            .with_context(|| format!("committing migration {name}"))?;
+        tracing::info!(migration = name, "applied read model migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! The SQLite read model: one file, one writer (the projector), many
+//! read-only readers.
+//!
+//! - [`Writer`] owns the only read-write connection. It opens the file in WAL
+//!   mode, runs the migrations, and applies batches of events together with
+//!   the checkpoint in one transaction ([`apply`]).
+//! - [`ReadModel`] hands out read-only connections to the query handlers and
+//!   runs each read in one SQLite read transaction, so the data and the
+//!   checkpoint it reports come from the same snapshot ([`reads`]).
+//! - [`ReadModel::swap_in`] replaces the file with a rebuilt one.
+
+pub mod apply;
+mod migrations;
+pub mod reads;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Mutex, RwLock},
+    time::Duration,
+};
+
+use anyhow::Context;
+use hotel_common::pb;
+use rusqlite::{Connection, OpenFlags, Transaction};
+
+pub use apply::ApplyError;
+
+/// How long a connection waits for a lock before reporting `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle read connections kept open; more are opened under load and closed after.
+const MAX_IDLE_READERS: usize = 16;
+
+/// Where the projection stands, as stored in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Checkpoint {
+    /// Last applied position (0: nothing yet).
+    pub position: i64,
+    /// Wall-clock time of the last applied batch, ms since the epoch.
+    pub applied_at_ms: Option<i64>,
+}
+
+/// The read model's only read-write connection.
+pub struct Writer {
+    /// The connection.
+    conn: Connection,
+    /// The file it writes.
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("path", &self.path).finish()
+    }
+}
+
+impl Writer {
+    /// Opens (creating when missing, with its parent directories) the file at
+    /// `path` in WAL mode and brings its schema up to date.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating the directory {}", parent.display()))?;
+        }
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("opening the read model {}", path.display()))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        anyhow::ensure!(
+            mode.eq_ignore_ascii_case("wal"),
+            "the read model {} refused WAL mode (got {mode})",
+            path.display()
+        );
+        // See docs/decisions/0004-projector-transaction.md: a power loss may
+        // drop the last commits, never half of one; the projector re-fetches.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        migrations::run(&mut conn)?;
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The file this writer writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The checkpoint stored in the file.
+    pub fn checkpoint(&self) -> rusqlite::Result<Checkpoint> {
+        read_checkpoint(&self.conn)
+    }
+
+    /// Applies `events` and the checkpoint they reach in one transaction:
+    /// either all of it commits or none of it. Refuses a batch that does not
+    /// start at `checkpoint + 1` or is not contiguous.
+    pub fn apply_batch(&mut self, events: &[pb::EventEnvelope]) -> Result<i64, ApplyError> {
+        let tx = self.conn.transaction()?;
+        let applied_at_ms = now_millis();
+        let checkpoint = apply::apply_batch(&tx, events, applied_at_ms)?;
+        tx.commit()?;
+        Ok(checkpoint)
+    }
+
+    /// Moves every committed page from the WAL into the file and empties the WAL.
+    pub fn flush_wal(&self) -> rusqlite::Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+    }
+
+    /// Closes the connection after flushing the WAL, reporting any failure.
+    pub fn close(self) -> anyhow::Result<()> {
+        self.flush_wal()?;
+        self.conn
+            .close()
+            .map_err(|(_, error)| error)
+            .with_context(|| format!("closing {}", self.path.display()))
+    }
+}
+
+/// Read access to the read model for the query handlers.
+pub struct ReadModel {
+    /// The live file (the configured database path).
+    path: PathBuf,
+    /// Idle read-only connections. Every read holds the read lock; a swap
+    /// takes the write lock, so it sees no read in flight and closes them all.
+    readers: RwLock<Mutex<Vec<Connection>>>,
+}
+
+impl std::fmt::Debug for ReadModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadModel")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// A read that could not run.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the read model: {0}")]
+pub struct ReadError(#[from] pub rusqlite::Error);
+
+impl ReadModel {
+    /// Readers of the file at `path`; a [`Writer`] must have opened it first
+    /// (it sets WAL mode and creates the schema).
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            readers: RwLock::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The live file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `read` in one read transaction on a read-only connection. Reads
+    /// are short (tens of microseconds), so callers run them inline.
+    pub fn read<T>(
+        &self,
+        read: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, ReadError> {
+        let pool = self
+            .readers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let idle = pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_reader(&self.path)?,
+        };
+        let outcome = (|| {
+            let tx = conn.unchecked_transaction()?;
+            let value = read(&tx)?;
+            tx.finish()?;
+            Ok(value)
+        })();
+        // A connection that failed is dropped rather than reused.
+        if outcome.is_ok() {
+            let mut idle = pool
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+        outcome
+    }
+
+    /// The checkpoint as readers see it now.
+    pub fn checkpoint(&self) -> Result<Checkpoint, ReadError> {
+        self.read(|tx| read_checkpoint(tx))
+    }
+
+    /// Puts the file written by `rebuilt` at the live path, atomically for
+    /// readers, and returns a writer of the live path.
+    ///
+    /// `live` (the writer of the current file) is closed first. Reads wait
+    /// for the few milliseconds of the swap; none fails. A rename is only
+    /// safe with no connection open on either file (SQLite names the WAL
+    /// after the path), which the write lock on the readers guarantees.
+    pub fn swap_in(&self, live: Writer, rebuilt: Writer) -> anyhow::Result<Writer> {
+        // The bulk of the WAL copy happens before readers are paused.
+        rebuilt.flush_wal()?;
+        let pool = self
+            .readers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pool.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        live.close()?;
+        let rebuilt_path = rebuilt.path.clone();
+        rebuilt.close()?;
+        for suffix in ["-wal", "-shm"] {
+            let leftover = with_suffix(&self.path, suffix);
+            anyhow::ensure!(
+                !leftover.exists() || std::fs::metadata(&leftover)?.len() == 0,
+                "{} is still in use by another process; not swapping",
+                leftover.display()
+            );
+        }
+        std::fs::rename(&rebuilt_path, &self.path).with_context(|| {
+            format!(
+                "renaming {} to {}",
+                rebuilt_path.display(),
+                self.path.display()
+            )
+        })?;
+        sync_parent_dir(&self.path);
+        let writer = Writer::open(&self.path)?;
+        drop(pool);
+        Ok(writer)
+    }
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn read_checkpoint(conn: &Connection) -> rusqlite::Result<Checkpoint> {
+    conn.prepare_cached("SELECT position, applied_at_ms FROM checkpoint WHERE id = 1")?
+        .query_row([], |row| {
+            Ok(Checkpoint {
+                position: row.get(0)?,
+                applied_at_ms: row.get(1)?,
+            })
+        })
+}
+
+/// `path` with `suffix` appended to the file name (`x.db` → `x.db-wal`).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Makes a rename durable. Best effort: not every platform can open a directory.
+fn sync_parent_dir(path: &Path) {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Ok(dir) = std::fs::File::open(parent)
+    {
+        let _ = dir.sync_all();
+    }
+}
+
+/// Wall-clock now in ms since the epoch.
+pub fn now_millis() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}

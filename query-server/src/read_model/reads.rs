@@ -1,0 +1,382 @@
+//! The queries' SQL. Each function runs inside the read transaction that
+//! [`super::ReadModel::read`] opens, so everything one request reads,
+//! including [`checkpoint`], comes from one snapshot.
+
+use hotel_common::{pb, timestamp_from_millis};
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+
+/// The last applied position, in this snapshot.
+pub fn checkpoint(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
+    tx.prepare_cached("SELECT position FROM checkpoint WHERE id = 1")?
+        .query_row([], |row| row.get(0))
+}
+
+/// Columns of `reservations` in the order [`reservation_from_row`] reads them.
+const RESERVATION_COLUMNS: &str = "reservation_id, hotel_id, room_type_code, check_in, check_out, \
+     nights, guest_id, guest_name, guest_email, guests, status, total_minor, currency, priority, \
+     booked_at_ms, updated_at_ms, last_position, booked_position";
+
+fn reservation_from_row(row: &Row<'_>) -> rusqlite::Result<pb::Reservation> {
+    let status: String = row.get(10)?;
+    let currency: String = row.get(12)?;
+    Ok(pb::Reservation {
+        reservation_id: row.get(0)?,
+        hotel_id: row.get(1)?,
+        room_type_code: row.get(2)?,
+        check_in: row.get(3)?,
+        check_out: row.get(4)?,
+        nights: row.get(5)?,
+        guest: Some(pb::Guest {
+            guest_id: row.get(6)?,
+            name: row.get(7)?,
+            email: row.get(8)?,
+        }),
+        guests: row.get(9)?,
+        status: status_from_name(&status) as i32,
+        total_price: Some(pb::Money {
+            amount_minor: row.get(11)?,
+            currency,
+        }),
+        priority: row.get(13)?,
+        booked_at: Some(timestamp_from_millis(row.get(14)?)),
+        updated_at: Some(timestamp_from_millis(row.get(15)?)),
+        last_position: row.get(16)?,
+    })
+}
+
+/// Reads the status names written by [`super::apply::status_name`].
+pub fn status_from_name(name: &str) -> pb::ReservationStatus {
+    pb::ReservationStatus::from_str_name(&format!("RESERVATION_STATUS_{name}"))
+        .unwrap_or(pb::ReservationStatus::Unspecified)
+}
+
+/// One reservation.
+pub fn reservation(
+    tx: &Transaction<'_>,
+    reservation_id: &str,
+) -> rusqlite::Result<Option<pb::Reservation>> {
+    tx.prepare_cached(&format!(
+        "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE reservation_id = ?1"
+    ))?
+    .query_row([reservation_id], reservation_from_row)
+    .optional()
+}
+
+/// A state a reservation was in, from `reservation_changes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationChange {
+    pub position: i64,
+    pub status: pb::ReservationStatus,
+    pub updated_at_ms: i64,
+}
+
+/// The changes of a reservation after `after_position`, oldest first.
+pub fn reservation_changes_after(
+    tx: &Transaction<'_>,
+    reservation_id: &str,
+    after_position: i64,
+) -> rusqlite::Result<Vec<ReservationChange>> {
+    tx.prepare_cached(
+        "SELECT position, status, updated_at_ms FROM reservation_changes
+         WHERE reservation_id = ?1 AND position > ?2
+         ORDER BY position",
+    )?
+    .query_map(params![reservation_id, after_position], |row| {
+        let status: String = row.get(1)?;
+        Ok(ReservationChange {
+            position: row.get(0)?,
+            status: status_from_name(&status),
+            updated_at_ms: row.get(2)?,
+        })
+    })?
+    .collect()
+}
+
+/// Which reservations a listing includes.
+#[derive(Debug, Clone)]
+pub struct ListFilter<'a> {
+    /// Up to five status names; `None` slots match nothing.
+    pub statuses: [Option<&'static str>; 5],
+    /// Only reservations booked before this position (the page token).
+    pub before_position: i64,
+    /// Rows to return.
+    pub limit: i64,
+    /// The guest or hotel whose reservations are listed.
+    pub owner: &'a str,
+}
+
+/// A reservation in a listing, with its sort key (the booking position).
+pub type Listed = (pb::Reservation, i64);
+
+/// A guest's reservations, newest first.
+pub fn reservations_of_guest(
+    tx: &Transaction<'_>,
+    filter: &ListFilter<'_>,
+) -> rusqlite::Result<Vec<Listed>> {
+    list(tx, "guest_id", filter)
+}
+
+/// A hotel's reservations, newest first.
+pub fn reservations_of_hotel(
+    tx: &Transaction<'_>,
+    filter: &ListFilter<'_>,
+) -> rusqlite::Result<Vec<Listed>> {
+    list(tx, "hotel_id", filter)
+}
+
+fn list(
+    tx: &Transaction<'_>,
+    owner_column: &str,
+    filter: &ListFilter<'_>,
+) -> rusqlite::Result<Vec<Listed>> {
+    let [s1, s2, s3, s4, s5] = filter.statuses;
+    tx.prepare_cached(&format!(
+        "SELECT {RESERVATION_COLUMNS} FROM reservations
+         WHERE {owner_column} = ?1
+           AND booked_position < ?2
+           AND status IN (?3, ?4, ?5, ?6, ?7)
+         ORDER BY booked_position DESC
+         LIMIT ?8"
+    ))?
+    .query_map(
+        params![
+            filter.owner,
+            filter.before_position,
+            s1,
+            s2,
+            s3,
+            s4,
+            s5,
+            filter.limit
+        ],
+        |row| Ok((reservation_from_row(row)?, row.get(17)?)),
+    )?
+    .collect()
+}
+
+/// A hotel's name and city, if the read model knows it.
+pub fn hotel(tx: &Transaction<'_>, hotel_id: &str) -> rusqlite::Result<Option<(String, String)>> {
+    tx.prepare_cached("SELECT name, city FROM hotels WHERE hotel_id = ?1")?
+        .query_row([hotel_id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()
+}
+
+/// A room type as the read model holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomType {
+    pub code: String,
+    pub name: String,
+    pub max_guests: i32,
+    pub inventory: i32,
+    pub rate: pb::Money,
+}
+
+/// A hotel's room types by code, or only `code` when given.
+pub fn room_types(
+    tx: &Transaction<'_>,
+    hotel_id: &str,
+    code: Option<&str>,
+) -> rusqlite::Result<Vec<RoomType>> {
+    tx.prepare_cached(
+        "SELECT code, name, max_guests, inventory, rate_minor, currency FROM room_types
+         WHERE hotel_id = ?1 AND (?2 IS NULL OR code = ?2)
+         ORDER BY code",
+    )?
+    .query_map(params![hotel_id, code], |row| {
+        Ok(RoomType {
+            code: row.get(0)?,
+            name: row.get(1)?,
+            max_guests: row.get(2)?,
+            inventory: row.get(3)?,
+            rate: pb::Money {
+                amount_minor: row.get(4)?,
+                currency: row.get(5)?,
+            },
+        })
+    })?
+    .collect()
+}
+
+/// A stored per-night count; nights without a row are 0 and 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NightCounts {
+    pub room_type_code: String,
+    pub night: String,
+    pub booked: i32,
+    pub waiting: i32,
+}
+
+/// The stored night counts of a hotel in `[from, to)`, by room type and night.
+pub fn night_counts(
+    tx: &Transaction<'_>,
+    hotel_id: &str,
+    code: Option<&str>,
+    from: &str,
+    to: &str,
+) -> rusqlite::Result<Vec<NightCounts>> {
+    tx.prepare_cached(
+        "SELECT room_type_code, night, booked, waiting FROM nights
+         WHERE hotel_id = ?1 AND (?2 IS NULL OR room_type_code = ?2)
+           AND night >= ?3 AND night < ?4
+         ORDER BY room_type_code, night",
+    )?
+    .query_map(params![hotel_id, code, from, to], |row| {
+        Ok(NightCounts {
+            room_type_code: row.get(0)?,
+            night: row.get(1)?,
+            booked: row.get(2)?,
+            waiting: row.get(3)?,
+        })
+    })?
+    .collect()
+}
+
+/// What a search looks for.
+#[derive(Debug, Clone)]
+pub struct Search<'a> {
+    pub city_key: &'a str,
+    pub check_in: &'a str,
+    pub check_out: &'a str,
+    pub nights: i64,
+    pub guests: i32,
+    /// Results strictly after this sort key (the page token).
+    pub after: Option<SearchKey>,
+    pub limit: i64,
+}
+
+/// The sort order of search results: total price, hotel, room type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchKey {
+    pub total_minor: i64,
+    pub hotel_id: String,
+    pub room_type_code: String,
+}
+
+/// Room types in the city that hold the guests and have a free room every
+/// night of the stay, cheapest stay first.
+pub fn search(
+    tx: &Transaction<'_>,
+    search: &Search<'_>,
+) -> rusqlite::Result<Vec<pb::SearchResult>> {
+    let (after_total, after_hotel, after_code) = match &search.after {
+        Some(key) => (
+            Some(key.total_minor),
+            Some(key.hotel_id.as_str()),
+            Some(key.room_type_code.as_str()),
+        ),
+        None => (None, None, None),
+    };
+    tx.prepare_cached(
+        "WITH candidates AS (
+             SELECT h.hotel_id, h.name AS hotel_name, h.city,
+                    rt.code, rt.name AS room_type_name, rt.max_guests,
+                    rt.rate_minor, rt.currency,
+                    rt.rate_minor * ?4 AS total_minor,
+                    rt.inventory - COALESCE(
+                        (SELECT MAX(n.booked) FROM nights n
+                         WHERE n.hotel_id = rt.hotel_id AND n.room_type_code = rt.code
+                           AND n.night >= ?2 AND n.night < ?3),
+                        0) AS free_rooms
+             FROM hotels h
+             JOIN room_types rt ON rt.hotel_id = h.hotel_id
+             WHERE h.city_key = ?1 AND rt.max_guests >= ?5
+         )
+         SELECT hotel_id, hotel_name, city, code, room_type_name, max_guests,
+                free_rooms, rate_minor, currency, total_minor
+         FROM candidates
+         WHERE free_rooms >= 1
+           AND (?6 IS NULL OR (total_minor, hotel_id, code) > (?6, ?7, ?8))
+         ORDER BY total_minor, hotel_id, code
+         LIMIT ?9",
+    )?
+    .query_map(
+        params![
+            search.city_key,
+            search.check_in,
+            search.check_out,
+            search.nights,
+            search.guests,
+            after_total,
+            after_hotel,
+            after_code,
+            search.limit
+        ],
+        |row| {
+            let currency: String = row.get(8)?;
+            Ok(pb::SearchResult {
+                hotel_id: row.get(0)?,
+                hotel_name: row.get(1)?,
+                city: row.get(2)?,
+                room_type_code: row.get(3)?,
+                room_type_name: row.get(4)?,
+                max_guests: row.get(5)?,
+                free_rooms: row.get(6)?,
+                nightly_rate: Some(pb::Money {
+                    amount_minor: row.get(7)?,
+                    currency: currency.clone(),
+                }),
+                total_price: Some(pb::Money {
+                    amount_minor: row.get(9)?,
+                    currency,
+                }),
+            })
+        },
+    )?
+    .collect()
+}
+
+/// The waiting list of a room type in promotion order: higher priority
+/// first, then oldest booking first.
+pub fn waitlist(
+    tx: &Transaction<'_>,
+    hotel_id: &str,
+    room_type_code: &str,
+) -> rusqlite::Result<Vec<pb::WaitlistEntry>> {
+    tx.prepare_cached(
+        "SELECT reservation_id, guest_id, guest_name, guest_email, check_in, check_out,
+                priority, booked_at_ms
+         FROM reservations
+         WHERE hotel_id = ?1 AND room_type_code = ?2 AND status = 'WAITLISTED'
+         ORDER BY priority DESC, booked_at_ms, booked_position",
+    )?
+    .query_map(params![hotel_id, room_type_code], |row| {
+        Ok(pb::WaitlistEntry {
+            reservation_id: row.get(0)?,
+            guest: Some(pb::Guest {
+                guest_id: row.get(1)?,
+                name: row.get(2)?,
+                email: row.get(3)?,
+            }),
+            check_in: row.get(4)?,
+            check_out: row.get(5)?,
+            priority: row.get(6)?,
+            booked_at: Some(timestamp_from_millis(row.get(7)?)),
+        })
+    })?
+    .collect()
+}
+
+/// All rooms of a hotel, and the rooms booked per night in `[from, to)`
+/// (nights with nothing booked are absent).
+pub fn occupancy(
+    tx: &Transaction<'_>,
+    hotel_id: &str,
+    from: &str,
+    to: &str,
+) -> rusqlite::Result<(i64, Vec<(String, i64)>)> {
+    let rooms: i64 = tx
+        .prepare_cached("SELECT COALESCE(SUM(inventory), 0) FROM room_types WHERE hotel_id = ?1")?
+        .query_row([hotel_id], |row| row.get(0))?;
+    let booked = tx
+        .prepare_cached(
+            "SELECT night, SUM(booked) FROM nights
+             WHERE hotel_id = ?1 AND night >= ?2 AND night < ?3
+             GROUP BY night
+             ORDER BY night",
+        )?
+        .query_map(params![hotel_id, from, to], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok((rooms, booked))
+}

@@ -1,0 +1,215 @@
+//! Rebuilding the read model from position 0 without downtime.
+//!
+//! A second projector fills a fresh file (`<path>.rebuild-<millis>`) from the
+//! stream while the live one keeps serving. When it is close to the live
+//! checkpoint, the live projector stops (queries go on reading its file),
+//! the new one catches the last events up to where the live one stopped,
+//! and the new file is renamed over the live path while reads pause for the
+//! milliseconds of the swap ([`ReadModel::swap_in`]). The live projector
+//! then resumes on the new file. Positions reported never go backwards.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use hotel_common::pb;
+use tokio::sync::{Mutex, watch};
+use tonic::transport::Channel;
+
+use crate::{
+    projector::{Projection, ProjectorHandle},
+    queries::QueryError,
+    read_model::{ReadModel, Writer, with_suffix},
+};
+
+/// The rebuild stops the live projector when it is this close behind it.
+const HAND_OVER_DISTANCE: i64 = 1_000;
+/// Longest pause of the live projector while the rebuild catches the rest.
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The live projector, which a rebuild stops and restarts.
+pub type LiveProjector = Arc<Mutex<Option<ProjectorHandle>>>;
+
+/// Runs rebuilds, one at a time.
+pub struct Rebuilder {
+    /// Connection to the command server, shared with the live projector.
+    channel: Channel,
+    /// The live file and its readers.
+    read_model: Arc<ReadModel>,
+    /// The live projection (checkpoint, status).
+    projection: Arc<Projection>,
+    /// The live projector.
+    live: LiveProjector,
+    /// Held while a rebuild runs.
+    running: Mutex<()>,
+    /// Turns true when the server shuts down; a rebuild is abandoned then.
+    stopping: watch::Receiver<bool>,
+}
+
+impl Rebuilder {
+    pub fn new(
+        channel: Channel,
+        read_model: Arc<ReadModel>,
+        projection: Arc<Projection>,
+        live: LiveProjector,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            channel,
+            read_model,
+            projection,
+            live,
+            running: Mutex::new(()),
+            stopping,
+        }
+    }
+
+    /// Rebuilds and swaps in the new file; returns where it stands.
+    pub async fn rebuild(&self) -> Result<pb::RebuildReadModelResponse, QueryError> {
+        let Ok(_running) = self.running.try_lock() else {
+            return Err(QueryError::Busy("a rebuild is already running".into()));
+        };
+        let path = with_suffix(
+            self.read_model.path(),
+            &format!(".rebuild-{}", crate::read_model::now_millis()),
+        );
+        tracing::info!(path = %path.display(), "rebuilding the read model");
+        let result = self.rebuild_into(&path).await;
+        if result.is_err() {
+            remove_files(&path);
+        }
+        let checkpoint = result?;
+        tracing::info!(checkpoint, "rebuilt read model swapped in");
+        Ok(pb::RebuildReadModelResponse {
+            checkpoint,
+            events_replayed: checkpoint,
+        })
+    }
+
+    async fn rebuild_into(&self, path: &std::path::Path) -> Result<i64, QueryError> {
+        let owned = path.to_owned();
+        let writer = tokio::task::spawn_blocking(move || Writer::open(&owned))
+            .await
+            .context("opening the rebuild file")??;
+        let shadow = Arc::new(Projection::new(
+            writer.checkpoint().map_err(anyhow::Error::from)?,
+            None,
+        ));
+        let rebuild = ProjectorHandle::spawn(self.channel.clone(), writer, shadow.clone());
+
+        // Follow the live checkpoint until close behind it.
+        let mut progress = shadow.watch_checkpoint();
+        let mut stopping = self.stopping.clone();
+        loop {
+            let target = self.projection.checkpoint() - HAND_OVER_DISTANCE;
+            let shutting_down = tokio::select! {
+                _ = progress.wait_for(|position| *position >= target) => false,
+                _ = stopping.wait_for(|stop| *stop) => true,
+            };
+            if shutting_down {
+                let _ = rebuild.stop().await;
+                return Err(anyhow::anyhow!("the server is shutting down").into());
+            }
+            if shadow.checkpoint() >= self.projection.checkpoint() - HAND_OVER_DISTANCE {
+                break;
+            }
+        }
+
+        // Hand over: freeze the live file, let the rebuild reach it.
+        let Some(live) = self.live.lock().await.take() else {
+            let _ = rebuild.stop().await;
+            return Err(anyhow::anyhow!("the live projector is not running").into());
+        };
+        let live_writer = live.stop().await?;
+        let frozen = live_writer
+            .checkpoint()
+            .map_err(anyhow::Error::from)?
+            .position;
+        let reached = tokio::time::timeout(
+            HAND_OVER_TIMEOUT,
+            progress.wait_for(|position| *position >= frozen),
+        )
+        .await
+        .is_ok_and(|waited| waited.is_ok());
+        let shutting_down = *stopping.borrow();
+        let rebuilt = rebuild.stop().await?;
+        if !reached || shutting_down {
+            self.resume(live_writer).await;
+            return Err(anyhow::anyhow!(
+                "the rebuild did not reach position {frozen} within {HAND_OVER_TIMEOUT:?}"
+            )
+            .into());
+        }
+
+        // Swap, then resume the live projector on the new file.
+        let read_model = self.read_model.clone();
+        let swapped =
+            tokio::task::spawn_blocking(move || read_model.swap_in(live_writer, rebuilt)).await;
+        let writer = match swapped {
+            Ok(Ok(writer)) => writer,
+            Ok(Err(error)) => {
+                // Whichever file is at the live path now is a whole read model.
+                self.reopen_and_resume().await;
+                return Err(error.context("swapping in the rebuilt read model").into());
+            }
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        };
+        let checkpoint = writer.checkpoint().map_err(anyhow::Error::from)?;
+        self.projection.adopt(checkpoint);
+        self.resume(writer).await;
+        Ok(checkpoint.position)
+    }
+
+    async fn resume(&self, writer: Writer) {
+        let handle = ProjectorHandle::spawn(self.channel.clone(), writer, self.projection.clone());
+        *self.live.lock().await = Some(handle);
+    }
+
+    async fn reopen_and_resume(&self) {
+        let path = self.read_model.path().to_owned();
+        match tokio::task::spawn_blocking(move || Writer::open(&path)).await {
+            Ok(Ok(writer)) => self.resume(writer).await,
+            Ok(Err(error)) => tracing::error!(
+                error = format!("{error:#}"),
+                "cannot reopen the read model; the projection is stopped"
+            ),
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+}
+
+/// Deletes a database file and its WAL companions, ignoring missing ones.
+fn remove_files(path: &std::path::Path) {
+    for file in [
+        path.to_owned(),
+        with_suffix(path, "-wal"),
+        with_suffix(path, "-shm"),
+    ] {
+        if let Err(error) = std::fs::remove_file(&file)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %file.display(), %error, "could not remove a rebuild file");
+        }
+    }
+}
+
+/// Removes rebuild files left by a process that died during a rebuild.
+pub fn remove_abandoned(live_path: &std::path::Path) {
+    let Some(name) = live_path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let prefix = format!("{name}.rebuild-");
+    let dir = match live_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => parent.to_owned(),
+        None => PathBuf::from("."),
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        if file_name.to_str().is_some_and(|n| n.starts_with(&prefix)) {
+            tracing::info!(file = %entry.path().display(), "removing an abandoned rebuild file");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
