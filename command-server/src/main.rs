@@ -1,1 +1,14 @@
-fn main() {}
+use clap::Parser;
+use command_server::{CommandServer, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    hotel_common::telemetry::init(config.log_json);
+    let server = CommandServer::build(config).await?;
+    // Tests and scripts read this line to learn the real port.
+    println!("command-server listening on {}", server.local_addr());
+    server
+        .run_until_stopped(hotel_common::server::shutdown_signal())
+        .await
+}

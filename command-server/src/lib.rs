@@ -1,0 +1,143 @@
+//! The command server: hotel booking commands on MySQL/MariaDB, the event
+//! log, and the event stream that query servers follow.
+//!
+//! # Layout
+//! - [`config`]: flags and environment variables.
+//! - [`domain`]: the booking rules as plain functions over plain data.
+//! - [`commands`]: validation of requests, the `CommandService`, and the
+//!   asynchronous `SubmitCommand` queue.
+//! - [`store`]: MySQL: the batching writer, what each command writes, the
+//!   event log, the command log.
+//! - [`stream`]: the `EventStream` service and the head.
+//! - [`error`]: the one mapping from a command's failure to a gRPC status.
+
+pub mod commands;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod store;
+pub mod stream;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use hotel_common::{pb, server};
+use sqlx::MySqlPool;
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::Config;
+
+use commands::{service::CommandApi, submitted::SubmittedQueue};
+use store::writer::Writer;
+use stream::{head::HeadSender, service::EventStreamApi};
+
+/// Largest request accepted, in bytes.
+const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// A command server, bound and connected, not yet serving.
+pub struct CommandServer {
+    listener: TcpListener,
+    config: Config,
+    pool: MySqlPool,
+    head: HeadSender,
+    writer: Writer,
+}
+
+impl CommandServer {
+    /// Prepares the database (creates, migrates), starts the writer and
+    /// binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = store::prepare(&config.database_url, config.db_pool_size).await?;
+        let head_now = store::events::head(&pool).await?;
+        let head: HeadSender = Arc::new(watch::channel(head_now).0);
+        let writer = Writer::spawn(store::connect_options(&config.database_url)?, head.clone());
+        let listener = TcpListener::bind(config.listen_addr).await?;
+        if let Some(addr) = config.metrics_addr()? {
+            server::install_metrics(addr)?;
+        }
+        Ok(Self {
+            listener,
+            config,
+            pool,
+            head,
+            writer,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then ends open streams and waits
+    /// for calls to finish (at most the configured grace period).
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop, stopping) = watch::channel(false);
+        tokio::spawn(stream::head::poll(
+            self.pool.clone(),
+            self.head.clone(),
+            self.config.head_poll(),
+            stopping.clone(),
+        ));
+        let queue = SubmittedQueue::default();
+        queue.start(self.writer.clone(), self.pool.clone(), stopping.clone());
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<pb::command_service_server::CommandServiceServer<CommandApi>>()
+            .await;
+        health
+            .set_serving::<pb::event_stream_server::EventStreamServer<EventStreamApi>>()
+            .await;
+        let (reflection_v1, reflection_v1alpha) = server::reflection_services()?;
+
+        let commands = CommandApi {
+            writer: self.writer.clone(),
+            pool: self.pool.clone(),
+            queue,
+        };
+        let events = EventStreamApi {
+            pool: self.pool.clone(),
+            head: self.head.clone(),
+            shutdown: stopping.clone(),
+            heartbeat: self.config.heartbeat(),
+        };
+
+        let mut signal = stopping.clone();
+        let serve = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .concurrency_limit_per_connection(1024)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                pb::command_service_server::CommandServiceServer::new(commands)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                pb::event_stream_server::EventStreamServer::new(events)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+                let _ = signal.wait_for(|stop| *stop).await;
+            });
+        tokio::pin!(serve);
+        tokio::select! {
+            served = &mut serve => return Ok(served?),
+            () = shutdown => {}
+        }
+        tracing::info!("shutting down: ending streams and waiting for open calls");
+        health
+            .set_not_serving::<pb::command_service_server::CommandServiceServer<CommandApi>>()
+            .await;
+        let _ = stop.send(true);
+        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
+        match tokio::time::timeout(grace, serve).await {
+            Ok(served) => served?,
+            Err(_) => tracing::warn!(?grace, "open calls did not finish in time; stopping anyway"),
+        }
+        self.pool.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! The event log in MySQL.
+//!
+//! Positions come from `event_head`, locked by every command transaction
+//! before it writes, so they are gap-free and in commit order (see
+//! docs/decisions/0001-gap-free-positions.md). Readers still stop at the
+//! first missing position and wait, never step past it.
+
+use hotel_common::{pb, timestamp_from_millis};
+use prost::Message;
+use sqlx::{MySqlConnection, MySqlPool, Row};
+
+/// An event about to be appended.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub position: i64,
+    pub event_id: String,
+    pub event_type: &'static str,
+    pub aggregate_kind: &'static str,
+    pub aggregate_id: String,
+    pub aggregate_version: i64,
+    pub hotel_id: String,
+    pub command_id: String,
+    pub correlation_id: String,
+    pub occurred_at_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+/// The type name of an event payload, as in `EventEnvelope.event_type`.
+pub fn event_type(kind: &pb::event::Kind) -> &'static str {
+    use pb::event::Kind;
+    match kind {
+        Kind::HotelRegistered(_) => "HotelRegistered",
+        Kind::RoomTypeAdded(_) => "RoomTypeAdded",
+        Kind::RoomInventoryChanged(_) => "RoomInventoryChanged",
+        Kind::ReservationConfirmed(_) => "ReservationConfirmed",
+        Kind::ReservationWaitlisted(_) => "ReservationWaitlisted",
+        Kind::ReservationPromoted(_) => "ReservationPromoted",
+        Kind::ReservationCancelled(_) => "ReservationCancelled",
+        Kind::GuestCheckedIn(_) => "GuestCheckedIn",
+        Kind::GuestCheckedOut(_) => "GuestCheckedOut",
+    }
+}
+
+/// Every event type name.
+pub const EVENT_TYPES: [&str; 9] = [
+    "HotelRegistered",
+    "RoomTypeAdded",
+    "RoomInventoryChanged",
+    "ReservationConfirmed",
+    "ReservationWaitlisted",
+    "ReservationPromoted",
+    "ReservationCancelled",
+    "GuestCheckedIn",
+    "GuestCheckedOut",
+];
+
+/// Appends events with one multi-row statement.
+pub async fn append(conn: &mut MySqlConnection, events: &[NewEvent]) -> sqlx::Result<()> {
+    // Keep each statement well under MySQL's packet and placeholder limits.
+    for chunk in events.chunks(500) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::MySql>::new(
+            "INSERT INTO events (position, event_id, event_type, aggregate_kind, aggregate_id, \
+             aggregate_version, hotel_id, command_id, correlation_id, occurred_at_ms, payload) ",
+        );
+        insert.push_values(chunk, |mut row, event| {
+            row.push_bind(event.position)
+                .push_bind(&event.event_id)
+                .push_bind(event.event_type)
+                .push_bind(event.aggregate_kind)
+                .push_bind(&event.aggregate_id)
+                .push_bind(event.aggregate_version)
+                .push_bind(&event.hotel_id)
+                .push_bind(&event.command_id)
+                .push_bind(&event.correlation_id)
+                .push_bind(event.occurred_at_ms)
+                .push_bind(&event.payload);
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// The last committed position (0 for an empty log).
+pub async fn head(pool: &MySqlPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT position FROM event_head WHERE id = 1")
+        .fetch_one(pool)
+        .await
+}
+
+/// Reads events `from..=through` in order, at most `limit`, stopping before
+/// the first missing position so a reader never steps past a hole.
+pub async fn read_range(
+    pool: &MySqlPool,
+    from: i64,
+    through: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<pb::EventEnvelope>> {
+    let rows = sqlx::query(
+        "SELECT position, event_id, event_type, aggregate_kind, aggregate_id, aggregate_version, \
+                hotel_id, command_id, correlation_id, occurred_at_ms, payload \
+         FROM events WHERE position >= ? AND position <= ? ORDER BY position LIMIT ?",
+    )
+    .bind(from)
+    .bind(through)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut envelopes = Vec::with_capacity(rows.len());
+    let mut expected = from;
+    for row in rows {
+        let position: i64 = row.try_get("position")?;
+        if position != expected {
+            break;
+        }
+        expected += 1;
+        envelopes.push(envelope_from_row(&row)?);
+    }
+    Ok(envelopes)
+}
+
+fn envelope_from_row(row: &sqlx::mysql::MySqlRow) -> sqlx::Result<pb::EventEnvelope> {
+    let payload: Vec<u8> = row.try_get("payload")?;
+    let event =
+        pb::Event::decode(payload.as_slice()).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok(pb::EventEnvelope {
+        position: row.try_get("position")?,
+        event_id: row.try_get("event_id")?,
+        aggregate_kind: row.try_get("aggregate_kind")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        aggregate_version: row.try_get("aggregate_version")?,
+        occurred_at: Some(timestamp_from_millis(row.try_get("occurred_at_ms")?)),
+        command_id: row.try_get("command_id")?,
+        correlation_id: row.try_get("correlation_id")?,
+        hotel_id: row.try_get("hotel_id")?,
+        event_type: row.try_get("event_type")?,
+        event: Some(event),
+    })
+}

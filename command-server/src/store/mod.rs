@@ -1,0 +1,117 @@
+//! MySQL: the write model, the event log and the command log.
+//!
+//! - [`writer`]: the task that runs commands in batched transactions, the
+//!   only code that writes the write model and the log.
+//! - [`execute`]: what each command reads and writes inside that transaction.
+//! - [`events`]: the event log: appending, reading, the head.
+//! - [`command_log`]: stored command outcomes (idempotency, the async queue).
+
+pub mod command_log;
+pub mod events;
+pub mod execute;
+pub mod writer;
+
+use std::str::FromStr;
+
+use anyhow::Context;
+use sqlx::{
+    ConnectOptions, Connection, Executor, MySqlConnection, MySqlPool,
+    mysql::{MySqlConnectOptions, MySqlPoolOptions},
+};
+
+/// Migrations of the MySQL schema, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connection options for `database_url`, quiet about every statement.
+pub fn connect_options(database_url: &str) -> anyhow::Result<MySqlConnectOptions> {
+    let options = MySqlConnectOptions::from_str(database_url)
+        .with_context(|| format!("parsing the database URL {}", redact(database_url)))?;
+    Ok(options.disable_statement_logging())
+}
+
+/// Creates the database named in `database_url` if it does not exist, then
+/// applies the migrations; returns a pool for readers.
+pub async fn prepare(database_url: &str, pool_size: u32) -> anyhow::Result<MySqlPool> {
+    let options = connect_options(database_url)?;
+    let database = options
+        .get_database()
+        .context(
+            "the database URL must name a database, e.g. mysql://hotel:hotel@127.0.0.1:3306/hotel",
+        )?
+        .to_owned();
+    create_database_if_missing(&options, &database).await?;
+    let pool = MySqlPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("connecting to {}", redact(database_url)))?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying the MySQL migrations")?;
+    Ok(pool)
+}
+
+async fn create_database_if_missing(
+    options: &MySqlConnectOptions,
+    database: &str,
+) -> anyhow::Result<()> {
+    if !database
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        anyhow::bail!("database name {database:?} must be letters, digits and '_'");
+    }
+    let server = options.clone().database("");
+    let mut conn = MySqlConnection::connect_with(&server)
+        .await
+        .context("connecting to the MySQL server")?;
+    let create = format!("CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4");
+    conn.execute(sqlx::AssertSqlSafe(create))
+        .await
+        .with_context(|| format!("creating database {database}"))?;
+    conn.close().await.ok();
+    Ok(())
+}
+
+/// The URL with its password hidden, for messages.
+pub fn redact(database_url: &str) -> String {
+    match (database_url.find("://"), database_url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &database_url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!(
+                    "{}{user}:***{}",
+                    &database_url[..scheme + 3],
+                    &database_url[at..]
+                ),
+                None => database_url.to_owned(),
+            }
+        }
+        _ => database_url.to_owned(),
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_the_password() {
+        assert_eq!(
+            super::redact("mysql://hotel:secret@127.0.0.1:3306/hotel"),
+            "mysql://hotel:***@127.0.0.1:3306/hotel"
+        );
+        assert_eq!(
+            super::redact("mysql://127.0.0.1/hotel"),
+            "mysql://127.0.0.1/hotel"
+        );
+    }
+}
