@@ -1,0 +1,348 @@
+//! The read model on real SQLite files: every event type, exactly-once
+//! batches, and read-only readers.
+
+mod support;
+
+use hotel_common::pb::{self, ReservationStatus as S};
+use query_server::read_model::{ApplyError, ReadModel, Writer, reads};
+use support::{Events, Stay, TempDir};
+
+struct Fixture {
+    _dir: TempDir,
+    writer: Writer,
+    readers: ReadModel,
+    events: Events,
+}
+
+fn fixture() -> Fixture {
+    let dir = TempDir::new();
+    let writer = Writer::open(&dir.db()).expect("open the read model");
+    let readers = ReadModel::new(&dir.db());
+    Fixture {
+        _dir: dir,
+        writer,
+        readers,
+        events: Events::new(),
+    }
+}
+
+impl Fixture {
+    fn apply(&mut self, events: &[pb::EventEnvelope]) -> i64 {
+        self.writer.apply_batch(events).expect("batch applies")
+    }
+
+    /// (booked, waiting) of one night; a missing row is (0, 0).
+    fn night(&self, hotel: &str, code: &str, night: &str) -> (i32, i32) {
+        let counts = self
+            .readers
+            .read(|tx| reads::night_counts(tx, hotel, Some(code), night, "9999-12-31"))
+            .expect("read nights");
+        counts
+            .iter()
+            .find(|c| c.night == night)
+            .map_or((0, 0), |c| (c.booked, c.waiting))
+    }
+
+    fn reservation(&self, id: &str) -> pb::Reservation {
+        self.readers
+            .read(|tx| reads::reservation(tx, id))
+            .expect("read")
+            .expect("reservation exists")
+    }
+
+    fn status(&self, id: &str) -> S {
+        self.reservation(id).status()
+    }
+
+    fn checkpoint(&self) -> i64 {
+        self.readers.checkpoint().expect("checkpoint").position
+    }
+
+    /// A hotel "h1" in Lisboa with room type DBL of `inventory` rooms.
+    fn hotel_with_rooms(&mut self, inventory: i32) {
+        let hotel = self.events.hotel("h1", "Hotel One", "Lisboa");
+        let room = self.events.room_type("h1", "DBL", 2, inventory, 12_000);
+        self.apply(&[hotel, room]);
+    }
+}
+
+#[test]
+fn hotels_room_types_and_inventory_changes() {
+    let mut f = fixture();
+    f.hotel_with_rooms(3);
+    let change = f.events.inventory("h1", "DBL", 3, 7);
+    f.apply(&[change]);
+    let (hotel, room_types) = f
+        .readers
+        .read(|tx| Ok((reads::hotel(tx, "h1")?, reads::room_types(tx, "h1", None)?)))
+        .expect("read");
+    assert_eq!(hotel, Some(("Hotel One".into(), "Lisboa".into())));
+    assert_eq!(room_types.len(), 1);
+    assert_eq!(room_types[0].code, "DBL");
+    assert_eq!(room_types[0].inventory, 7);
+    assert_eq!(room_types[0].max_guests, 2);
+    assert_eq!(room_types[0].rate.amount_minor, 12_000);
+    assert_eq!(f.checkpoint(), 3);
+}
+
+#[test]
+fn confirmed_and_waitlisted_bookings_count_their_nights() {
+    let mut f = fixture();
+    f.hotel_with_rooms(1);
+    let first = Stay::new("h1", "DBL", "ana", "2030-05-01", "2030-05-03");
+    let second = Stay::new("h1", "DBL", "bo", "2030-05-02", "2030-05-04");
+    let confirmed = f.events.confirmed(&first);
+    let waitlisted = f.events.waitlisted(&second, 5);
+    f.apply(&[confirmed, waitlisted]);
+
+    assert_eq!(f.night("h1", "DBL", "2030-05-01"), (1, 0));
+    assert_eq!(f.night("h1", "DBL", "2030-05-02"), (1, 1));
+    assert_eq!(f.night("h1", "DBL", "2030-05-03"), (0, 1));
+    assert_eq!(f.night("h1", "DBL", "2030-05-04"), (0, 0));
+
+    let reservation = f.reservation(&first.reservation_id);
+    assert_eq!(reservation.status(), S::Confirmed);
+    assert_eq!(reservation.nights, 2);
+    assert_eq!(
+        reservation.guest.as_ref().map(|g| g.guest_id.as_str()),
+        Some("ana")
+    );
+    assert_eq!(reservation.last_position, 3);
+    assert_eq!(
+        reservation.total_price.as_ref().map(|m| m.amount_minor),
+        Some(10_000)
+    );
+    let waiting = f.reservation(&second.reservation_id);
+    assert_eq!(waiting.status(), S::Waitlisted);
+    assert_eq!(waiting.priority, 5);
+}
+
+#[test]
+fn promotion_cancellation_check_in_and_out() {
+    let mut f = fixture();
+    f.hotel_with_rooms(1);
+    let first = Stay::new("h1", "DBL", "ana", "2030-05-01", "2030-05-03");
+    let second = Stay::new("h1", "DBL", "bo", "2030-05-01", "2030-05-03");
+    let batch = [f.events.confirmed(&first), f.events.waitlisted(&second, 0)];
+    f.apply(&batch);
+
+    // Cancelling the confirmed one frees its nights; the waitlisted is promoted.
+    let batch = [
+        f.events.cancelled(&first, S::Confirmed),
+        f.events.promoted(&second),
+    ];
+    f.apply(&batch);
+    assert_eq!(f.status(&first.reservation_id), S::Cancelled);
+    assert_eq!(f.status(&second.reservation_id), S::Confirmed);
+    assert_eq!(f.night("h1", "DBL", "2030-05-01"), (1, 0));
+    assert_eq!(f.night("h1", "DBL", "2030-05-02"), (1, 0));
+
+    let checked_in = f.events.checked_in(&second);
+    f.apply(&[checked_in]);
+    assert_eq!(f.status(&second.reservation_id), S::CheckedIn);
+    assert_eq!(
+        f.night("h1", "DBL", "2030-05-01"),
+        (1, 0),
+        "check-in keeps counts"
+    );
+    let checked_out = f.events.checked_out(&second);
+    let position = checked_out.position;
+    f.apply(&[checked_out]);
+    let reservation = f.reservation(&second.reservation_id);
+    assert_eq!(reservation.status(), S::CheckedOut);
+    assert_eq!(reservation.last_position, position);
+    assert_eq!(
+        reservation.updated_at.map(|t| t.seconds),
+        Some(f.events.clock_ms / 1000),
+        "updated_at is the envelope's occurred_at"
+    );
+    assert_eq!(
+        f.night("h1", "DBL", "2030-05-01"),
+        (1, 0),
+        "check-out keeps counts"
+    );
+
+    // Cancelling a waitlisted reservation only removes it from the waiting counts.
+    let third = Stay::new("h1", "DBL", "cy", "2030-05-02", "2030-05-03");
+    let batch = [
+        f.events.waitlisted(&third, 0),
+        f.events.cancelled(&third, S::Waitlisted),
+    ];
+    f.apply(&batch);
+    assert_eq!(f.night("h1", "DBL", "2030-05-02"), (1, 0));
+
+    // Every state change of a reservation is kept, in order.
+    let changes = f
+        .readers
+        .read(|tx| reads::reservation_changes_after(tx, &second.reservation_id, 0))
+        .expect("read changes");
+    let statuses: Vec<S> = changes.iter().map(|c| c.status).collect();
+    assert_eq!(
+        statuses,
+        [S::Waitlisted, S::Confirmed, S::CheckedIn, S::CheckedOut]
+    );
+}
+
+#[test]
+fn a_batch_must_continue_the_checkpoint_or_changes_nothing() {
+    let mut f = fixture();
+    f.hotel_with_rooms(2);
+    let stay = Stay::new("h1", "DBL", "ana", "2030-05-01", "2030-05-02");
+
+    // A gap: position 4 while the checkpoint is 2.
+    f.events.position += 1;
+    let skipped = f.events.confirmed(&stay);
+    let error = f.writer.apply_batch(&[skipped]).expect_err("gap refused");
+    assert!(
+        matches!(
+            error,
+            ApplyError::OutOfOrder {
+                expected: 3,
+                got: 4
+            }
+        ),
+        "{error}"
+    );
+
+    // A duplicate: position 2 again.
+    let mut again = Events::new();
+    let duplicate = [
+        again.hotel("h1", "x", "y"),
+        again.room_type("h1", "DBL", 2, 9, 1),
+    ];
+    let error = f
+        .writer
+        .apply_batch(&duplicate)
+        .expect_err("duplicate refused");
+    assert!(
+        matches!(
+            error,
+            ApplyError::OutOfOrder {
+                expected: 3,
+                got: 1
+            }
+        ),
+        "{error}"
+    );
+
+    // A batch that starts right but breaks in the middle: none of it stays.
+    let mut events = Events::new();
+    events.position = 2;
+    let good = events.confirmed(&stay);
+    events.position += 1;
+    let after_gap = events.checked_in(&stay);
+    let error = f
+        .writer
+        .apply_batch(&[good, after_gap])
+        .expect_err("refused");
+    assert!(
+        matches!(
+            error,
+            ApplyError::OutOfOrder {
+                expected: 4,
+                got: 5
+            }
+        ),
+        "{error}"
+    );
+
+    assert_eq!(f.checkpoint(), 2);
+    assert_eq!(f.night("h1", "DBL", "2030-05-01"), (0, 0));
+    let missing = f
+        .readers
+        .read(|tx| reads::reservation(tx, &stay.reservation_id))
+        .expect("read");
+    assert!(missing.is_none(), "nothing of a refused batch is applied");
+}
+
+#[test]
+fn events_and_checkpoint_commit_together_and_survive_reopening() {
+    let dir = TempDir::new();
+    let mut events = Events::new();
+    let stay = Stay::new("h1", "DBL", "ana", "2030-05-01", "2030-05-04");
+    {
+        let mut writer = Writer::open(&dir.db()).expect("open");
+        let batch = [
+            events.hotel("h1", "Hotel One", "Lisboa"),
+            events.room_type("h1", "DBL", 2, 1, 100),
+            events.confirmed(&stay),
+        ];
+        assert_eq!(writer.apply_batch(&batch).expect("applies"), 3);
+        // No close: like a crash after the commit.
+        drop(writer);
+    }
+    let writer = Writer::open(&dir.db()).expect("reopen");
+    assert_eq!(writer.checkpoint().expect("checkpoint").position, 3);
+    let readers = ReadModel::new(&dir.db());
+    let reservation = readers
+        .read(|tx| reads::reservation(tx, &stay.reservation_id))
+        .expect("read")
+        .expect("the committed reservation is there");
+    assert_eq!(reservation.last_position, 3);
+}
+
+#[test]
+fn an_event_that_cannot_apply_rolls_back_its_whole_batch() {
+    let mut f = fixture();
+    f.hotel_with_rooms(1);
+    let known = Stay::new("h1", "DBL", "ana", "2030-05-01", "2030-05-02");
+    let unknown = Stay::new("h1", "DBL", "bo", "2030-05-01", "2030-05-02");
+    let batch = [f.events.confirmed(&known), f.events.checked_in(&unknown)];
+    let error = f
+        .writer
+        .apply_batch(&batch)
+        .expect_err("unknown reservation");
+    assert!(
+        matches!(error, ApplyError::Malformed { position: 4, .. }),
+        "{error}"
+    );
+    assert_eq!(f.checkpoint(), 2);
+    assert_eq!(f.night("h1", "DBL", "2030-05-01"), (0, 0));
+}
+
+#[test]
+fn readers_cannot_write() {
+    let f = fixture();
+    let error = f
+        .readers
+        .read(|tx| tx.execute("UPDATE checkpoint SET position = 99", []))
+        .expect_err("a read-only connection refuses writes");
+    let message = error.to_string();
+    assert!(
+        message.contains("readonly")
+            || message.contains("read-only")
+            || message.contains("read only"),
+        "{message}"
+    );
+    assert_eq!(f.checkpoint(), 0);
+}
+
+#[test]
+fn a_rebuilt_file_swaps_in_atomically() {
+    let dir = TempDir::new();
+    let mut events = Events::new();
+    let batch = [events.hotel("h1", "Old", "Lisboa")];
+    let mut live = Writer::open(&dir.db()).expect("open");
+    live.apply_batch(&batch).expect("applies");
+    let readers = ReadModel::new(&dir.db());
+    assert_eq!(readers.checkpoint().expect("read").position, 1);
+
+    let rebuilt_path = dir.path().join("read-model.db.rebuild-1");
+    let mut rebuilt = Writer::open(&rebuilt_path).expect("open rebuild");
+    let mut fresh = Events::new();
+    let batch = [
+        fresh.hotel("h1", "New", "Lisboa"),
+        fresh.hotel("h2", "Two", "Porto"),
+    ];
+    rebuilt.apply_batch(&batch).expect("applies");
+
+    let writer = readers.swap_in(live, rebuilt).expect("swap");
+    assert_eq!(writer.path(), dir.db());
+    assert!(!rebuilt_path.exists());
+    let (hotel, checkpoint) = readers
+        .read(|tx| Ok((reads::hotel(tx, "h1")?, reads::checkpoint(tx)?)))
+        .expect("read");
+    assert_eq!(hotel.map(|(name, _)| name).as_deref(), Some("New"));
+    assert_eq!(checkpoint, 2);
+    assert_eq!(writer.checkpoint().expect("checkpoint").position, 2);
+}
