@@ -41,14 +41,18 @@ pub struct Config {
         default_value = "127.0.0.1:9465",
         value_parser = parse_metrics_addr
     )]
-    pub metrics_addr: Option<SocketAddr>,
+    pub metrics_addr: MetricsAddr,
 
     /// Write logs as JSON lines (on stderr) instead of human-readable text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,
 }
 
-fn parse_metrics_addr(value: &str) -> Result<Option<SocketAddr>, String> {
+/// An address to serve metrics on, or none (named so clap takes "off" as a
+/// value rather than treating the flag as optional).
+pub type MetricsAddr = Option<SocketAddr>;
+
+fn parse_metrics_addr(value: &str) -> Result<MetricsAddr, String> {
     if value.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
