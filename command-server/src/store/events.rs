@@ -106,13 +106,11 @@ pub async fn read_range(
     .fetch_all(pool)
     .await?;
     let mut envelopes = Vec::with_capacity(rows.len());
-    let mut expected = from;
-    for row in rows {
+    for (expected, row) in (from..).zip(rows) {
         let position: i64 = row.try_get("position")?;
         if position != expected {
             break;
         }
-        expected += 1;
         envelopes.push(envelope_from_row(&row)?);
     }
     Ok(envelopes)

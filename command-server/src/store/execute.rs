@@ -388,30 +388,74 @@ async fn booked_per_night(
     Ok(booked)
 }
 
-/// Adds `(booked, waiting)` deltas to nights, creating missing rows.
+/// Adds `(booked, waiting)` deltas to nights. Nights that only gain are
+/// upserted (created when missing); nights that lose already have a row and
+/// are updated in place, so the `>= 0` checks never see a negative insert.
 async fn add_to_nights(
     conn: &mut MySqlConnection,
     hotel_id: &str,
     code: &str,
     deltas: &BTreeMap<Date, (i32, i32)>,
 ) -> Result<(), CommandError> {
-    if deltas.is_empty() {
-        return Ok(());
+    let (gains, losses): (Vec<_>, Vec<_>) = deltas
+        .iter()
+        .partition(|(_, (booked, waiting))| *booked >= 0 && *waiting >= 0);
+    if !gains.is_empty() {
+        let mut upsert = sqlx::QueryBuilder::<sqlx::MySql>::new(
+            "INSERT INTO room_nights (hotel_id, code, night, booked, waiting) ",
+        );
+        upsert.push_values(&gains, |mut row, (night, (booked, waiting))| {
+            row.push_bind(hotel_id)
+                .push_bind(code)
+                .push_bind(**night)
+                .push_bind(*booked)
+                .push_bind(*waiting);
+        });
+        upsert.push(
+            " ON DUPLICATE KEY UPDATE booked = booked + VALUES(booked), waiting = waiting + VALUES(waiting)",
+        );
+        upsert.build().execute(&mut *conn).await?;
     }
-    let mut upsert = sqlx::QueryBuilder::<sqlx::MySql>::new(
-        "INSERT INTO room_nights (hotel_id, code, night, booked, waiting) ",
-    );
-    upsert.push_values(deltas, |mut row, (night, (booked, waiting))| {
-        row.push_bind(hotel_id)
+    if !losses.is_empty() {
+        let mut update = sqlx::QueryBuilder::<sqlx::MySql>::new(
+            "UPDATE room_nights SET booked = booked + CASE night",
+        );
+        for (night, (booked, _)) in &losses {
+            update
+                .push(" WHEN ")
+                .push_bind(**night)
+                .push(" THEN ")
+                .push_bind(*booked);
+        }
+        update.push(" ELSE 0 END, waiting = waiting + CASE night");
+        for (night, (_, waiting)) in &losses {
+            update
+                .push(" WHEN ")
+                .push_bind(**night)
+                .push(" THEN ")
+                .push_bind(*waiting);
+        }
+        update
+            .push(" ELSE 0 END WHERE hotel_id = ")
+            .push_bind(hotel_id);
+        update
+            .push(" AND code = ")
             .push_bind(code)
-            .push_bind(*night)
-            .push_bind(*booked)
-            .push_bind(*waiting);
-    });
-    upsert.push(
-        " ON DUPLICATE KEY UPDATE booked = booked + VALUES(booked), waiting = waiting + VALUES(waiting)",
-    );
-    upsert.build().execute(&mut *conn).await?;
+            .push(" AND night IN (");
+        let mut nights = update.separated(", ");
+        for (night, _) in &losses {
+            nights.push_bind(**night);
+        }
+        update.push(")");
+        let updated = update.build().execute(&mut *conn).await?;
+        if updated.rows_affected() != losses.len() as u64 {
+            return Err(CommandError::Internal(format!(
+                "{} of {} nights of {hotel_id}/{code} to release were missing",
+                losses.len() as u64 - updated.rows_affected(),
+                losses.len()
+            )));
+        }
+    }
     Ok(())
 }
 

@@ -175,11 +175,9 @@ async fn run_batch(
     let mut records: Vec<CommandRecord> = Vec::new();
     let mut outcomes = Vec::with_capacity(commands.len());
     for ((command, id), priority) in commands.iter().zip(&ids).zip(submitted) {
-        if let Some(previous) = known.get(id) {
-            if let Some(replay) = replay(previous, command) {
-                outcomes.push(replay);
-                continue;
-            }
+        if let Some(replay) = known.get(id).and_then(|previous| replay(previous, command)) {
+            outcomes.push(replay);
+            continue;
         }
         let events_before = batch.events.len();
         let outcome = execute(&mut tx, &mut batch, command).await;
@@ -198,11 +196,11 @@ async fn run_batch(
                 accepted_at_ms: known.get(id).map_or(now, |r| r.accepted_at_ms),
                 finished_at_ms: Some(now),
             }),
-            Err(CommandError::Database(_)) => {
-                // Hand the error to the caller of run_batch: roll back.
+            Err(error) if !error.is_outcome() => {
+                // Not a verdict on the command: roll the whole batch back.
                 return Err(match outcome {
                     Err(CommandError::Database(error)) => error,
-                    _ => sqlx::Error::Protocol("unreachable".to_owned()),
+                    _ => sqlx::Error::Protocol(format!("command {id}: {error}")),
                 });
             }
             Err(error) => {

@@ -1,0 +1,290 @@
+//! Booking under concurrency: no overbooking, waitlist, promotion, and the
+//! domain rules, over real gRPC against a real MariaDB.
+
+mod support;
+
+use futures::future::join_all;
+use hotel_common::pb::{self, ReservationStatus};
+use support::*;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_bookings_for_five_rooms_confirm_exactly_five() {
+    let db = TestDb::create().await;
+    // Two servers on one database: the head lock must serialise them too.
+    let first = TestServer::start(&db).await;
+    let second = TestServer::start(&db).await;
+    let mut client = first.commands().await;
+    register_hotel(&mut client, "h1", "Porto").await;
+    add_room_type(&mut client, "h1", "DBL", 5).await;
+
+    // Overlapping stays: nights 3..6 are wanted by everyone.
+    let mut calls = Vec::new();
+    for i in 0..60 {
+        let server = if i % 2 == 0 { &first } else { &second };
+        let mut client = server.commands().await;
+        let from = 1 + (i % 3) as i64;
+        let request = booking("h1", "DBL", from, from + 4, &format!("g{i}"));
+        calls.push(async move { client.book_room(request).await });
+    }
+    let replies: Vec<pb::BookRoomResponse> = join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| {
+            r.expect("every booking succeeds (confirmed or waitlisted)")
+                .into_inner()
+        })
+        .collect();
+    let confirmed: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status == ReservationStatus::Confirmed as i32)
+        .collect();
+    let waitlisted = replies
+        .iter()
+        .filter(|r| r.status == ReservationStatus::Waitlisted as i32)
+        .count();
+    assert_eq!(confirmed.len(), 5, "exactly the five rooms are confirmed");
+    assert_eq!(waitlisted, 55, "everyone else waits");
+    assert_no_overbooking(&db).await;
+    let most: i32 = sqlx::query_scalar("SELECT MAX(booked) FROM room_nights")
+        .fetch_one(&db.pool)
+        .await
+        .expect("max booked");
+    assert_eq!(most, 5, "the contended nights are exactly full");
+
+    // Cancel one confirmed booking: the oldest waitlisted booking that fits
+    // its nights is promoted.
+    let cancelled = confirmed[0];
+    let stay: (time::Date, time::Date) =
+        sqlx::query_as("SELECT check_in, check_out FROM reservations WHERE reservation_id = ?")
+            .bind(&cancelled.reservation_id)
+            .fetch_one(&db.pool)
+            .await
+            .expect("stay of the cancelled booking");
+    let expected: Option<String> = sqlx::query_scalar(
+        "SELECT reservation_id FROM reservations WHERE status = 'WAITLISTED' \
+         AND check_in >= ? AND check_out <= ? ORDER BY priority DESC, booked_position LIMIT 1",
+    )
+    .bind(stay.0)
+    .bind(stay.1)
+    .fetch_optional(&db.pool)
+    .await
+    .expect("oldest fitting waitlisted booking");
+    let reply = client
+        .cancel_reservation(pb::CancelReservationRequest {
+            command_id: new_id(),
+            reservation_id: cancelled.reservation_id.clone(),
+            reason: "plans changed".to_owned(),
+            correlation_id: String::new(),
+        })
+        .await
+        .expect("cancel")
+        .into_inner();
+    let expected = expected.expect("a waitlisted booking with the same nights exists");
+    assert_eq!(reply.promoted_reservation_ids.first(), Some(&expected));
+    assert!(reply.position > cancelled.position);
+    assert_no_overbooking(&db).await;
+    assert_gap_free(&db).await;
+
+    first.stop().await;
+    second.stop().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_promotes_by_priority_then_age_and_inventory_changes_promote() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut client = server.commands().await;
+    register_hotel(&mut client, "h2", "Faro").await;
+    add_room_type(&mut client, "h2", "SGL", 1).await;
+
+    let holder = client
+        .book_room(booking("h2", "SGL", 2, 4, "holder"))
+        .await
+        .expect("book")
+        .into_inner();
+    assert_eq!(holder.status, ReservationStatus::Confirmed as i32);
+    let old = client
+        .book_room(booking("h2", "SGL", 2, 4, "old"))
+        .await
+        .expect("book")
+        .into_inner();
+    let mut vip_request = booking("h2", "SGL", 2, 4, "vip");
+    vip_request.priority = 10;
+    let vip = client
+        .book_room(vip_request)
+        .await
+        .expect("book")
+        .into_inner();
+    let young = client
+        .book_room(booking("h2", "SGL", 2, 4, "young"))
+        .await
+        .expect("book")
+        .into_inner();
+    for waiting in [&old, &vip, &young] {
+        assert_eq!(waiting.status, ReservationStatus::Waitlisted as i32);
+    }
+
+    let cancelled = client
+        .cancel_reservation(pb::CancelReservationRequest {
+            command_id: new_id(),
+            reservation_id: holder.reservation_id.clone(),
+            reason: String::new(),
+            correlation_id: String::new(),
+        })
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(
+        cancelled.promoted_reservation_ids,
+        std::slice::from_ref(&vip.reservation_id),
+        "higher priority first"
+    );
+
+    // Lowering below what is booked is refused and changes nothing.
+    let refused = client
+        .set_room_inventory(pb::SetRoomInventoryRequest {
+            command_id: new_id(),
+            hotel_id: "h2".to_owned(),
+            room_type_code: "SGL".to_owned(),
+            inventory: 0,
+            correlation_id: String::new(),
+        })
+        .await
+        .expect_err("cannot drop below booked");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+
+    // Raising promotes the rest, oldest first.
+    let raised = client
+        .set_room_inventory(pb::SetRoomInventoryRequest {
+            command_id: new_id(),
+            hotel_id: "h2".to_owned(),
+            room_type_code: "SGL".to_owned(),
+            inventory: 3,
+            correlation_id: String::new(),
+        })
+        .await
+        .expect("raise")
+        .into_inner();
+    assert_eq!(
+        raised.promoted_reservation_ids,
+        [old.reservation_id.clone(), young.reservation_id.clone()]
+    );
+    assert_no_overbooking(&db).await;
+    assert_gap_free(&db).await;
+    server.stop().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_in_and_check_out_follow_the_rules() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut client = server.commands().await;
+    register_hotel(&mut client, "h3", "Braga").await;
+    add_room_type(&mut client, "h3", "DBL", 1).await;
+    let today = client
+        .book_room(booking("h3", "DBL", 0, 2, "a"))
+        .await
+        .expect("book")
+        .into_inner();
+    let later = client
+        .book_room(booking("h3", "DBL", 5, 6, "b"))
+        .await
+        .expect("book")
+        .into_inner();
+    let waiting = client
+        .book_room(booking("h3", "DBL", 0, 1, "c"))
+        .await
+        .expect("book")
+        .into_inner();
+    assert_eq!(waiting.status, ReservationStatus::Waitlisted as i32);
+
+    let check_in = |id: &str| pb::CheckInRequest {
+        command_id: new_id(),
+        reservation_id: id.to_owned(),
+        correlation_id: String::new(),
+    };
+    let check_out = |id: &str| pb::CheckOutRequest {
+        command_id: new_id(),
+        reservation_id: id.to_owned(),
+        correlation_id: String::new(),
+    };
+
+    let early = client
+        .check_in(check_in(&later.reservation_id))
+        .await
+        .expect_err("too early");
+    assert_eq!(early.code(), Code::FailedPrecondition);
+    assert!(
+        early.message().contains("check-in opens"),
+        "{}",
+        early.message()
+    );
+    let not_confirmed = client
+        .check_in(check_in(&waiting.reservation_id))
+        .await
+        .expect_err("waitlisted");
+    assert_eq!(not_confirmed.code(), Code::FailedPrecondition);
+    let not_in = client
+        .check_out(check_out(&today.reservation_id))
+        .await
+        .expect_err("not checked in");
+    assert_eq!(not_in.code(), Code::FailedPrecondition);
+    let unknown = client
+        .check_in(check_in(&new_id()))
+        .await
+        .expect_err("unknown");
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    let events_before = db.count("SELECT COUNT(*) FROM events").await;
+    let checked_in = client
+        .check_in(check_in(&today.reservation_id))
+        .await
+        .expect("check in")
+        .into_inner();
+    assert_eq!(checked_in.position, events_before + 1);
+    let cancel_after_check_in = client
+        .cancel_reservation(pb::CancelReservationRequest {
+            command_id: new_id(),
+            reservation_id: today.reservation_id.clone(),
+            reason: String::new(),
+            correlation_id: String::new(),
+        })
+        .await
+        .expect_err("checked in");
+    assert_eq!(cancel_after_check_in.code(), Code::FailedPrecondition);
+    client
+        .check_out(check_out(&today.reservation_id))
+        .await
+        .expect("check out");
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM reservations WHERE reservation_id = ?")
+            .bind(&today.reservation_id)
+            .fetch_one(&db.pool)
+            .await
+            .expect("status");
+    assert_eq!(status, "CHECKED_OUT");
+
+    // Unknown hotel or room type.
+    let missing = client
+        .book_room(booking("nope", "DBL", 1, 2, "d"))
+        .await
+        .expect_err("no hotel");
+    assert_eq!(missing.code(), Code::NotFound);
+    let duplicate = client
+        .register_hotel(pb::RegisterHotelRequest {
+            command_id: new_id(),
+            hotel_id: "h3".to_owned(),
+            name: "Again".to_owned(),
+            city: "Braga".to_owned(),
+            correlation_id: String::new(),
+        })
+        .await
+        .expect_err("exists");
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+    assert_gap_free(&db).await;
+    server.stop().await;
+    db.cleanup().await;
+}
