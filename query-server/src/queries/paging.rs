@@ -52,7 +52,7 @@ fn encode(text: &str) -> String {
 }
 
 fn decode(token: &str) -> Option<String> {
-    if token.len() % 2 != 0 || token.len() > 512 {
+    if !token.len().is_multiple_of(2) || token.len() > 512 {
         return None;
     }
     let bytes = (0..token.len())
