@@ -10,6 +10,7 @@
 //!   event log, the command log.
 //! - [`stream`]: the `EventStream` service and the head.
 //! - [`error`]: the one mapping from a command's failure to a gRPC status.
+//! - [`testing`]: helpers for the tests of this workspace.
 
 pub mod commands;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod domain;
 pub mod error;
 pub mod store;
 pub mod stream;
+pub mod testing;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 

@@ -1,0 +1,186 @@
+//! Helpers for tests of this workspace (here and in the end-to-end suite):
+//! a fresh MySQL database per test, request builders, and checks of the
+//! write model's invariants. They panic on failure, as tests want.
+
+#![allow(clippy::missing_panics_doc)]
+
+use hotel_common::pb::{self, command_service_client::CommandServiceClient};
+use sqlx::{Connection, Executor, MySqlConnection, MySqlPool};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+/// Server URL of the test MariaDB (no database name).
+pub fn server_url() -> String {
+    std::env::var("HOTEL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "mysql://hotel:hotel@127.0.0.1:3306".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// A database of its own for one test, dropped by `cleanup`.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: MySqlPool,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let name = format!("hotel_t_{}", Uuid::new_v4().simple());
+        let url = format!("{}/{name}", server_url());
+        let mut admin = MySqlConnection::connect(&server_url())
+            .await
+            .expect("the test MariaDB answers (run scripts/test.sh)");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+            .await
+            .expect("create test database");
+        let pool = MySqlPool::connect(&url)
+            .await
+            .expect("connect to test database");
+        Self { name, url, pool }
+    }
+
+    pub async fn cleanup(self) {
+        self.pool.close().await;
+        if let Ok(mut admin) = MySqlConnection::connect(&server_url()).await {
+            let _ = admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS `{}`",
+                    self.name
+                )))
+                .await;
+        }
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count query")
+    }
+}
+
+pub fn new_id() -> String {
+    Uuid::new_v4().to_string()
+}
+
+/// Today plus `days`, as YYYY-MM-DD (UTC).
+pub fn day(days: i64) -> String {
+    hotel_common::dates::format(hotel_common::dates::today_utc() + time::Duration::days(days))
+}
+
+pub async fn register_hotel(
+    client: &mut CommandServiceClient<Channel>,
+    hotel_id: &str,
+    city: &str,
+) -> i64 {
+    client
+        .register_hotel(pb::RegisterHotelRequest {
+            command_id: new_id(),
+            hotel_id: hotel_id.to_owned(),
+            name: format!("Hotel {hotel_id}"),
+            city: city.to_owned(),
+            correlation_id: String::new(),
+        })
+        .await
+        .expect("register hotel")
+        .into_inner()
+        .position
+}
+
+pub async fn add_room_type(
+    client: &mut CommandServiceClient<Channel>,
+    hotel_id: &str,
+    code: &str,
+    inventory: i32,
+) -> i64 {
+    client
+        .add_room_type(pb::AddRoomTypeRequest {
+            command_id: new_id(),
+            hotel_id: hotel_id.to_owned(),
+            code: code.to_owned(),
+            name: format!("Room {code}"),
+            max_guests: 2,
+            inventory,
+            nightly_rate: Some(pb::Money {
+                amount_minor: 10_000,
+                currency: "EUR".to_owned(),
+            }),
+            correlation_id: String::new(),
+        })
+        .await
+        .expect("add room type")
+        .into_inner()
+        .position
+}
+
+pub fn booking(hotel_id: &str, code: &str, from: i64, to: i64, guest: &str) -> pb::BookRoomRequest {
+    pb::BookRoomRequest {
+        command_id: new_id(),
+        hotel_id: hotel_id.to_owned(),
+        room_type_code: code.to_owned(),
+        check_in: day(from),
+        check_out: day(to),
+        guest: Some(pb::Guest {
+            guest_id: guest.to_owned(),
+            name: format!("Guest {guest}"),
+            email: format!("{guest}@example.com"),
+        }),
+        guests: 1,
+        priority: 0,
+        correlation_id: String::new(),
+    }
+}
+
+/// Asserts that the event log holds exactly positions 1..=n.
+pub async fn assert_gap_free(db: &TestDb) -> i64 {
+    let positions: Vec<i64> = sqlx::query_scalar("SELECT position FROM events ORDER BY position")
+        .fetch_all(&db.pool)
+        .await
+        .expect("read positions");
+    for (i, position) in positions.iter().enumerate() {
+        assert_eq!(
+            *position,
+            i as i64 + 1,
+            "positions must be 1..N without gaps"
+        );
+    }
+    let head: i64 = sqlx::query_scalar("SELECT position FROM event_head WHERE id = 1")
+        .fetch_one(&db.pool)
+        .await
+        .expect("read head");
+    assert_eq!(
+        head,
+        positions.len() as i64,
+        "the head is the last position"
+    );
+    head
+}
+
+/// Asserts that no night has more rooms booked than its room type has.
+pub async fn assert_no_overbooking(db: &TestDb) {
+    let over: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM room_nights n JOIN room_types t ON t.hotel_id = n.hotel_id AND t.code = n.code \
+         WHERE n.booked > t.inventory",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("overbooking query");
+    assert_eq!(over, 0, "no night may have more rooms booked than exist");
+    // The night counts must also equal what the reservations say.
+    let mismatched: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM room_nights n WHERE n.booked <> ( \
+            SELECT COUNT(*) FROM reservations r WHERE r.hotel_id = n.hotel_id \
+              AND r.room_type_code = n.code AND r.check_in <= n.night AND r.check_out > n.night \
+              AND r.status IN ('CONFIRMED', 'CHECKED_IN', 'CHECKED_OUT')) \
+         OR n.waiting <> ( \
+            SELECT COUNT(*) FROM reservations r WHERE r.hotel_id = n.hotel_id \
+              AND r.room_type_code = n.code AND r.check_in <= n.night AND r.check_out > n.night \
+              AND r.status = 'WAITLISTED')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("consistency query");
+    assert_eq!(mismatched, 0, "night counts must match the reservations");
+}
