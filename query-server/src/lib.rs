@@ -173,7 +173,7 @@ impl QueryServer {
                 for service in ["", "hotel.v1.QueryService"] {
                     self.health.set_service_status(service, ServingStatus::NotServing).await;
                 }
-                let _ = stopping_sender.send(true);
+                stopping_sender.send_replace(true);
                 match tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await {
                     Ok(served) => served.context("serving gRPC"),
                     Err(_) => {
@@ -183,7 +183,7 @@ impl QueryServer {
                 }
             }
         };
-        let _ = stopping_sender.send(true);
+        stopping_sender.send_replace(true);
         let projector = live.lock().await.take();
         if let Some(projector) = projector {
             let writer = projector.stop().await?;

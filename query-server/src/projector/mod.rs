@@ -57,7 +57,7 @@ impl ProjectorHandle {
 
     /// Stops the projector once its current commit is done; returns the writer.
     pub async fn stop(self) -> anyhow::Result<Writer> {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
         Ok(self.task.await?)
     }
 }

@@ -53,16 +53,23 @@ impl Queries {
         }
     }
 
-    /// Waits until the read model holds `min_position`, within the request's budget.
+    /// Waits until the read model holds `min_position`, within the request's
+    /// budget; a shutdown ends the wait at once.
     async fn fresh<T>(&self, request: &Request<T>, min_position: i64) -> Result<(), QueryError> {
         let mut checkpoint = self.projection.watch_checkpoint();
-        wait_for_position(
+        let mut stopping = self.stopping.clone();
+        let wait = wait_for_position(
             &mut checkpoint,
             min_position,
             wait_budget(request.metadata()),
-        )
-        .await
-        .map_err(QueryError::Stale)
+        );
+        tokio::select! {
+            waited = wait => waited.map_err(QueryError::Stale),
+            _ = stopping.wait_for(|stop| *stop) => Err(QueryError::Stale(Status::unavailable(format!(
+                "the query server is shutting down at position {}; retry on another",
+                self.projection.checkpoint()
+            )))),
+        }
     }
 
     /// Runs `read` and reads the checkpoint in the same snapshot.
