@@ -1,0 +1,223 @@
+//! End-to-end support: start the real `command-server` and `query-server`
+//! binaries (built by `cargo build --workspace --bins`, which
+//! `scripts/test.sh` runs first), learn their ports from the line they
+//! print, and stop them with SIGTERM or SIGKILL.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+pub use command_server::testing::*;
+use hotel_common::pb::{
+    command_service_client::CommandServiceClient, event_stream_client::EventStreamClient,
+    query_service_client::QueryServiceClient,
+};
+use tonic::transport::Channel;
+
+/// Path of a workspace binary next to the test executable's target dir.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A running server process, killed when dropped.
+pub struct Process {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: Child,
+    /// Where the process's stderr (its logs) goes.
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Starts `binary` with `args` and waits for its "listening on" line.
+    pub fn start(name: &str, args: &[String], log_dir: &Path) -> Self {
+        let log = log_dir.join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
+        let stderr = std::fs::File::create(&log).expect("create log file");
+        let mut child = Command::new(binary(name))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (found, listening) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent && let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = found.send(addr.trim().to_owned());
+                    sent = true;
+                }
+            }
+        });
+        let addr = match listening.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr.parse().expect("a socket address"),
+            Err(_) => {
+                let _ = child.kill();
+                let logs = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("{name} did not start within 60 s; its log:\n{logs}");
+            }
+        };
+        Self {
+            name: name.to_owned(),
+            addr,
+            child,
+            log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("valid url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn commands(&self) -> CommandServiceClient<Channel> {
+        CommandServiceClient::new(self.channel().await)
+    }
+
+    pub async fn events(&self) -> EventStreamClient<Channel> {
+        EventStreamClient::new(self.channel().await)
+    }
+
+    pub async fn queries(&self) -> QueryServiceClient<Channel> {
+        QueryServiceClient::new(self.channel().await)
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop within 20 s of SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A command server on a free port against `db`.
+pub fn command_server(db: &TestDb, log_dir: &Path) -> Process {
+    command_server_on(db, "127.0.0.1:0", log_dir)
+}
+
+/// A command server on a given address (to restart one where it was).
+pub fn command_server_on(db: &TestDb, listen: &str, log_dir: &Path) -> Process {
+    Process::start(
+        "command-server",
+        &[
+            "--listen-addr".into(),
+            listen.into(),
+            "--database-url".into(),
+            db.url.clone(),
+            "--metrics-addr".into(),
+            "off".into(),
+            "--heartbeat-ms".into(),
+            "200".into(),
+        ],
+        log_dir,
+    )
+}
+
+/// A query server following `command_url`, with its read model in `path`.
+pub fn query_server(command_url: &str, path: &Path, log_dir: &Path) -> Process {
+    Process::start(
+        "query-server",
+        &[
+            "--listen-addr".into(),
+            "127.0.0.1:0".into(),
+            "--command-server-url".into(),
+            command_url.into(),
+            "--database-path".into(),
+            path.display().to_string(),
+            "--metrics-addr".into(),
+            "off".into(),
+        ],
+        log_dir,
+    )
+}
+
+/// Retries `check` until it returns `Some` or `patience` runs out.
+pub async fn eventually<T, F, Fut>(patience: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {patience:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
