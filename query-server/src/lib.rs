@@ -187,7 +187,12 @@ impl QueryServer {
         let projector = live.lock().await.take();
         if let Some(projector) = projector {
             let writer = projector.stop().await?;
-            tokio::task::spawn_blocking(move || writer.close()).await??;
+            let read_model = self.read_model.clone();
+            tokio::task::spawn_blocking(move || {
+                read_model.close_readers();
+                writer.close()
+            })
+            .await??;
         }
         tracing::info!("query server stopped");
         served

@@ -202,6 +202,18 @@ impl ReadModel {
         self.read(|tx| read_checkpoint(tx))
     }
 
+    /// Closes every idle reader (at shutdown, so the writer closes last and
+    /// SQLite removes the WAL). Later reads open new connections.
+    pub fn close_readers(&self) {
+        let pool = self
+            .readers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pool.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
     /// Puts the file written by `rebuilt` at the live path, atomically for
     /// readers, and returns a writer of the live path.
     ///
