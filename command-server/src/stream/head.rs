@@ -16,7 +16,7 @@ pub type HeadSender = Arc<watch::Sender<i64>>;
 
 /// Raises the head to `position` if it is higher; waiters wake at once.
 pub fn raise(head: &watch::Sender<i64>, position: i64) {
-    head.send_if_modified(|known| {
+    let raised = head.send_if_modified(|known| {
         if position > *known {
             *known = position;
             true
@@ -24,6 +24,9 @@ pub fn raise(head: &watch::Sender<i64>, position: i64) {
             false
         }
     });
+    if raised {
+        metrics::gauge!("event_log_head").set(position as f64);
+    }
 }
 
 /// Polls MySQL's head every `interval` while there are subscribers, until
