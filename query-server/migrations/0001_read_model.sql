@@ -60,8 +60,8 @@ CREATE INDEX reservations_waitlist
     ON reservations (hotel_id, room_type_code, priority DESC, booked_at_ms, booked_position)
     WHERE status = 'WAITLISTED';
 
--- Every state a reservation has been in, so WatchReservation can deliver each
--- change even when several land in one projector commit.
+-- Every change of a reservation after its booking, so WatchReservation can
+-- deliver each one even when several land in one projector commit.
 CREATE TABLE reservation_changes (
     reservation_id TEXT NOT NULL,
     position       INTEGER NOT NULL,

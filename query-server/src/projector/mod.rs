@@ -125,6 +125,15 @@ pub async fn run(
                 }
                 ended
             }
+            Err(status) if status.code() == tonic::Code::OutOfRange => {
+                tracing::error!(
+                    from_position,
+                    message = status.message(),
+                    "the read model is ahead of the command server's log; was the write \
+                     database replaced? Delete or rebuild this read model"
+                );
+                Ended::Disconnected(format!("out of range: {}", status.message()))
+            }
             Err(status) => Ended::Disconnected(format!(
                 "subscribing failed: {} {}",
                 status.code(),

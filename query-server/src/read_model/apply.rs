@@ -262,13 +262,9 @@ fn insert_reservation(
         updated_at,
         envelope.position,
     ])?;
-    record_change(
-        tx,
-        &booking.reservation_id,
-        envelope.position,
-        status,
-        updated_at,
-    )
+    // No `reservation_changes` row: a watch starts from a snapshot that
+    // already holds the booking, so only later changes are ever replayed.
+    Ok(())
 }
 
 fn set_status(

@@ -79,6 +79,9 @@ impl Writer {
         // See docs/decisions/0004-projector-transaction.md: a power loss may
         // drop the last commits, never half of one; the projector re-fetches.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Large catch-up transactions touch many pages; keeping them in memory
+        // (64 MiB at most) avoids spilling to the WAL before the commit.
+        conn.pragma_update(None, "cache_size", -65_536)?;
         conn.set_prepared_statement_cache_capacity(64);
         migrations::run(&mut conn)?;
         Ok(Self {
