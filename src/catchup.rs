@@ -1,0 +1,375 @@
+//! `loadgen catchup`: how fast a fresh query server replays the log. Fills
+//! the event log up to `--events` with the booking workload (when it holds
+//! fewer), then starts a new query-server process on an empty SQLite file
+//! and polls GetProjectionStatus until its checkpoint reaches the head.
+
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use hotel_common::pb::{
+    self, event_stream_client::EventStreamClient, query_service_client::QueryServiceClient,
+};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+use tonic::transport::Channel;
+
+use crate::{
+    cli::{self, parse_duration},
+    driver::{self, Load, Stop},
+    hotels::{HotelArgs, Hotels},
+    mix::Mix,
+    setup::{self, SetupArgs},
+    stats::RunReport,
+    workload::{Clients, HotelWorker, Shared},
+};
+
+#[derive(Debug, Clone, Args)]
+pub struct CatchupArgs {
+    /// URL of the command server.
+    #[arg(
+        long,
+        env = "LOADGEN_COMMAND_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub command_url: String,
+
+    /// Events the log must hold before the replay; bookings and
+    /// cancellations are written until it does.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: i64,
+
+    /// The query-server binary to start (default: the one next to this
+    /// loadgen binary).
+    #[arg(long)]
+    pub query_server_bin: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub hotels: HotelArgs,
+
+    /// Rooms per room type, should setup have to create the hotels.
+    #[arg(long, default_value_t = 50)]
+    pub inventory: i32,
+
+    /// Workers writing the events.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Bookings while filling start up to this many days ahead (a wide
+    /// window keeps waiting lists short).
+    #[arg(long, default_value_t = 700)]
+    pub days: i64,
+
+    /// Give up when the replay takes longer than this.
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Print the results as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The result of a catch-up measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CatchupReport {
+    /// Events replayed: the head when the query server started.
+    pub events: i64,
+    /// The load that filled the log, when one was needed.
+    pub fill: Option<RunReport>,
+    /// From starting the process to its "listening" line.
+    pub startup_s: f64,
+    /// From starting the process to a checkpoint at the head.
+    pub replay_s: f64,
+    /// `events / replay_s`: start-up included.
+    pub events_per_sec: f64,
+    /// Events per second from the first checkpoint seen above 0 to the
+    /// head: the replay alone.
+    pub steady_events_per_sec: f64,
+    /// Peak resident memory of the replaying query server (VmHWM).
+    pub query_server_peak_rss_kib: Option<u64>,
+}
+
+pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
+    let binary = match &args.query_server_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("loadgen has no parent directory")?
+            .join("query-server"),
+    };
+    if !binary.exists() {
+        bail!(
+            "{} does not exist: build it (cargo build --release --bins) or pass --query-server-bin",
+            binary.display()
+        );
+    }
+
+    let fill = fill(&args).await?;
+    let mut events = EventStreamClient::new(connect(&args.command_url).await?);
+    let head = events
+        .get_head(pb::GetHeadRequest {})
+        .await
+        .context("GetHead")?
+        .into_inner()
+        .head;
+
+    let dir =
+        std::env::temp_dir().join(format!("loadgen-catchup-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let measured = replay(&args, &binary, &dir, head).await;
+    if measured.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!(
+            "loadgen: the query server's files and log are kept in {}",
+            dir.display()
+        );
+    }
+    let mut report = measured?;
+    report.fill = fill;
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "catch-up: {} events in {:.2} s = {:.0} events/s ({:.0}/s after start-up of {:.2} s); peak RSS {}",
+            report.events,
+            report.replay_s,
+            report.events_per_sec,
+            report.steady_events_per_sec,
+            report.startup_s,
+            report
+                .query_server_peak_rss_kib
+                .map_or("unknown".to_owned(), |kib| format!(
+                    "{:.1} MiB",
+                    kib as f64 / 1024.0
+                )),
+        );
+    }
+    Ok(())
+}
+
+async fn connect(url: &str) -> anyhow::Result<Channel> {
+    Ok(cli::connect_channels(url, 1, Duration::from_secs(30))
+        .await?
+        .remove(0))
+}
+
+/// Writes bookings and cancellations until the log holds `args.events`.
+async fn fill(args: &CatchupArgs) -> anyhow::Result<Option<RunReport>> {
+    let setup_args = SetupArgs {
+        command_url: args.command_url.clone(),
+        hotels: args.hotels.clone(),
+        inventory: args.inventory,
+    };
+    setup::setup(&setup_args)
+        .await
+        .context("setup before filling the log")?;
+
+    let mut events = EventStreamClient::new(connect(&args.command_url).await?);
+    let head = events
+        .get_head(pb::GetHeadRequest {})
+        .await?
+        .into_inner()
+        .head;
+    if head >= args.events {
+        return Ok(None);
+    }
+    eprintln!(
+        "loadgen: the log holds {head} events; writing until it holds {}",
+        args.events
+    );
+
+    let mix = Mix::parse("book=85,cancel=15").expect("a valid literal mix");
+    let shared = Arc::new(Shared::new(
+        Hotels::new(&args.hotels),
+        &mix,
+        0.0,
+        args.days.clamp(1, 700),
+    ));
+    let workers = args.concurrency.max(1);
+    let clients = Clients::connect(
+        &args.command_url,
+        None,
+        cli::channel_count(workers, 16),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let fillers = (0..workers)
+        .map(|i| HotelWorker::new(shared.clone(), mix.clone(), &clients, i))
+        .collect();
+
+    let full = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let full = full.clone();
+        let target = args.events;
+        tokio::spawn(async move {
+            while !full.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                match events.get_head(pb::GetHeadRequest {}).await {
+                    Ok(reply) if reply.get_ref().head >= target => {
+                        full.store(true, Ordering::Relaxed)
+                    }
+                    Ok(_) => {}
+                    Err(status) => eprintln!("loadgen: GetHead failed while filling: {status}"),
+                }
+            }
+        })
+    };
+    let load = Load {
+        rate: None,
+        stop: Stop::When(full.clone()),
+        label: "fill".into(),
+        progress: true,
+    };
+    let (recorder, elapsed) = driver::drive(&load, fillers).await;
+    full.store(true, Ordering::Relaxed);
+    let _ = watcher.await;
+    let mut report = RunReport::new("fill", workers, None, elapsed, &recorder);
+    report.mix = Some(mix.to_string());
+    Ok(Some(report))
+}
+
+/// Starts a query server on an empty file in `dir` and times its replay up
+/// to `head`.
+async fn replay(
+    args: &CatchupArgs,
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    head: i64,
+) -> anyhow::Result<CatchupReport> {
+    let log = std::fs::File::create(dir.join("query-server.log"))?;
+    let started = Instant::now();
+    let mut child = Command::new(binary)
+        .args(["--listen-addr", "127.0.0.1:0", "--metrics-addr", "off"])
+        .arg("--command-server-url")
+        .arg(&args.command_url)
+        .arg("--database-path")
+        .arg(dir.join("read-model.db"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let result = follow(&mut child, args, head, started).await;
+    stop(&mut child).await;
+    result
+}
+
+async fn follow(
+    child: &mut Child,
+    args: &CatchupArgs,
+    head: i64,
+    started: Instant,
+) -> anyhow::Result<CatchupReport> {
+    let stdout = child.stdout.take().context("the child's stdout is piped")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                return Ok(addr.trim().to_owned());
+            }
+        }
+        bail!("the query server exited before listening")
+    })
+    .await
+    .context("the query server did not start listening within 60 s")??;
+    let startup = started.elapsed();
+    // Keep its stdout drained, should it print more.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let pid = child.id();
+    let mut queries = QueryServiceClient::new(connect(&format!("http://{addr}")).await?);
+    let mut first: Option<(Instant, i64)> = None;
+    loop {
+        if started.elapsed() > args.timeout {
+            bail!(
+                "the replay did not reach position {head} within {:?}",
+                args.timeout
+            );
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the query server exited during the replay: {status}");
+        }
+        let checkpoint = match queries
+            .get_projection_status(pb::GetProjectionStatusRequest {})
+            .await
+        {
+            Ok(reply) => reply.into_inner().checkpoint,
+            Err(status) => {
+                eprintln!("loadgen: GetProjectionStatus: {status}");
+                0
+            }
+        };
+        let now = Instant::now();
+        if checkpoint > 0 && first.is_none() {
+            first = Some((now, checkpoint));
+        }
+        if checkpoint >= head {
+            let replay = now - started;
+            let steady = match first {
+                Some((at, from)) if now > at && checkpoint > from => {
+                    (checkpoint - from) as f64 / (now - at).as_secs_f64()
+                }
+                _ => head as f64 / replay.as_secs_f64(),
+            };
+            return Ok(CatchupReport {
+                events: head,
+                fill: None,
+                startup_s: startup.as_secs_f64(),
+                replay_s: replay.as_secs_f64(),
+                events_per_sec: head as f64 / replay.as_secs_f64(),
+                steady_events_per_sec: steady,
+                query_server_peak_rss_kib: pid.and_then(peak_rss_kib),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// SIGTERM, a bounded wait, then SIGKILL.
+async fn stop(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        if tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+/// Peak resident memory of a process (VmHWM), in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_its_own_peak_rss() {
+        let kib = super::peak_rss_kib(std::process::id()).expect("VmHWM on Linux");
+        assert!(kib > 100);
+    }
+}

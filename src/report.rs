@@ -1,0 +1,628 @@
+//! `loadgen report`: turns the results directory of a benchmark run (as
+//! scripts/bench.sh fills it) into `BENCHMARKS.md` and its SVG chart.
+//!
+//! Everything above the notes marker is generated; the hand-written notes
+//! below it in an existing `BENCHMARKS.md` are kept across runs.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::{
+    catchup::CatchupReport,
+    chart::{self, Group, Panel, Series, number},
+    stats::{RpcSummary, RunReport},
+};
+
+/// The line after which BENCHMARKS.md is written by hand.
+const NOTES_MARKER: &str =
+    "<!-- Hand-written notes below this line are kept when the benchmark rewrites this file. -->";
+
+/// Targets of issue 5, as ratios or limits.
+const COMMANDS_VS_SYSBENCH: f64 = 1.0;
+const QUERIES_VS_ECHO: f64 = 0.6;
+const LAG_P99_MS: f64 = 50.0;
+const CATCHUP_EVENTS_PER_SEC: f64 = 50_000.0;
+/// 150 MB, in KiB as /proc reports memory.
+const RSS_LIMIT_KIB: f64 = 150_000_000.0 / 1024.0;
+
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// Directory holding the results of the benchmark run.
+    #[arg(long)]
+    pub dir: PathBuf,
+
+    /// The Markdown file to write.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+
+    /// The SVG chart to write (linked from the Markdown).
+    #[arg(long, default_value = "docs/benchmarks.svg")]
+    pub chart: PathBuf,
+}
+
+/// What one benchmark run measured; any part may be missing.
+#[derive(Default)]
+pub struct Results {
+    /// Facts about the machine and the run, by name (date, commit, ...).
+    meta: Vec<(String, String)>,
+    /// sysbench oltp_write_only: transactions/s, avg and p95 latency (ms).
+    sysbench: Option<Sysbench>,
+    /// Commands at concurrency 1, 16, 64.
+    commands: Vec<(usize, RunReport)>,
+    queries: Option<RunReport>,
+    echo: Option<RunReport>,
+    lag: Option<RunReport>,
+    catchup: Option<CatchupReport>,
+    /// Peak RSS of the command server and the query server, KiB.
+    rss_command: Option<u64>,
+    rss_query: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sysbench {
+    pub tps: f64,
+    pub avg_ms: f64,
+    pub p95_ms: f64,
+    pub threads: Option<u64>,
+}
+
+pub fn run(args: ReportArgs) -> anyhow::Result<()> {
+    let results = Results::load(&args.dir)?;
+    let link = relative_link(&args.out, &args.chart);
+    let previous = std::fs::read_to_string(&args.out).unwrap_or_default();
+    let markdown = results.markdown(&link, kept_notes(&previous));
+    if let Some(dir) = args.chart.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.chart, results.chart())
+        .with_context(|| format!("writing {}", args.chart.display()))?;
+    std::fs::write(&args.out, markdown)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!("wrote {} and {}", args.out.display(), args.chart.display());
+    Ok(())
+}
+
+/// The chart's path as the Markdown file links it.
+fn relative_link(out: &Path, chart: &Path) -> String {
+    let base = out.parent().unwrap_or(Path::new(""));
+    chart
+        .strip_prefix(base)
+        .unwrap_or(chart)
+        .display()
+        .to_string()
+}
+
+/// The hand-written part of an existing BENCHMARKS.md.
+fn kept_notes(previous: &str) -> Option<&str> {
+    previous
+        .split_once(NOTES_MARKER)
+        .map(|(_, notes)| notes.trim_start_matches('\n'))
+        .filter(|notes| !notes.trim().is_empty())
+}
+
+/// Parses the summary of `sysbench ... run`.
+pub fn parse_sysbench(text: &str) -> Option<Sysbench> {
+    let field = |name: &str| {
+        text.lines()
+            .find(|line| line.trim_start().starts_with(name))
+            .and_then(|line| line.split(':').nth(1))
+            .and_then(|value| value.split_whitespace().next())
+            .and_then(|value| value.parse::<f64>().ok())
+    };
+    let tps = text
+        .lines()
+        .find(|line| line.trim_start().starts_with("transactions:"))
+        .and_then(|line| line.split('(').nth(1))
+        .and_then(|rate| rate.split_whitespace().next())
+        .and_then(|rate| rate.parse().ok())?;
+    Some(Sysbench {
+        tps,
+        avg_ms: field("avg:")?,
+        p95_ms: field("95th percentile:").unwrap_or(0.0),
+        threads: field("Number of threads:").map(|n| n as u64),
+    })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("{} is not a loadgen result", path.display())),
+        Err(_) => Ok(None),
+    }
+}
+
+fn read_number(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+impl Results {
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+        let mut meta = Vec::new();
+        for name in [
+            "date", "commit", "cpu", "nproc", "memory", "mariadb", "load", "command", "note",
+        ] {
+            if let Ok(value) = std::fs::read_to_string(dir.join("meta").join(name)) {
+                meta.push((name.to_owned(), value.trim_end().to_owned()));
+            }
+        }
+        let mut commands = Vec::new();
+        for concurrency in [1, 16, 64] {
+            if let Some(report) = read_json(&dir.join(format!("commands-c{concurrency}.json")))? {
+                commands.push((concurrency, report));
+            }
+        }
+        Ok(Self {
+            meta,
+            sysbench: std::fs::read_to_string(dir.join("sysbench.txt"))
+                .ok()
+                .and_then(|text| parse_sysbench(&text)),
+            commands,
+            queries: read_json(&dir.join("queries-c64.json"))?,
+            echo: read_json(&dir.join("echo-c64.json"))?,
+            lag: read_json(&dir.join("lag.json"))?,
+            catchup: read_json(&dir.join("catchup.json"))?,
+            rss_command: read_number(&dir.join("rss-command-server.kib")),
+            rss_query: read_number(&dir.join("rss-query-server.kib")),
+        })
+    }
+
+    fn meta(&self, name: &str) -> Option<&str> {
+        self.meta
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn commands_at(&self, concurrency: usize) -> Option<&RunReport> {
+        self.commands
+            .iter()
+            .find(|(c, _)| *c == concurrency)
+            .map(|(_, report)| report)
+    }
+
+    /// The summary rows: figure, measured, reference, ratio, target, met.
+    fn summary_rows(&self) -> Vec<[String; 6]> {
+        let mut rows = Vec::new();
+        let missing = || "not measured".to_owned();
+        let verdict = |met: bool| if met { "yes" } else { "**no**" }.to_owned();
+
+        // 1. Commands against sysbench.
+        for concurrency in [1, 16, 64] {
+            let measured = self.commands_at(concurrency).map(|r| r.commands_per_sec);
+            let target = concurrency == 64;
+            let (reference, ratio, met) = match (&self.sysbench, measured) {
+                (Some(s), Some(m)) => (
+                    format!(
+                        "sysbench oltp_write_only, 16 threads: {} tps",
+                        number(s.tps)
+                    ),
+                    format!("{:.2}", m / s.tps),
+                    if target {
+                        verdict(m / s.tps >= COMMANDS_VS_SYSBENCH)
+                    } else {
+                        "(no target)".to_owned()
+                    },
+                ),
+                _ => (missing(), "-".to_owned(), "-".to_owned()),
+            };
+            rows.push([
+                format!("1. commands/s, concurrency {concurrency}"),
+                measured.map_or_else(missing, |m| format!("{}/s", number(m))),
+                reference,
+                ratio,
+                if target {
+                    format!("≥ {COMMANDS_VS_SYSBENCH:.1} × sysbench")
+                } else {
+                    "-".to_owned()
+                },
+                met,
+            ]);
+        }
+
+        // 2. Queries against the echo service.
+        let queries = self.queries.as_ref().map(|r| r.queries_per_sec);
+        let echo = self
+            .echo
+            .as_ref()
+            .and_then(|r| r.group("echo"))
+            .map(|g| g.per_sec);
+        rows.push([
+            "2. queries/s, concurrency 64".to_owned(),
+            queries.map_or_else(missing, |q| format!("{}/s", number(q))),
+            echo.map_or_else(missing, |e| {
+                format!(
+                    "trivial tonic unary (Health/Check), concurrency 64: {}/s",
+                    number(e)
+                )
+            }),
+            match (queries, echo) {
+                (Some(q), Some(e)) => format!("{:.2}", q / e),
+                _ => "-".to_owned(),
+            },
+            format!("≥ {QUERIES_VS_ECHO} × echo"),
+            match (queries, echo) {
+                (Some(q), Some(e)) => verdict(q / e >= QUERIES_VS_ECHO),
+                _ => "-".to_owned(),
+            },
+        ]);
+
+        // 3. Lag.
+        let lag = self
+            .lag
+            .as_ref()
+            .and_then(|r| r.group("lag").map(|g| (r.rate, g)));
+        rows.push([
+            "3. projection lag, commit to queryable".to_owned(),
+            lag.map_or_else(missing, |(_, g)| {
+                format!(
+                    "p50 {:.2} ms, p99 {:.2} ms",
+                    g.latency_ms.p50, g.latency_ms.p99
+                )
+            }),
+            lag.map_or_else(missing, |(rate, _)| {
+                format!(
+                    "at {}/s bookings (half the concurrency-64 command rate)",
+                    number(rate.unwrap_or(0.0))
+                )
+            }),
+            lag.map_or("-".to_owned(), |(_, g)| {
+                format!("{:.2}", g.latency_ms.p99 / LAG_P99_MS)
+            }),
+            format!("p99 ≤ {LAG_P99_MS:.0} ms"),
+            lag.map_or("-".to_owned(), |(_, g)| {
+                verdict(g.latency_ms.p99 <= LAG_P99_MS)
+            }),
+        ]);
+
+        // 4. Catch-up.
+        let catchup = self.catchup.as_ref();
+        rows.push([
+            "4. catch-up, fresh query server".to_owned(),
+            catchup.map_or_else(missing, |c| {
+                format!(
+                    "{} events/s ({} events in {:.1} s)",
+                    number(c.events_per_sec),
+                    number(c.events as f64),
+                    c.replay_s
+                )
+            }),
+            "-".to_owned(),
+            catchup.map_or("-".to_owned(), |c| {
+                format!("{:.2}", c.events_per_sec / CATCHUP_EVENTS_PER_SEC)
+            }),
+            format!("≥ {} events/s", number(CATCHUP_EVENTS_PER_SEC)),
+            catchup.map_or("-".to_owned(), |c| {
+                verdict(c.events_per_sec >= CATCHUP_EVENTS_PER_SEC)
+            }),
+        ]);
+
+        // 5. Memory.
+        let replayer = catchup.and_then(|c| c.query_server_peak_rss_kib);
+        for (name, kib) in [
+            ("command server", self.rss_command),
+            ("query server", self.rss_query),
+            ("query server replaying (catch-up)", replayer),
+        ] {
+            rows.push([
+                format!("5. peak RSS, {name}"),
+                kib.map_or_else(missing, mib),
+                "VmHWM over the whole run".to_owned(),
+                kib.map_or("-".to_owned(), |k| {
+                    format!("{:.2}", k as f64 / RSS_LIMIT_KIB)
+                }),
+                "≤ 150 MB".to_owned(),
+                kib.map_or("-".to_owned(), |k| verdict(k as f64 <= RSS_LIMIT_KIB)),
+            ]);
+        }
+        rows
+    }
+
+    pub fn markdown(&self, chart_link: &str, notes: Option<&str>) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# Benchmarks\n");
+        let _ = writeln!(
+            md,
+            "<!-- Generated by `loadgen report` (run by scripts/bench.sh) down to the notes marker. -->\n"
+        );
+        let _ = writeln!(
+            md,
+            "One run of `scripts/bench.sh` on {}, commit `{}`. Every figure is compared with a \
+             reference measured in the same run on the same machine, as DESIGN.md asks: the \
+             machine is shared and noisy, so an absolute number alone means little. How each \
+             figure is measured: [ADR 0005](docs/decisions/0005-benchmark-method.md).\n",
+            self.meta("date").unwrap_or("an unknown date"),
+            self.meta("commit").unwrap_or("unknown"),
+        );
+
+        let _ = writeln!(md, "## Against the targets of issue 5\n");
+        let _ = writeln!(
+            md,
+            "| figure | measured | reference (same run) | ratio | target | met |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for row in self.summary_rows() {
+            let _ = writeln!(md, "| {} |", row.join(" | "));
+        }
+        let _ = writeln!(md, "\n![Throughput and latency]({chart_link})\n");
+
+        let _ = writeln!(md, "## Machine and run\n");
+        for (name, label) in [
+            ("cpu", "CPU"),
+            ("nproc", "nproc"),
+            ("mariadb", "MariaDB"),
+            ("load", "load average at the start"),
+        ] {
+            if let Some(value) = self.meta(name) {
+                let _ = writeln!(md, "- {label}: {value}");
+            }
+        }
+        if let Some(memory) = self.meta("memory") {
+            let _ = writeln!(md, "- memory (`free -h`):\n\n```\n{memory}\n```");
+        }
+        if let Some(note) = self.meta("note") {
+            let _ = writeln!(md, "\n{note}");
+        }
+        let _ = writeln!(
+            md,
+            "\nTo reproduce (from a clean clone, after the README set-up):\n"
+        );
+        let _ = writeln!(
+            md,
+            "```\n{}\n```\n",
+            self.meta("command").unwrap_or("scripts/bench.sh")
+        );
+
+        let _ = writeln!(md, "## Details\n");
+        if let Some(s) = &self.sysbench {
+            let _ = writeln!(
+                md,
+                "**sysbench oltp_write_only** ({} threads, same MariaDB, database `sbtest`): {} \
+                 transactions/s, latency avg {:.2} ms, p95 {:.2} ms.\n",
+                s.threads.map_or("16".to_owned(), |t| t.to_string()),
+                number(s.tps),
+                s.avg_ms,
+                s.p95_ms
+            );
+        }
+        for (concurrency, report) in &self.commands {
+            details(
+                &mut md,
+                &format!("Commands, concurrency {concurrency}"),
+                report,
+            );
+        }
+        if let Some(report) = &self.queries {
+            details(&mut md, "Queries, concurrency 64", report);
+        }
+        if let Some(report) = &self.echo {
+            details(&mut md, "Echo (Health/Check), concurrency 64", report);
+        }
+        if let Some(report) = &self.lag {
+            details(&mut md, "Projection lag", report);
+        }
+        if let Some(c) = &self.catchup {
+            let _ = writeln!(md, "### Catch-up\n");
+            let _ = writeln!(
+                md,
+                "A new query-server process on an empty SQLite file replayed {} events: start-up \
+                 (to its listening line) {:.2} s, caught up after {:.2} s in all: **{} events/s** \
+                 including start-up, {} events/s from its first checkpoint to the head. Peak RSS \
+                 while replaying: {}.\n",
+                number(c.events as f64),
+                c.startup_s,
+                c.replay_s,
+                number(c.events_per_sec),
+                number(c.steady_events_per_sec),
+                c.query_server_peak_rss_kib
+                    .map_or("unknown".to_owned(), mib)
+            );
+            if let Some(fill) = &c.fill {
+                details(&mut md, "Filling the log for the catch-up", fill);
+            }
+        }
+
+        let _ = writeln!(md, "{NOTES_MARKER}\n");
+        match notes {
+            Some(notes) => md.push_str(notes),
+            None => md.push_str("## Notes\n\n(Analysis of the figures goes here.)\n"),
+        }
+        if !md.ends_with('\n') {
+            md.push('\n');
+        }
+        md
+    }
+
+    pub fn chart(&self) -> String {
+        let mut throughput = Vec::new();
+        let mut latency = Vec::new();
+        for (concurrency, report) in &self.commands {
+            throughput.push(Group {
+                label: format!("commands\nconcurrency {concurrency}"),
+                bars: vec![(Series::Measured, report.commands_per_sec)],
+            });
+            if let Some(g) = report.group("commands") {
+                latency.push(percentiles(
+                    &format!("commands\nconcurrency {concurrency}"),
+                    g,
+                ));
+            }
+        }
+        if let Some(s) = &self.sysbench {
+            throughput.push(Group {
+                label: "sysbench write-only\n16 threads (tps)".to_owned(),
+                bars: vec![(Series::Reference, s.tps)],
+            });
+        }
+        if let Some(report) = &self.queries {
+            throughput.push(Group {
+                label: "queries\nconcurrency 64".to_owned(),
+                bars: vec![(Series::Measured, report.queries_per_sec)],
+            });
+            if let Some(g) = report.group("queries") {
+                latency.push(percentiles("queries\nconcurrency 64", g));
+            }
+        }
+        if let Some(g) = self.echo.as_ref().and_then(|r| r.group("echo")) {
+            throughput.push(Group {
+                label: "echo (Health/Check)\nconcurrency 64".to_owned(),
+                bars: vec![(Series::Reference, g.per_sec)],
+            });
+            latency.push(percentiles("echo\nconcurrency 64", g));
+        }
+        if let Some(g) = self.lag.as_ref().and_then(|r| r.group("lag")) {
+            latency.push(percentiles("projection lag\nhalf max rate", g));
+        }
+        let title = format!(
+            "hotel-cqrs benchmark, {} (commit {})",
+            self.meta("date").unwrap_or("?"),
+            self.meta("commit").unwrap_or("?")
+        );
+        chart::svg(
+            &title,
+            &[
+                Panel {
+                    title: "Throughput".to_owned(),
+                    unit: "operations per second".to_owned(),
+                    groups: throughput,
+                },
+                Panel {
+                    title: "Latency".to_owned(),
+                    unit: "milliseconds".to_owned(),
+                    groups: latency,
+                },
+            ],
+        )
+    }
+}
+
+fn percentiles(label: &str, g: &RpcSummary) -> Group {
+    Group {
+        label: label.to_owned(),
+        bars: vec![
+            (Series::P50, g.latency_ms.p50),
+            (Series::P99, g.latency_ms.p99),
+        ],
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// A run's per-RPC table.
+fn details(md: &mut String, title: &str, report: &RunReport) {
+    let _ = writeln!(md, "### {title}\n");
+    let load = match report.rate {
+        Some(rate) => format!(
+            "open loop at {}/s, at most {} in flight",
+            number(rate),
+            report.concurrency
+        ),
+        None => format!("closed loop, {} workers", report.concurrency),
+    };
+    let _ = write!(md, "{:.1} s, {load}", report.elapsed_s);
+    if let Some(mix) = &report.mix {
+        let _ = write!(md, ", mix `{mix}`");
+    }
+    let _ = writeln!(md, ".\n");
+    let _ = writeln!(
+        md,
+        "| rpc | ok | ok/s | p50 ms | p90 ms | p99 ms | max ms | errors |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|");
+    for row in report.rpcs.iter().chain(report.groups.values().filter(|g| {
+        // A group row only where it sums several RPCs.
+        report.rpcs.len() > 1 && g.rpc != "lag" && g.rpc != "echo"
+    })) {
+        let name = if report.groups.contains_key(&row.rpc) {
+            format!("*all {}*", row.rpc)
+        } else {
+            row.rpc.clone()
+        };
+        let errors = if row.errors.is_empty() {
+            "-".to_owned()
+        } else {
+            row.errors
+                .iter()
+                .map(|(code, n)| format!("{code} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let l = &row.latency_ms;
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {errors} |",
+            row.ok,
+            number(row.per_sec),
+            l.p50,
+            l.p90,
+            l.p99,
+            l.max
+        );
+    }
+    for note in &report.notes {
+        let _ = writeln!(md, "\nNote: {note}");
+    }
+    let _ = writeln!(md);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYSBENCH: &str = "\
+Number of threads: 16
+SQL statistics:
+    transactions:                        23745  (2373.94 per sec.)
+    queries:                             142470 (14243.63 per sec.)
+Latency (ms):
+         min:                                    1.52
+         avg:                                    6.73
+         max:                                  111.47
+         95th percentile:                       11.65
+";
+
+    #[test]
+    fn parses_the_sysbench_summary() {
+        assert_eq!(
+            parse_sysbench(SYSBENCH),
+            Some(Sysbench {
+                tps: 2373.94,
+                avg_ms: 6.73,
+                p95_ms: 11.65,
+                threads: Some(16),
+            })
+        );
+        assert_eq!(parse_sysbench("nothing"), None);
+    }
+
+    #[test]
+    fn notes_survive_a_rewrite() {
+        let results = Results::default();
+        let first = results.markdown("docs/benchmarks.svg", None);
+        let edited = format!("{first}\nWhat limits commands/s: the head lock.\n");
+        let second = results.markdown("docs/benchmarks.svg", kept_notes(&edited));
+        assert!(second.contains("What limits commands/s: the head lock."));
+        assert_eq!(second.matches(NOTES_MARKER).count(), 1);
+        assert!(second.contains("| 4. catch-up, fresh query server | not measured |"));
+    }
+
+    #[test]
+    fn the_chart_links_relative_to_the_markdown() {
+        assert_eq!(
+            relative_link(Path::new("BENCHMARKS.md"), Path::new("docs/benchmarks.svg")),
+            "docs/benchmarks.svg"
+        );
+        assert_eq!(
+            relative_link(Path::new("/r/BENCHMARKS.md"), Path::new("/r/docs/b.svg")),
+            "docs/b.svg"
+        );
+    }
+}
