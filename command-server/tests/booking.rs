@@ -52,8 +52,8 @@ async fn fifty_concurrent_bookings_for_five_rooms_confirm_exactly_five() {
         .expect("max booked");
     assert_eq!(most, 5, "the contended nights are exactly full");
 
-    // Cancel one confirmed booking: the oldest waitlisted booking that fits
-    // its nights is promoted.
+    // Cancel one confirmed booking: the first promoted is the oldest
+    // waitlisted booking overlapping it whose every night then has a room.
     let cancelled = confirmed[0];
     let stay: (time::Date, time::Date) =
         sqlx::query_as("SELECT check_in, check_out FROM reservations WHERE reservation_id = ?")
@@ -61,15 +61,37 @@ async fn fifty_concurrent_bookings_for_five_rooms_confirm_exactly_five() {
             .fetch_one(&db.pool)
             .await
             .expect("stay of the cancelled booking");
-    let expected: Option<String> = sqlx::query_scalar(
-        "SELECT reservation_id FROM reservations WHERE status = 'WAITLISTED' \
-         AND check_in >= ? AND check_out <= ? ORDER BY priority DESC, booked_position LIMIT 1",
+    let mut booked: std::collections::HashMap<time::Date, i32> =
+        sqlx::query_as("SELECT night, booked FROM room_nights")
+            .fetch_all(&db.pool)
+            .await
+            .expect("nights")
+            .into_iter()
+            .collect();
+    let mut night = stay.0;
+    while night < stay.1 {
+        *booked.get_mut(&night).expect("a booked night") -= 1;
+        night = night.next_day().expect("a next day");
+    }
+    let candidates: Vec<(String, time::Date, time::Date)> = sqlx::query_as(
+        "SELECT reservation_id, check_in, check_out FROM reservations WHERE status = 'WAITLISTED' \
+         AND check_in < ? AND check_out > ? ORDER BY priority DESC, booked_position",
     )
-    .bind(stay.0)
     .bind(stay.1)
-    .fetch_optional(&db.pool)
+    .bind(stay.0)
+    .fetch_all(&db.pool)
     .await
-    .expect("oldest fitting waitlisted booking");
+    .expect("waitlisted bookings");
+    let expected = candidates.into_iter().find_map(|(id, from, to)| {
+        let mut night = from;
+        while night < to {
+            if booked.get(&night).copied().unwrap_or(0) >= 5 {
+                return None;
+            }
+            night = night.next_day().expect("a next day");
+        }
+        Some(id)
+    });
     let reply = client
         .cancel_reservation(pb::CancelReservationRequest {
             command_id: new_id(),
@@ -80,7 +102,7 @@ async fn fifty_concurrent_bookings_for_five_rooms_confirm_exactly_five() {
         .await
         .expect("cancel")
         .into_inner();
-    let expected = expected.expect("a waitlisted booking with the same nights exists");
+    let expected = expected.expect("a waitlisted booking fits the freed room");
     assert_eq!(reply.promoted_reservation_ids.first(), Some(&expected));
     assert!(reply.position > cancelled.position);
     assert_no_overbooking(&db).await;
