@@ -92,7 +92,8 @@ impl CommandServer {
         health
             .set_serving::<pb::event_stream_server::EventStreamServer<EventStreamApi>>()
             .await;
-        let (reflection_v1, reflection_v1alpha) = server::reflection_services()?;
+        let (reflection_v1, reflection_v1alpha) =
+            server::reflection_services(&["hotel.v1.CommandService", "hotel.v1.EventStream"])?;
 
         let commands = CommandApi {
             writer: self.writer.clone(),

@@ -7,8 +7,11 @@ use tonic::Code;
 
 use crate::pb::FILE_DESCRIPTOR_SET;
 
-/// Reflection services (v1 and v1alpha), so `grpcurl` needs no proto files.
-pub fn reflection_services() -> anyhow::Result<(
+/// Reflection services (v1 and v1alpha), so `grpcurl` needs no proto files,
+/// advertising `services` (fully-qualified names) and the health service.
+pub fn reflection_services(
+    services: &[&str],
+) -> anyhow::Result<(
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
@@ -16,13 +19,19 @@ pub fn reflection_services() -> anyhow::Result<(
         impl tonic_reflection::server::v1alpha::ServerReflection,
     >,
 )> {
-    let v1 = tonic_reflection::server::Builder::configure()
+    let advertise = |mut builder: tonic_reflection::server::Builder<'static>| {
+        for service in services.iter().chain(&["grpc.health.v1.Health"]) {
+            builder = builder.with_service_name(*service);
+        }
+        builder
+    };
+    let v1 = advertise(tonic_reflection::server::Builder::configure())
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         // google.rpc.BadRequest, so grpcurl can show error details.
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let v1alpha = tonic_reflection::server::Builder::configure()
+    let v1alpha = advertise(tonic_reflection::server::Builder::configure())
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)

@@ -6,7 +6,12 @@ use tracing_subscriber::{EnvFilter, fmt};
 /// `json` selects one JSON object per line instead of human-readable text.
 pub fn init(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_target(true);
+    // Logs go to stderr: stdout carries only the "listening on" line that
+    // scripts and tests read.
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_writer(std::io::stderr);
     // A second init (tests that start several servers in one process) is fine.
     let _ = if json {
         builder.json().try_init()

@@ -154,7 +154,8 @@ impl QueryServer {
             live.clone(),
             stopping.clone(),
         )));
-        let (reflection_v1, reflection_v1alpha) = reflection_services()?;
+        let (reflection_v1, reflection_v1alpha) =
+            reflection_services(&["hotel.v1.QueryService", "hotel.v1.QueryAdminService"])?;
         let mut stopped = stopping.clone();
         let serve = Server::builder()
             .add_service(self.health_service)
