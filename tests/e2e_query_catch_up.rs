@@ -1,0 +1,409 @@
+//! `kill -9` of a query server during its catch-up of 20,000+ events, at
+//! random moments, then a restart on the same SQLite file: the read model it
+//! ends with, read through the query API, equals MySQL's write model.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hotel_common::pb::{self, command_service_client::CommandServiceClient};
+use rand::Rng;
+use support::*;
+use tonic::transport::Channel;
+
+/// Events the write phase produces at least.
+const TARGET_EVENTS: i64 = 20_000;
+/// Concurrent command tasks.
+const WRITERS: usize = 32;
+const HOTELS: usize = 10;
+const ROOM_TYPES: [&str; 2] = ["DBL", "SGL"];
+const INVENTORY: i32 = 5;
+/// Stays start on day 1 to this day (plus a few check-in stays on day 0).
+const LAST_CHECK_IN_DAY: i64 = 355;
+/// Times the query server is killed during its catch-up.
+const KILLS: usize = 3;
+
+fn hotel(index: usize) -> String {
+    format!("kh{index}")
+}
+
+/// One writer: books stays of 1 to 5 nights on random room types, cancels
+/// some of its earlier bookings (promoting waitlisted ones), checks guests
+/// in and out of same-day stays; task 0 also raises some inventories.
+async fn write_until(mut client: CommandServiceClient<Channel>, task: usize, head: Arc<AtomicI64>) {
+    let mut mine: Vec<String> = Vec::new();
+    let mut raised = 0;
+    let mut round = 0usize;
+    while head.load(Ordering::Relaxed) < TARGET_EVENTS {
+        round += 1;
+        let (roll, hotel_index, code, from, nights, guest, priority) = {
+            let mut rng = rand::rng();
+            (
+                rng.random_range(0..100),
+                rng.random_range(0..HOTELS),
+                ROOM_TYPES[rng.random_range(0..ROOM_TYPES.len())],
+                rng.random_range(1..=LAST_CHECK_IN_DAY),
+                rng.random_range(1..=5),
+                format!("g{}", rng.random_range(0..300)),
+                if rng.random_ratio(1, 10) { 1 } else { 0 },
+            )
+        };
+        let position = if roll < 15 && !mine.is_empty() {
+            let index = rand::rng().random_range(0..mine.len());
+            let reservation_id = mine.swap_remove(index);
+            match client
+                .cancel_reservation(pb::CancelReservationRequest {
+                    command_id: new_id(),
+                    reservation_id,
+                    reason: "plans changed".into(),
+                    correlation_id: String::new(),
+                })
+                .await
+            {
+                Ok(reply) => reply.into_inner().position,
+                // It may have been checked in by this task (see below).
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => 0,
+                Err(status) => panic!("cancel: {status:?}"),
+            }
+        } else if roll < 17 {
+            // A stay starting today, so the guest can check in (and out).
+            let reply = client
+                .book_room(booking(&hotel(hotel_index), code, 0, nights, &guest))
+                .await
+                .expect("book for today")
+                .into_inner();
+            let mut position = reply.position;
+            if reply.status == pb::ReservationStatus::Confirmed as i32 {
+                position = client
+                    .check_in(pb::CheckInRequest {
+                        command_id: new_id(),
+                        reservation_id: reply.reservation_id.clone(),
+                        correlation_id: String::new(),
+                    })
+                    .await
+                    .expect("check in")
+                    .into_inner()
+                    .position;
+                if roll == 16 {
+                    position = client
+                        .check_out(pb::CheckOutRequest {
+                            command_id: new_id(),
+                            reservation_id: reply.reservation_id.clone(),
+                            correlation_id: String::new(),
+                        })
+                        .await
+                        .expect("check out")
+                        .into_inner()
+                        .position;
+                }
+            } else {
+                mine.push(reply.reservation_id);
+            }
+            position
+        } else if task == 0 && round.is_multiple_of(40) && raised < HOTELS {
+            // Only this task changes inventories, and only upwards: promotions.
+            let position = client
+                .set_room_inventory(pb::SetRoomInventoryRequest {
+                    command_id: new_id(),
+                    hotel_id: hotel(raised),
+                    room_type_code: "DBL".into(),
+                    inventory: INVENTORY + 2,
+                    correlation_id: String::new(),
+                })
+                .await
+                .expect("raise inventory")
+                .into_inner()
+                .position;
+            raised += 1;
+            position
+        } else {
+            let mut request = booking(&hotel(hotel_index), code, from, from + nights, &guest);
+            request.priority = priority;
+            let reply = client.book_room(request).await.expect("book").into_inner();
+            mine.push(reply.reservation_id);
+            reply.position
+        };
+        head.fetch_max(position, Ordering::Relaxed);
+    }
+}
+
+/// What MySQL holds: reservation id to (hotel, room type, check-in,
+/// check-out, guest, status).
+type Reservations = BTreeMap<String, (String, String, String, String, String, String)>;
+/// Per (hotel, room type, night): (booked, waiting).
+type Nights = BTreeMap<(String, String, String), (i32, i32)>;
+
+async fn write_model(db: &TestDb) -> (Reservations, Nights, BTreeMap<(String, String), i32>) {
+    let rows: Vec<(String, String, String, String, String, String, String)> = sqlx::query_as(
+        "SELECT reservation_id, hotel_id, room_type_code, CAST(check_in AS CHAR), \
+         CAST(check_out AS CHAR), guest_id, status FROM reservations",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("reservations");
+    let reservations = rows
+        .into_iter()
+        .map(|(id, h, c, i, o, g, s)| (id, (h, c, i, o, g, s)))
+        .collect();
+    let rows: Vec<(String, String, String, i32, i32)> = sqlx::query_as(
+        "SELECT hotel_id, code, CAST(night AS CHAR), booked, waiting FROM room_nights",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("room nights");
+    let nights = rows
+        .into_iter()
+        .map(|(h, c, n, b, w)| ((h, c, n), (b, w)))
+        .collect();
+    let rows: Vec<(String, String, i32)> =
+        sqlx::query_as("SELECT hotel_id, code, inventory FROM room_types")
+            .fetch_all(&db.pool)
+            .await
+            .expect("room types");
+    let inventories = rows.into_iter().map(|(h, c, i)| ((h, c), i)).collect();
+    (reservations, nights, inventories)
+}
+
+fn status_name(status: i32) -> String {
+    use pb::ReservationStatus as S;
+    match S::try_from(status) {
+        Ok(S::Confirmed) => "CONFIRMED",
+        Ok(S::Waitlisted) => "WAITLISTED",
+        Ok(S::Cancelled) => "CANCELLED",
+        Ok(S::CheckedIn) => "CHECKED_IN",
+        Ok(S::CheckedOut) => "CHECKED_OUT",
+        _ => "UNSPECIFIED",
+    }
+    .to_owned()
+}
+
+/// Every reservation of every hotel, through ListReservations (all pages).
+async fn read_reservations(
+    queries: &mut pb::query_service_client::QueryServiceClient<Channel>,
+    head: i64,
+) -> Reservations {
+    let mut read = Reservations::new();
+    for index in 0..HOTELS {
+        let mut page_token = String::new();
+        loop {
+            let page = queries
+                .list_reservations(pb::ListReservationsRequest {
+                    hotel_id: hotel(index),
+                    page_size: 500,
+                    page_token: page_token.clone(),
+                    min_position: head,
+                    ..Default::default()
+                })
+                .await
+                .expect("list reservations")
+                .into_inner();
+            assert_eq!(page.as_of_position, head, "nothing is written any more");
+            for r in page.reservations {
+                let guest = r.guest.map(|g| g.guest_id).unwrap_or_default();
+                let value = (
+                    r.hotel_id,
+                    r.room_type_code,
+                    r.check_in,
+                    r.check_out,
+                    guest,
+                    status_name(r.status),
+                );
+                let id = r.reservation_id;
+                assert!(
+                    read.insert(id.clone(), value).is_none(),
+                    "{id} listed twice"
+                );
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+    read
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_during_catch_up_loses_nothing_and_applies_nothing_twice() {
+    let started = Instant::now();
+    let logs = tempfile::tempdir().expect("temp dir");
+    let data = tempfile::tempdir().expect("temp dir");
+    let db = TestDb::create().await;
+    let commands = command_server(&db, logs.path());
+    let mut setup = commands.commands().await;
+    for index in 0..HOTELS {
+        register_hotel(&mut setup, &hotel(index), "Coimbra").await;
+        for code in ROOM_TYPES {
+            add_room_type(&mut setup, &hotel(index), code, INVENTORY).await;
+        }
+    }
+
+    // The write model: 20,000+ events from 32 concurrent writers.
+    let head = Arc::new(AtomicI64::new(0));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|task| tokio::spawn(write_until(setup.clone(), task, head.clone())))
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let head = assert_gap_free(&db).await;
+    assert!(head >= TARGET_EVENTS, "head {head}");
+    assert_no_overbooking(&db).await;
+    let promoted = db
+        .count("SELECT COUNT(*) FROM events WHERE event_type = 'ReservationPromoted'")
+        .await;
+    assert!(promoted > 0, "cancellations promoted waitlisted bookings");
+    let written = started.elapsed();
+
+    // Catch-up, killed at random moments, restarted on the same file.
+    let path = data.path().join("read-model.db");
+    let mut kills = Vec::new();
+    let mut committed_before_kill = 0;
+    for round in 0..KILLS {
+        let mut server = query_server(&commands.url(), &path, logs.path());
+        let mut queries = server.queries().await;
+        let status = queries
+            .get_projection_status(pb::GetProjectionStatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        assert!(
+            status.checkpoint >= committed_before_kill,
+            "round {round}: restarted at {} but {committed_before_kill} was committed before the kill",
+            status.checkpoint
+        );
+        let delay = rand::rng().random_range(50..=600);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let status = queries
+            .get_projection_status(pb::GetProjectionStatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        server.kill9();
+        assert!(
+            status.checkpoint < head,
+            "round {round}: the kill after {delay} ms must interrupt the catch-up, \
+             but the checkpoint was already {} of {head}",
+            status.checkpoint
+        );
+        committed_before_kill = status.checkpoint;
+        kills.push((delay, status.checkpoint));
+    }
+
+    let caught_up_from = Instant::now();
+    let server = query_server(&commands.url(), &path, logs.path());
+    let mut queries = server.queries().await;
+    let status = eventually(Duration::from_secs(60), || {
+        let mut queries = queries.clone();
+        async move {
+            let status = queries
+                .get_projection_status(pb::GetProjectionStatusRequest {})
+                .await
+                .expect("status")
+                .into_inner();
+            (status.checkpoint == head).then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(status.head, head);
+    assert_eq!(status.lag_events, 0);
+    let catch_up = caught_up_from.elapsed();
+
+    // The read model equals the write model.
+    let (reservations, nights, inventories) = write_model(&db).await;
+    let read = read_reservations(&mut queries, head).await;
+    assert_eq!(read.len(), reservations.len(), "as many reservations");
+    let wrong: Vec<_> = reservations
+        .iter()
+        .filter(|(id, stored)| read.get(*id) != Some(stored))
+        .map(|(id, stored)| format!("{id}: MySQL {stored:?}, read model {:?}", read.get(id)))
+        .take(10)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "reservations differ:\n{}",
+        wrong.join("\n")
+    );
+
+    let (from, to): (String, String) = sqlx::query_as(
+        "SELECT CAST(MIN(night) AS CHAR), CAST(MAX(night) + INTERVAL 1 DAY AS CHAR) FROM room_nights",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("night range");
+    let mut compared = 0;
+    let mut wrong = Vec::new();
+    for index in 0..HOTELS {
+        let availability = queries
+            .get_availability(pb::GetAvailabilityRequest {
+                hotel_id: hotel(index),
+                room_type_code: String::new(),
+                from_date: from.clone(),
+                to_date: to.clone(),
+                min_position: head,
+            })
+            .await
+            .expect("availability")
+            .into_inner();
+        assert_eq!(availability.as_of_position, head);
+        let codes: Vec<&str> = availability
+            .room_types
+            .iter()
+            .map(|t| t.room_type_code.as_str())
+            .collect();
+        let mut expected_codes = ROOM_TYPES.to_vec();
+        expected_codes.sort_unstable();
+        let mut sorted = codes.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, expected_codes, "room types of {}", hotel(index));
+        for room_type in &availability.room_types {
+            let key = (hotel(index), room_type.room_type_code.clone());
+            let inventory = inventories[&key];
+            for night in &room_type.nights {
+                let (booked, waiting) = nights
+                    .get(&(key.0.clone(), key.1.clone(), night.date.clone()))
+                    .copied()
+                    .unwrap_or((0, 0));
+                let expected = (inventory, booked, (inventory - booked).max(0), waiting);
+                let got = (night.inventory, night.booked, night.free, night.waiting);
+                if got != expected {
+                    wrong.push(format!(
+                        "{}/{} {}: MySQL (inventory, booked, free, waiting) {expected:?}, read model {got:?}",
+                        key.0, key.1, night.date
+                    ));
+                }
+                compared += 1;
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} nights differ, e.g.:\n{}",
+        wrong.len(),
+        wrong
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(compared >= nights.len(), "every stored night was compared");
+
+    eprintln!(
+        "{head} events ({promoted} promotions, {} reservations) written in {written:?}; \
+         kills (after ms, checkpoint) {kills:?}; final catch-up {catch_up:?}; \
+         {compared} nights compared; total {:?}",
+        reservations.len(),
+        started.elapsed()
+    );
+    drop(server);
+    drop(commands);
+    db.cleanup().await;
+}
