@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+#
+# The benchmark of issue 5 in one command: builds release binaries, starts a
+# command server and a query server on a fresh database, measures each figure
+# of DESIGN.md's "Performance" next to its reference from the same run, and
+# writes BENCHMARKS.md with an SVG chart (docs/benchmarks.svg).
+#
+# usage: scripts/bench.sh [--quick] [--out FILE]
+#   --quick     a seconds-long version with small counts: proves the pieces
+#               work, measures nothing worth keeping; writes to
+#               target/bench/quick/ unless --out is given
+#   --out FILE  where to write the Markdown (default BENCHMARKS.md; the
+#               chart goes to docs/benchmarks.svg, or beside FILE with --out)
+#
+# What it runs, in order (each load is loadgen, over gRPC on loopback):
+#   sysbench oltp_write_only, 16 threads, on the same MariaDB (database
+#     sbtest: prepare, run, cleanup); installed from Debian when missing
+#   commands/s at concurrency 1, 16 and 64 (book=80,cancel=15,checkin=5)
+#   queries/s at concurrency 64 (GetReservation, GetAvailability,
+#     SearchAvailability), then the echo service (Health/Check) at 64
+#   projection lag at half the concurrency-64 command rate
+#   catch-up: the log filled to >= 200,000 events, then a fresh query
+#     server replays it
+#   peak RSS (VmHWM) of both servers
+# Raw results stay in target/bench/<time>/ (JSON per load, sysbench output,
+# server logs).
+#
+# Settings, from the environment:
+#   HOTEL_DB_HOST/PORT/USER/PASSWORD   see scripts/bootstrap-mariadb.sh
+#   BENCH_DB               (hotel_bench) the database, dropped and created
+#   BENCH_SECONDS          (10; 2 with --quick) length of each load
+#   BENCH_CATCHUP_EVENTS   (200000; 3000 with --quick)
+
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HOTEL_SCRIPT=bench
+# shellcheck source=scripts/lib/hotel-env.sh
+source "$REPO/scripts/lib/hotel-env.sh"
+cd "$REPO"
+
+COMMAND_LINE="scripts/bench.sh${*:+ $*}"
+QUICK=0
+OUT=''
+while (($#)); do
+    case $1 in
+        --quick) QUICK=1 ;;
+        --out)
+            [[ $# -ge 2 ]] || hotel_die "--out needs a file name"
+            OUT=$2
+            shift
+            ;;
+        -h | --help)
+            sed -n '3,31p' "$0" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *) hotel_die "unknown argument '$1' (try --help)" ;;
+    esac
+    shift
+done
+
+BENCH_DB=${BENCH_DB:-hotel_bench}
+[[ $BENCH_DB =~ ^[A-Za-z0-9_]+$ ]] || hotel_die "BENCH_DB must be letters, digits and _, not '$BENCH_DB'"
+if ((QUICK)); then
+    LOAD_SECONDS=${BENCH_SECONDS:-2}
+    CATCHUP_EVENTS=${BENCH_CATCHUP_EVENTS:-3000}
+    SYSBENCH_SECONDS=3
+    SYSBENCH_ROWS=1000
+    RESULTS=target/bench/quick
+    OUT=${OUT:-$RESULTS/BENCHMARKS.md}
+else
+    LOAD_SECONDS=${BENCH_SECONDS:-10}
+    CATCHUP_EVENTS=${BENCH_CATCHUP_EVENTS:-200000}
+    SYSBENCH_SECONDS=10
+    SYSBENCH_ROWS=10000
+    RESULTS=target/bench/$(date -u +%Y%m%d-%H%M%S)
+    OUT=${OUT:-BENCHMARKS.md}
+fi
+if [[ $OUT == BENCHMARKS.md ]]; then
+    CHART=docs/benchmarks.svg
+else
+    CHART=$(dirname "$OUT")/benchmarks.svg
+fi
+rm -rf "$RESULTS"
+mkdir -p "$RESULTS/meta"
+
+LOADGEN=target/release/loadgen
+PIDS=()   # servers started here, stopped at exit
+NAMES=()
+ADDR=''   # set by start
+PID=''
+
+# --- helpers ----------------------------------------------------------------
+
+# SQL as the project user; the password goes through the environment, not
+# the command line.
+sql() {
+    MYSQL_PWD=$HOTEL_DB_PASSWORD "$CLIENT" --protocol=TCP -h"$HOTEL_DB_HOST" -P"$HOTEL_DB_PORT" \
+        -u"$HOTEL_DB_USER" --batch --skip-column-names -e "$1"
+}
+
+# start NAME COMMAND...: runs a server in the background, stdout (its
+# "listening on" line) and stderr (its log) to files in RESULTS, and waits
+# until it listens; its address is then in ADDR and its pid in PID. (Not
+# called in $(...): the pid list must stay in this shell.)
+start() {
+    local name=$1 i addr
+    shift
+    "$@" </dev/null >"$RESULTS/$name.out" 2>"$RESULTS/$name.log" &
+    PIDS+=("$!")
+    NAMES+=("$name")
+    for ((i = 0; i < 600; i++)); do
+        addr=$(sed -n 's/.*listening on //p' "$RESULTS/$name.out" | head -n 1)
+        if [[ -n $addr ]]; then
+            ADDR=$addr
+            PID=${PIDS[-1]}
+            return 0
+        fi
+        if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then
+            tail -n 20 "$RESULTS/$name.log" >&2
+            hotel_die "$name exited before listening (log: $RESULTS/$name.log)"
+        fi
+        sleep 0.1
+    done
+    hotel_die "$name did not listen within 60 s (log: $RESULTS/$name.log)"
+}
+
+# SIGTERM to every server started here, SIGKILL after 20 s.
+# shellcheck disable=SC2317 # run from the EXIT trap
+stop_all() {
+    local i deadline=$((SECONDS + 20))
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        kill -TERM "${PIDS[i]}" 2>/dev/null || true
+    done
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        while kill -0 "${PIDS[i]}" 2>/dev/null && ((SECONDS < deadline)); do
+            sleep 0.2
+        done
+        if kill -0 "${PIDS[i]}" 2>/dev/null; then
+            hotel_log "${NAMES[i]} did not stop within 20 s: killing it"
+            kill -KILL "${PIDS[i]}" 2>/dev/null || true
+        fi
+        wait "${PIDS[i]}" 2>/dev/null || true
+    done
+    PIDS=()
+}
+
+# Stops the servers started after the first N (the echo server, once the
+# command and query servers are the first two).
+stop_all_but() {
+    local keep=$1 i
+    for ((i = ${#PIDS[@]} - 1; i >= keep; i--)); do
+        kill -TERM "${PIDS[i]}" 2>/dev/null || true
+        wait "${PIDS[i]}" 2>/dev/null || true
+        unset 'PIDS[i]' 'NAMES[i]'
+    done
+}
+
+# Peak resident memory (VmHWM, KiB) of a running process.
+peak_rss() {
+    awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"
+}
+
+# A number field at the top level of a loadgen JSON report.
+json_number() {
+    sed -n "s/^  \"$2\": \([0-9.eE+-]*\),\{0,1\}\$/\1/p" "$1" | head -n 1
+}
+
+# One line per load, from its JSON report.
+said() {
+    hotel_log "$1: $(json_number "$2" "$3") $3"
+}
+
+ensure_sysbench() {
+    command -v sysbench >/dev/null && return 0
+    ((EUID == 0)) ||
+        hotel_die "sysbench is not installed and only root can install it: sudo apt-get install -y sysbench"
+    command -v apt-get >/dev/null || hotel_die "no apt-get here: install sysbench with this system's package manager"
+    hotel_log "installing sysbench from Debian's packages"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q sysbench >&2; then
+        apt-get update -q >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q sysbench >&2
+    fi
+}
+
+# --- main -------------------------------------------------------------------
+
+hotel_section "database"
+bash scripts/bootstrap-mariadb.sh
+CLIENT=$(command -v mariadb || command -v mysql) || hotel_die "no mariadb/mysql client found"
+SERVER_URL=$(hotel_server_url)
+
+hotel_section "cargo build --release --workspace --bins"
+cargo build --release --workspace --bins
+
+hotel_section "sysbench"
+ensure_sysbench
+
+{
+    date -u '+%Y-%m-%d %H:%M UTC' >"$RESULTS/meta/date"
+    commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+        commit="$commit (with uncommitted changes)"
+    fi
+    printf '%s\n' "$commit" >"$RESULTS/meta/commit"
+    nproc >"$RESULTS/meta/nproc"
+    sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1 >"$RESULTS/meta/cpu"
+    free -h >"$RESULTS/meta/memory"
+    sql 'SELECT VERSION()' >"$RESULTS/meta/mariadb"
+    printf '%s\n' "$COMMAND_LINE" >"$RESULTS/meta/command"
+}
+LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+trap stop_all EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+sql 'DROP DATABASE IF EXISTS sbtest; CREATE DATABASE sbtest'
+SYSBENCH=(sysbench oltp_write_only --db-driver=mysql
+    --mysql-host="$HOTEL_DB_HOST" --mysql-port="$HOTEL_DB_PORT"
+    --mysql-user="$HOTEL_DB_USER" --mysql-password="$HOTEL_DB_PASSWORD" --mysql-db=sbtest
+    --tables=4 --table-size="$SYSBENCH_ROWS" --threads=16 --time="$SYSBENCH_SECONDS")
+"${SYSBENCH[@]}" prepare >"$RESULTS/sysbench-prepare.txt"
+"${SYSBENCH[@]}" run >"$RESULTS/sysbench.txt"
+"${SYSBENCH[@]}" cleanup >/dev/null
+sql 'DROP DATABASE IF EXISTS sbtest'
+hotel_log "sysbench: $(grep -m1 'transactions:' "$RESULTS/sysbench.txt" | sed 's/^ *//')"
+
+hotel_section "servers (database $BENCH_DB)"
+sql "DROP DATABASE IF EXISTS \`$BENCH_DB\`; CREATE DATABASE \`$BENCH_DB\`"
+start command-server target/release/command-server \
+    --listen-addr 127.0.0.1:0 --metrics-addr off \
+    --database-url "$SERVER_URL/$BENCH_DB"
+COMMAND_URL=http://$ADDR
+COMMAND_PID=$PID
+start query-server target/release/query-server \
+    --listen-addr 127.0.0.1:0 --metrics-addr off \
+    --command-server-url "$COMMAND_URL" --database-path "$RESULTS/read-model.db"
+QUERY_URL=http://$ADDR
+QUERY_PID=$PID
+hotel_log "command server $COMMAND_URL (pid $COMMAND_PID), query server $QUERY_URL (pid $QUERY_PID)"
+"$LOADGEN" setup --command-url "$COMMAND_URL"
+
+hotel_section "commands/s at concurrency 1, 16, 64 (${LOAD_SECONDS}s each)"
+for concurrency in 1 16 64; do
+    "$LOADGEN" run --command-url "$COMMAND_URL" --concurrency "$concurrency" \
+        --duration "${LOAD_SECONDS}s" --mix book=80,cancel=15,checkin=5 --json \
+        >"$RESULTS/commands-c$concurrency.json"
+    said "concurrency $concurrency" "$RESULTS/commands-c$concurrency.json" commands_per_sec
+done
+
+hotel_section "queries/s at concurrency 64, then the echo service at 64"
+"$LOADGEN" run --command-url "$COMMAND_URL" --query-url "$QUERY_URL" --concurrency 64 \
+    --duration "${LOAD_SECONDS}s" --mix query=100 --json >"$RESULTS/queries-c64.json"
+said "queries" "$RESULTS/queries-c64.json" queries_per_sec
+start echo-server "$LOADGEN" echo-server --listen 127.0.0.1:0
+"$LOADGEN" echo --url "http://$ADDR" --concurrency 64 --duration "${LOAD_SECONDS}s" --json \
+    >"$RESULTS/echo-c64.json"
+hotel_log "echo: $(grep -m1 '"per_sec"' "$RESULTS/echo-c64.json" | sed 's/[^0-9.]//g') per_sec"
+stop_all_but 2
+
+hotel_section "projection lag at half the concurrency-64 command rate"
+MAX_RATE=$(json_number "$RESULTS/commands-c64.json" commands_per_sec)
+LAG_RATE=$(awk -v r="${MAX_RATE:-0}" 'BEGIN { h = r / 2; printf "%.0f", (h < 1 ? 1 : h) }')
+"$LOADGEN" lag --command-url "$COMMAND_URL" --query-url "$QUERY_URL" --rate "$LAG_RATE" \
+    --duration "${LOAD_SECONDS}s" --json >"$RESULTS/lag.json"
+hotel_log "lag at $LAG_RATE/s: p50 and p99 in $RESULTS/lag.json"
+
+hotel_section "catch-up over >= $CATCHUP_EVENTS events"
+"$LOADGEN" catchup --command-url "$COMMAND_URL" --events "$CATCHUP_EVENTS" \
+    --query-server-bin target/release/query-server --json >"$RESULTS/catchup.json"
+said "catch-up" "$RESULTS/catchup.json" events_per_sec
+
+peak_rss "$COMMAND_PID" >"$RESULTS/rss-command-server.kib"
+peak_rss "$QUERY_PID" >"$RESULTS/rss-query-server.kib"
+stop_all
+LOAD_AT_END=$(cut -d' ' -f1-3 /proc/loadavg)
+cat >"$RESULTS/meta/note" <<EOF
+The machine is shared: other engineers built and tested on the same $(nproc) cores while this ran
+(load average over 1, 5 and 15 minutes: $LOAD_AT_START at the start, $LOAD_AT_END at the end), and
+the load generator, both servers and MariaDB share them too. Absolute figures move with that load;
+the ratios against references measured minutes apart in the same run are the figures to compare.
+EOF
+printf '%s\n' "$LOAD_AT_START" >"$RESULTS/meta/load"
+
+hotel_section "report"
+"$LOADGEN" report --dir "$RESULTS" --out "$OUT" --chart "$CHART"
+sed -n '/^## Against the targets/,/^!\[/p' "$OUT" | sed '$d' >&2
+hotel_log "raw results in $RESULTS"
