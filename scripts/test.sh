@@ -117,7 +117,7 @@ cargo build --workspace --bins
 
 hotel_section "cargo test --workspace${*:+ $*}"
 status=0
-cargo test --workspace "$@" || status=$?
+cargo test --workspace --no-fail-fast "$@" || status=$?
 if ((status == 0)); then
     hotel_log "the test suite passed"
 else
