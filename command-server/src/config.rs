@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
+use hotel_common::auth::{self, Tokens};
 
 /// The command server: hotel booking commands on MySQL/MariaDB, and the
 /// stream of their events.
@@ -55,6 +56,26 @@ pub struct Config {
     /// Seconds to wait for open calls to end at shutdown.
     #[arg(long, env = "HOTEL_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+
+    /// Bearer tokens and their roles; empty (the default) turns
+    /// authentication off.
+    ///
+    /// Format: TOKEN=ROLE[+ROLE...] entries separated by commas, e.g.
+    /// "s3cret-a=writer+subscriber,ops=admin". Roles: writer (CommandService),
+    /// subscriber (EventStream, what query servers need), reader (queries,
+    /// on query servers), admin (every role). Clients send the metadata
+    /// "authorization: Bearer TOKEN"; a missing or unknown token gets
+    /// UNAUTHENTICATED, a token without the role PERMISSION_DENIED. Health
+    /// and reflection stay open.
+    #[arg(
+        long,
+        env = "HOTEL_AUTH_TOKENS",
+        default_value = "",
+        value_parser = auth::secret::<Tokens>(),
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub auth_tokens: Tokens,
 
     /// Log one JSON object per line instead of text.
     #[arg(long, env = "HOTEL_LOG_JSON")]

@@ -22,10 +22,11 @@ pub mod testing;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use hotel_common::{pb, server};
+use hotel_common::{auth::Role, pb, server};
 use sqlx::MySqlPool;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 pub use config::Config;
 
@@ -107,6 +108,13 @@ impl CommandServer {
             heartbeat: self.config.heartbeat(),
         };
 
+        let tokens = &self.config.auth_tokens;
+        if tokens.is_empty() {
+            tracing::info!("authentication is off: no --auth-tokens");
+        } else {
+            tracing::info!(tokens = tokens.len(), "bearer-token authentication is on");
+        }
+
         let mut signal = stopping.clone();
         let serve = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -114,14 +122,16 @@ impl CommandServer {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(
+            .add_service(InterceptedService::new(
                 pb::command_service_server::CommandServiceServer::new(commands)
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(
+                tokens.interceptor(Role::Writer),
+            ))
+            .add_service(InterceptedService::new(
                 pb::event_stream_server::EventStreamServer::new(events)
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
+                tokens.interceptor(Role::Subscriber),
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
                 let _ = signal.wait_for(|stop| *stop).await;
             });

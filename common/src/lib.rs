@@ -6,8 +6,11 @@
 //!   problem into one `INVALID_ARGUMENT` with `google.rpc.BadRequest` details.
 //! - [`dates`]: the calendar-date format of the API (`YYYY-MM-DD`).
 //! - [`server`]: health, reflection, metrics and shutdown plumbing for tonic.
+//! - [`auth`]: bearer tokens mapped to roles; the interceptors that check
+//!   them on a server and attach one to our own outgoing calls.
 //! - [`telemetry`]: structured logs.
 
+pub mod auth;
 pub mod dates;
 pub mod server;
 pub mod telemetry;

@@ -3,6 +3,8 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
+use hotel_common::auth::{self, CallCredentials, Tokens};
+
 /// A query server of the hotel booking system: follows the command server's
 /// event stream into a SQLite read model and serves `hotel.v1.QueryService`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -43,6 +45,39 @@ pub struct Config {
     )]
     pub metrics_addr: MetricsAddr,
 
+    /// Bearer tokens and their roles; empty (the default) turns
+    /// authentication off.
+    ///
+    /// Format: TOKEN=ROLE[+ROLE...] entries separated by commas, e.g.
+    /// "s3cret-b=reader,ops=admin". Roles: reader (QueryService), admin
+    /// (QueryAdminService, and every other role), writer and subscriber
+    /// (command-server roles). Clients send the metadata "authorization:
+    /// Bearer TOKEN"; a missing or unknown token gets UNAUTHENTICATED, a
+    /// token without the role PERMISSION_DENIED. Health and reflection stay
+    /// open.
+    #[arg(
+        long,
+        env = "HOTEL_AUTH_TOKENS",
+        default_value = "",
+        value_parser = auth::secret::<Tokens>(),
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub auth_tokens: Tokens,
+
+    /// Bearer token sent to the command server (on the event stream and any
+    /// other call); it needs the subscriber role there. Empty (the default)
+    /// sends none.
+    #[arg(
+        long,
+        env = "HOTEL_COMMAND_SERVER_TOKEN",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true,
+        value_parser = auth::secret::<CallCredentials>()
+    )]
+    pub command_server_token: CallCredentials,
+
     /// Write logs as JSON lines (on stderr) instead of human-readable text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,
@@ -70,6 +105,8 @@ impl Config {
             command_server_url,
             database_path,
             metrics_addr: None,
+            auth_tokens: Tokens::default(),
+            command_server_token: CallCredentials::default(),
             log_json: false,
         }
     }
@@ -93,5 +130,26 @@ mod tests {
         let config =
             Config::try_parse_from(["query-server", "--metrics-addr", "off"]).expect("off parses");
         assert_eq!(config.metrics_addr, None);
+        assert!(config.auth_tokens.is_empty());
+        assert!(!config.command_server_token.has_token());
+    }
+
+    #[test]
+    fn auth_flags_parse_and_report_bad_specs() {
+        let config = Config::try_parse_from([
+            "query-server",
+            "--auth-tokens",
+            "r=reader,ops=admin",
+            "--command-server-token",
+            "sub",
+        ])
+        .expect("auth flags parse");
+        assert_eq!(config.auth_tokens.len(), 2);
+        assert!(config.command_server_token.has_token());
+        let error = Config::try_parse_from(["query-server", "--auth-tokens", "r=reader,oops"])
+            .expect_err("a bad spec is refused")
+            .to_string();
+        assert!(error.contains("entry 2"), "{error}");
+        assert!(!error.contains("r=reader"), "the spec is secret: {error}");
     }
 }

@@ -27,6 +27,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use hotel_common::{
+    auth::{Role, Tokens},
     pb::{
         query_admin_service_server::QueryAdminServiceServer,
         query_service_server::QueryServiceServer,
@@ -35,13 +36,16 @@ use hotel_common::{
 };
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Endpoint, Server},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 pub use config::Config;
 
 use crate::{
-    projector::{Projection, ProjectorHandle},
+    projector::{CommandServerChannel, Projection, ProjectorHandle},
     queries::{Admin, Queries},
     read_model::{ReadModel, Writer},
     rebuild::{LiveProjector, Rebuilder},
@@ -56,8 +60,11 @@ pub struct QueryServer {
     listener: TcpListener,
     /// The address actually bound (the port is real even when 0 was asked).
     local_addr: SocketAddr,
-    /// The command server, for the event stream (connects lazily, reconnects).
-    channel: Channel,
+    /// The command server, for the event stream (connects lazily, reconnects;
+    /// sends `--command-server-token`).
+    channel: CommandServerChannel,
+    /// The tokens this server accepts (empty: authentication off).
+    tokens: Tokens,
     /// The writer of the read model, handed to the projector at start.
     writer: Writer,
     /// Readers of the read model.
@@ -99,6 +106,7 @@ impl QueryServer {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();
+        let channel = InterceptedService::new(channel, config.command_server_token.clone());
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;
@@ -108,12 +116,15 @@ impl QueryServer {
             database = %config.database_path.display(),
             checkpoint = checkpoint.position,
             command_server = config.command_server_url,
+            auth = if config.auth_tokens.is_empty() { "off" } else { "bearer tokens" },
+            sends_token = config.command_server_token.has_token(),
             "query server ready"
         );
         Ok(Self {
             listener,
             local_addr,
             channel,
+            tokens: config.auth_tokens,
             writer,
             read_model,
             projection,
@@ -161,8 +172,14 @@ impl QueryServer {
             .add_service(self.health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(QueryServiceServer::new(queries))
-            .add_service(QueryAdminServiceServer::new(admin))
+            .add_service(InterceptedService::new(
+                QueryServiceServer::new(queries),
+                self.tokens.interceptor(Role::Reader),
+            ))
+            .add_service(InterceptedService::new(
+                QueryAdminServiceServer::new(admin),
+                self.tokens.interceptor(Role::Admin),
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             });

@@ -13,10 +13,9 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 use hotel_common::pb;
 use tokio::sync::{Mutex, watch};
-use tonic::transport::Channel;
 
 use crate::{
-    projector::{Projection, ProjectorHandle},
+    projector::{CommandServerChannel, Projection, ProjectorHandle},
     queries::QueryError,
     read_model::{ReadModel, Writer, with_suffix},
 };
@@ -32,7 +31,7 @@ pub type LiveProjector = Arc<Mutex<Option<ProjectorHandle>>>;
 /// Runs rebuilds, one at a time.
 pub struct Rebuilder {
     /// Connection to the command server, shared with the live projector.
-    channel: Channel,
+    channel: CommandServerChannel,
     /// The live file and its readers.
     read_model: Arc<ReadModel>,
     /// The live projection (checkpoint, status).
@@ -47,7 +46,7 @@ pub struct Rebuilder {
 
 impl Rebuilder {
     pub fn new(
-        channel: Channel,
+        channel: CommandServerChannel,
         read_model: Arc<ReadModel>,
         projection: Arc<Projection>,
         live: LiveProjector,

@@ -13,12 +13,15 @@ mod status;
 
 use std::{sync::Arc, time::Duration};
 
-use hotel_common::pb::{
-    self, EventEnvelope, SubscribeRequest, event_stream_client::EventStreamClient,
-    subscribe_response::Message,
+use hotel_common::{
+    auth::CallCredentials,
+    pb::{
+        self, EventEnvelope, SubscribeRequest, event_stream_client::EventStreamClient,
+        subscribe_response::Message,
+    },
 };
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
-use tonic::transport::Channel;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 pub use status::Projection;
 
@@ -39,6 +42,10 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// The connection to the command server: every call carries the
+/// configured bearer token (`--command-server-token`), if any.
+pub type CommandServerChannel = InterceptedService<Channel, CallCredentials>;
+
 /// A running projector.
 pub struct ProjectorHandle {
     /// Set to `true` to stop the projector.
@@ -49,7 +56,11 @@ pub struct ProjectorHandle {
 
 impl ProjectorHandle {
     /// Starts a projector writing through `writer`, publishing to `projection`.
-    pub fn spawn(channel: Channel, writer: Writer, projection: Arc<Projection>) -> Self {
+    pub fn spawn(
+        channel: CommandServerChannel,
+        writer: Writer,
+        projection: Arc<Projection>,
+    ) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(channel, writer, projection, stop_rx));
         Self { stop, task }
@@ -75,7 +86,7 @@ enum Ended {
 
 /// Follows the stream until `stop` turns true; returns the writer.
 pub async fn run(
-    channel: Channel,
+    channel: CommandServerChannel,
     mut writer: Writer,
     projection: Arc<Projection>,
     mut stop: watch::Receiver<bool>,
@@ -133,6 +144,20 @@ pub async fn run(
                      database replaced? Delete or rebuild this read model"
                 );
                 Ended::Disconnected(format!("out of range: {}", status.message()))
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                tracing::error!(
+                    code = ?status.code(),
+                    message = status.message(),
+                    "the command server refused the subscription: set --command-server-token \
+                     to a token with the subscriber role"
+                );
+                Ended::Disconnected(format!("not authorized: {}", status.message()))
             }
             Err(status) => Ended::Disconnected(format!(
                 "subscribing failed: {} {}",
