@@ -35,10 +35,9 @@ use hotel_common::{
     server::{install_metrics, reflection_services},
 };
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{
     service::interceptor::InterceptedService,
-    transport::{Endpoint, Server},
+    transport::{Endpoint, Server, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -180,7 +179,7 @@ impl QueryServer {
                 QueryAdminServiceServer::new(admin),
                 self.tokens.interceptor(Role::Admin),
             ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+            .serve_with_incoming_shutdown(incoming(self.listener), async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             });
         tokio::pin!(serve);
@@ -215,4 +214,10 @@ impl QueryServer {
         tracing::info!("query server stopped");
         served
     }
+}
+
+/// Accepted connections with `TCP_NODELAY`: without it, a reply written in
+/// more than one segment waits for the client's delayed ACK (~40 ms).
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
