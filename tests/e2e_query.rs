@@ -1034,7 +1034,7 @@ async fn live_queries_deliver_every_change_in_order() {
         room_type_code: "SGL".into(),
         from_date: day(10),
         to_date: day(12),
-        min_position: 0,
+        min_position: cancelled.position,
     };
     let mut watch = queries
         .watch_availability(watch_request)

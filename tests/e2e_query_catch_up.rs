@@ -279,13 +279,22 @@ async fn kill_9_during_catch_up_loses_nothing_and_applies_nothing_twice() {
             "round {round}: restarted at {} but {committed_before_kill} was committed before the kill",
             status.checkpoint
         );
-        let delay = rand::rng().random_range(50..=600);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        let status = queries
-            .get_projection_status(pb::GetProjectionStatusRequest {})
-            .await
-            .expect("status")
-            .into_inner();
+        // A random moment; earlier once most of the log is in, so the kill
+        // still lands in the catch-up on a fast machine.
+        let delay = Duration::from_millis(rand::rng().random_range(50..=600));
+        let since = Instant::now();
+        let status = loop {
+            let status = queries
+                .get_projection_status(pb::GetProjectionStatusRequest {})
+                .await
+                .expect("status")
+                .into_inner();
+            if since.elapsed() >= delay || status.checkpoint >= head * 6 / 10 {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let delay = since.elapsed().as_millis();
         server.kill9();
         assert!(
             status.checkpoint < head,
