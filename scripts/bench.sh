@@ -17,7 +17,8 @@
 #     sbtest: prepare, run, cleanup); installed from Debian when missing
 #   commands/s at concurrency 1, 16 and 64 (book=80,cancel=15,checkin=5)
 #   queries/s at concurrency 64 (GetReservation, GetAvailability,
-#     SearchAvailability), then the echo service (Health/Check) at 64
+#     SearchAvailability in equal shares, then each alone), then the echo
+#     service (Health/Check) at 64
 #   projection lag at half the concurrency-64 command rate
 #   catch-up: the log filled to >= 200,000 events, then a fresh query
 #     server replays it
@@ -253,6 +254,13 @@ hotel_section "queries/s at concurrency 64, then the echo service at 64"
 "$LOADGEN" run --command-url "$COMMAND_URL" --query-url "$QUERY_URL" --concurrency 64 \
     --duration "${LOAD_SECONDS}s" --mix query=100 --json >"$RESULTS/queries-c64.json"
 said "queries" "$RESULTS/queries-c64.json" queries_per_sec
+# Each query alone too: their costs differ by far more than the transport's.
+for query in get availability search; do
+    "$LOADGEN" run --command-url "$COMMAND_URL" --query-url "$QUERY_URL" --concurrency 64 \
+        --duration "${LOAD_SECONDS}s" --mix "$query=1" --seed 200 --json \
+        >"$RESULTS/queries-$query-c64.json"
+    said "$query alone" "$RESULTS/queries-$query-c64.json" queries_per_sec
+done
 start echo-server "$LOADGEN" echo-server --listen 127.0.0.1:0
 "$LOADGEN" echo --url "http://$ADDR" --concurrency 64 --duration "${LOAD_SECONDS}s" --json \
     >"$RESULTS/echo-c64.json"

@@ -108,7 +108,7 @@ fn draw_panel(out: &mut String, panel: &Panel, y0: f64) {
             LEFT + plot_w,
             LEFT - 6.0,
             y + 4.0,
-            number(tick)
+            tick_label(tick, step)
         );
         tick += step;
     }
@@ -194,19 +194,20 @@ fn axis(max: f64) -> (f64, f64) {
     ((max / step).ceil() * step, step)
 }
 
+/// An axis label: as many decimals as the step needs.
+fn tick_label(value: f64, step: f64) -> String {
+    if step >= 1.0 {
+        thousands(value.round() as u64)
+    } else {
+        let decimals = (-step.log10().floor()) as usize;
+        format!("{value:.decimals$}")
+    }
+}
+
 /// A value for a label: thousands separated, few decimals.
 pub fn number(value: f64) -> String {
     if value >= 1000.0 {
-        let whole = value.round() as u64;
-        let digits = whole.to_string();
-        let mut out = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i).is_multiple_of(3) {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        out
+        thousands(value.round() as u64)
     } else if value >= 100.0 {
         format!("{value:.0}")
     } else if value >= 10.0 {
@@ -214,6 +215,19 @@ pub fn number(value: f64) -> String {
     } else {
         format!("{value:.2}")
     }
+}
+
+/// 12345 as "12,345".
+fn thousands(whole: u64) -> String {
+    let digits = whole.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn escape(text: &str) -> String {
@@ -241,6 +255,10 @@ mod tests {
         assert_eq!(number(123.4), "123");
         assert_eq!(number(12.34), "12.3");
         assert_eq!(number(1.234), "1.23");
+        assert_eq!(tick_label(0.0, 50.0), "0");
+        assert_eq!(tick_label(50.0, 50.0), "50");
+        assert_eq!(tick_label(0.4, 0.2), "0.4");
+        assert_eq!(tick_label(5_000.0, 1_000.0), "5,000");
     }
 
     #[test]

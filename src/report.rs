@@ -55,6 +55,8 @@ pub struct Results {
     /// Commands at concurrency 1, 16, 64.
     commands: Vec<(usize, RunReport)>,
     queries: Option<RunReport>,
+    /// Each query alone at concurrency 64: (RPC name, report).
+    query_parts: Vec<(&'static str, RunReport)>,
     echo: Option<RunReport>,
     lag: Option<RunReport>,
     catchup: Option<CatchupReport>,
@@ -158,8 +160,19 @@ impl Results {
                 commands.push((concurrency, report));
             }
         }
+        let mut query_parts = Vec::new();
+        for (file, rpc) in [
+            ("get", "GetReservation"),
+            ("availability", "GetAvailability"),
+            ("search", "SearchAvailability"),
+        ] {
+            if let Some(report) = read_json(&dir.join(format!("queries-{file}-c64.json")))? {
+                query_parts.push((rpc, report));
+            }
+        }
         Ok(Self {
             meta,
+            query_parts,
             sysbench: std::fs::read_to_string(dir.join("sysbench.txt"))
                 .ok()
                 .and_then(|text| parse_sysbench(&text)),
@@ -226,32 +239,43 @@ impl Results {
             ]);
         }
 
-        // 2. Queries against the echo service.
-        let queries = self.queries.as_ref().map(|r| r.queries_per_sec);
+        // 2. Queries against the echo service: the mix, then each alone.
         let echo = self
             .echo
             .as_ref()
             .and_then(|r| r.group("echo"))
             .map(|g| g.per_sec);
-        rows.push([
-            "2. queries/s, concurrency 64".to_owned(),
-            queries.map_or_else(missing, |q| format!("{}/s", number(q))),
-            echo.map_or_else(missing, |e| {
-                format!(
-                    "trivial tonic unary (Health/Check), concurrency 64: {}/s",
-                    number(e)
-                )
-            }),
-            match (queries, echo) {
-                (Some(q), Some(e)) => format!("{:.2}", q / e),
-                _ => "-".to_owned(),
-            },
-            format!("≥ {QUERIES_VS_ECHO} × echo"),
-            match (queries, echo) {
-                (Some(q), Some(e)) => verdict(q / e >= QUERIES_VS_ECHO),
-                _ => "-".to_owned(),
-            },
-        ]);
+        let mut queries = vec![(
+            "2. queries/s, concurrency 64, equal mix".to_owned(),
+            self.queries.as_ref().map(|r| r.queries_per_sec),
+        )];
+        for (rpc, report) in &self.query_parts {
+            queries.push((
+                format!("2. {rpc} alone/s, concurrency 64"),
+                Some(report.queries_per_sec),
+            ));
+        }
+        for (figure, measured) in queries {
+            rows.push([
+                figure,
+                measured.map_or_else(missing, |q| format!("{}/s", number(q))),
+                echo.map_or_else(missing, |e| {
+                    format!(
+                        "trivial tonic unary (Health/Check), concurrency 64: {}/s",
+                        number(e)
+                    )
+                }),
+                match (measured, echo) {
+                    (Some(q), Some(e)) => format!("{:.2}", q / e),
+                    _ => "-".to_owned(),
+                },
+                format!("≥ {QUERIES_VS_ECHO} × echo"),
+                match (measured, echo) {
+                    (Some(q), Some(e)) => verdict(q / e >= QUERIES_VS_ECHO),
+                    _ => "-".to_owned(),
+                },
+            ]);
+        }
 
         // 3. Lag.
         let lag = self
@@ -401,6 +425,9 @@ impl Results {
         if let Some(report) = &self.queries {
             details(&mut md, "Queries, concurrency 64", report);
         }
+        for (rpc, report) in &self.query_parts {
+            details(&mut md, &format!("{rpc} alone, concurrency 64"), report);
+        }
         if let Some(report) = &self.echo {
             details(&mut md, "Echo (Health/Check), concurrency 64", report);
         }
@@ -440,44 +467,48 @@ impl Results {
     }
 
     pub fn chart(&self) -> String {
-        let mut throughput = Vec::new();
+        let mut commands = Vec::new();
+        let mut queries = Vec::new();
         let mut latency = Vec::new();
         for (concurrency, report) in &self.commands {
-            throughput.push(Group {
-                label: format!("commands\nconcurrency {concurrency}"),
+            commands.push(Group {
+                label: format!("commands\nc{concurrency}"),
                 bars: vec![(Series::Measured, report.commands_per_sec)],
             });
             if let Some(g) = report.group("commands") {
-                latency.push(percentiles(
-                    &format!("commands\nconcurrency {concurrency}"),
-                    g,
-                ));
+                latency.push(percentiles(&format!("commands\nc{concurrency}"), g));
             }
         }
         if let Some(s) = &self.sysbench {
-            throughput.push(Group {
+            commands.push(Group {
                 label: "sysbench write-only\n16 threads (tps)".to_owned(),
                 bars: vec![(Series::Reference, s.tps)],
             });
         }
         if let Some(report) = &self.queries {
-            throughput.push(Group {
-                label: "queries\nconcurrency 64".to_owned(),
+            queries.push(Group {
+                label: "queries, mix\nc64".to_owned(),
                 bars: vec![(Series::Measured, report.queries_per_sec)],
             });
             if let Some(g) = report.group("queries") {
-                latency.push(percentiles("queries\nconcurrency 64", g));
+                latency.push(percentiles("queries, mix\nc64", g));
             }
         }
+        for (rpc, report) in &self.query_parts {
+            queries.push(Group {
+                label: format!("{rpc}\nalone, c64"),
+                bars: vec![(Series::Measured, report.queries_per_sec)],
+            });
+        }
         if let Some(g) = self.echo.as_ref().and_then(|r| r.group("echo")) {
-            throughput.push(Group {
-                label: "echo (Health/Check)\nconcurrency 64".to_owned(),
+            queries.push(Group {
+                label: "echo (Health/Check)\nc64".to_owned(),
                 bars: vec![(Series::Reference, g.per_sec)],
             });
-            latency.push(percentiles("echo\nconcurrency 64", g));
+            latency.push(percentiles("echo\nc64", g));
         }
         if let Some(g) = self.lag.as_ref().and_then(|r| r.group("lag")) {
-            latency.push(percentiles("projection lag\nhalf max rate", g));
+            latency.push(percentiles("projection lag\nat half max", g));
         }
         let title = format!(
             "hotel-cqrs benchmark, {} (commit {})",
@@ -488,9 +519,14 @@ impl Results {
             &title,
             &[
                 Panel {
-                    title: "Throughput".to_owned(),
-                    unit: "operations per second".to_owned(),
-                    groups: throughput,
+                    title: "Commands".to_owned(),
+                    unit: "per second, against sysbench transactions per second".to_owned(),
+                    groups: commands,
+                },
+                Panel {
+                    title: "Queries".to_owned(),
+                    unit: "per second, against a trivial tonic service".to_owned(),
+                    groups: queries,
                 },
                 Panel {
                     title: "Latency".to_owned(),
