@@ -98,6 +98,10 @@ pub struct CatchupReport {
     pub steady_events_per_sec: f64,
     /// Peak resident memory of the replaying query server (VmHWM).
     pub query_server_peak_rss_kib: Option<u64>,
+    /// CPU time (user + system) the replaying query server used, in
+    /// seconds: with `replay_s`, tells whether it was short of CPU.
+    #[serde(default)]
+    pub query_server_cpu_s: Option<f64>,
 }
 
 pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
@@ -143,12 +147,15 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "catch-up: {} events in {:.2} s = {:.0} events/s ({:.0}/s after start-up of {:.2} s); peak RSS {}",
+            "catch-up: {} events in {:.2} s = {:.0} events/s ({:.0}/s after start-up of {:.2} s); query server CPU {}; peak RSS {}",
             report.events,
             report.replay_s,
             report.events_per_sec,
             report.steady_events_per_sec,
             report.startup_s,
+            report
+                .query_server_cpu_s
+                .map_or("unknown".to_owned(), |s| format!("{s:.2} s")),
             report
                 .query_server_peak_rss_kib
                 .map_or("unknown".to_owned(), |kib| format!(
@@ -334,6 +341,7 @@ async fn follow(
                 events_per_sec: head as f64 / replay.as_secs_f64(),
                 steady_events_per_sec: steady,
                 query_server_peak_rss_kib: pid.and_then(peak_rss_kib),
+                query_server_cpu_s: pid.and_then(cpu_seconds),
             });
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -365,11 +373,27 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// CPU time (user + system) a process has used, in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields 14 and 15 (utime,
+    // stime) count from after its closing parenthesis.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(ticks as f64 / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
-    fn reads_its_own_peak_rss() {
+    fn reads_its_own_peak_rss_and_cpu() {
         let kib = super::peak_rss_kib(std::process::id()).expect("VmHWM on Linux");
         assert!(kib > 100);
+        let busy = std::time::Instant::now();
+        while busy.elapsed() < std::time::Duration::from_millis(50) {}
+        let cpu = super::cpu_seconds(std::process::id()).expect("stat on Linux");
+        assert!(cpu > 0.0);
     }
 }

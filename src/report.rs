@@ -440,13 +440,15 @@ impl Results {
                 md,
                 "A new query-server process on an empty SQLite file replayed {} events: start-up \
                  (to its listening line) {:.2} s, caught up after {:.2} s in all: **{} events/s** \
-                 including start-up, {} events/s from its first checkpoint to the head. Peak RSS \
-                 while replaying: {}.\n",
+                 including start-up, {} events/s from its first checkpoint to the head. CPU time \
+                 of the replaying query server: {}. Peak RSS while replaying: {}.\n",
                 number(c.events as f64),
                 c.startup_s,
                 c.replay_s,
                 number(c.events_per_sec),
                 number(c.steady_events_per_sec),
+                c.query_server_cpu_s
+                    .map_or("unknown".to_owned(), |s| format!("{s:.2} s")),
                 c.query_server_peak_rss_kib
                     .map_or("unknown".to_owned(), mib)
             );
