@@ -52,7 +52,8 @@ while (($#)); do
             shift
             ;;
         -h | --help)
-            sed -n '3,31p' "$0" | sed 's/^# \{0,1\}//'
+            # The comment at the top of this file, up to the first code line.
+            awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' "$0"
             exit 0
             ;;
         *) hotel_die "unknown argument '$1' (try --help)" ;;
