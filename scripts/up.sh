@@ -144,8 +144,8 @@ bash "$REPO/scripts/bootstrap-mariadb.sh"
 HOTEL_DATABASE_URL=$(hotel_database_url)
 export HOTEL_DATABASE_URL
 
-hotel_section "cargo build --release --bins"
-cargo build --release --bins
+hotel_section "cargo build --release --workspace --bins"
+cargo build --release --workspace --bins
 
 # From here on, whatever ends this script (Ctrl-C, SIGTERM, a server that
 # fails to start, an error) stops the servers it started.

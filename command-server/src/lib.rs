@@ -25,7 +25,6 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use hotel_common::{auth::Role, pb, server};
 use sqlx::MySqlPool;
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 
 pub use config::Config;
@@ -132,7 +131,7 @@ impl CommandServer {
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
                 tokens.interceptor(Role::Subscriber),
             ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+            .serve_with_incoming_shutdown(server::incoming(self.listener), async move {
                 let _ = signal.wait_for(|stop| *stop).await;
             });
         tokio::pin!(serve);

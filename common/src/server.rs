@@ -40,6 +40,13 @@ pub fn reflection_services(
 }
 
 /// Serves Prometheus metrics at `http://{addr}/metrics`.
+/// The accepted connections of a gRPC listener, with Nagle's algorithm off:
+/// small replies and stream messages leave at once instead of waiting up to
+/// 40 ms for the peer's delayed ACK.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 pub fn install_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)

@@ -32,12 +32,12 @@ use hotel_common::{
         query_admin_service_server::QueryAdminServiceServer,
         query_service_server::QueryServiceServer,
     },
-    server::{install_metrics, reflection_services},
+    server::{self, install_metrics, reflection_services},
 };
 use tokio::{net::TcpListener, sync::watch};
 use tonic::{
     service::interceptor::InterceptedService,
-    transport::{Endpoint, Server, server::TcpIncoming},
+    transport::{Endpoint, Server},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -179,7 +179,7 @@ impl QueryServer {
                 QueryAdminServiceServer::new(admin),
                 self.tokens.interceptor(Role::Admin),
             ))
-            .serve_with_incoming_shutdown(incoming(self.listener), async move {
+            .serve_with_incoming_shutdown(server::incoming(self.listener), async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             });
         tokio::pin!(serve);
@@ -214,10 +214,4 @@ impl QueryServer {
         tracing::info!("query server stopped");
         served
     }
-}
-
-/// Accepted connections with `TCP_NODELAY`: without it, a reply written in
-/// more than one segment waits for the client's delayed ACK (~40 ms).
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
