@@ -184,3 +184,80 @@ pub async fn assert_no_overbooking(db: &TestDb) {
     .expect("consistency query");
     assert_eq!(mismatched, 0, "night counts must match the reservations");
 }
+
+/// Asserts that no waitlisted reservation (from today on) would fit now:
+/// every cancellation and inventory rise promotes all that fit, so one left
+/// behind is a promotion that was missed.
+pub async fn assert_waitlist_settled(db: &TestDb) {
+    let today = hotel_common::dates::today_utc();
+    let fitting: Vec<String> = sqlx::query_scalar(
+        "SELECT r.reservation_id FROM reservations r \
+         JOIN room_types t ON t.hotel_id = r.hotel_id AND t.code = r.room_type_code \
+         WHERE r.status = 'WAITLISTED' AND r.check_in >= ? AND NOT EXISTS ( \
+            SELECT 1 FROM room_nights n WHERE n.hotel_id = r.hotel_id AND n.code = r.room_type_code \
+              AND n.night >= r.check_in AND n.night < r.check_out AND n.booked >= t.inventory)",
+    )
+    .bind(today)
+    .fetch_all(&db.pool)
+    .await
+    .expect("waitlist query");
+    assert!(
+        fitting.is_empty(),
+        "waitlisted reservations that fit were not promoted: {fitting:?}"
+    );
+}
+
+/// Asserts that every reservation's status and version are what its events
+/// in the log say: the write model and the log never disagree.
+pub async fn assert_reservations_match_events(db: &TestDb) {
+    use prost::Message;
+    use std::collections::HashMap;
+
+    let events: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT aggregate_id, aggregate_version, payload FROM events \
+         WHERE aggregate_kind = 'reservation' ORDER BY position",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("read reservation events");
+    let mut from_events: HashMap<String, (&'static str, i64)> = HashMap::new();
+    for (id, version, payload) in &events {
+        let event = pb::Event::decode(payload.as_slice()).expect("a stored event decodes");
+        let status = match event.kind.expect("an event has a kind") {
+            pb::event::Kind::ReservationConfirmed(_) | pb::event::Kind::ReservationPromoted(_) => {
+                "CONFIRMED"
+            }
+            pb::event::Kind::ReservationWaitlisted(_) => "WAITLISTED",
+            pb::event::Kind::ReservationCancelled(_) => "CANCELLED",
+            pb::event::Kind::GuestCheckedIn(_) => "CHECKED_IN",
+            pb::event::Kind::GuestCheckedOut(_) => "CHECKED_OUT",
+            other => panic!("{other:?} is not a reservation event"),
+        };
+        let previous = from_events.insert(id.clone(), (status, *version));
+        let expected_version = previous.map_or(1, |(_, v)| v + 1);
+        assert_eq!(
+            *version, expected_version,
+            "reservation {id}: versions in the log go up by one"
+        );
+    }
+    let stored: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT reservation_id, status, version FROM reservations")
+            .fetch_all(&db.pool)
+            .await
+            .expect("read reservations");
+    assert_eq!(
+        stored.len(),
+        from_events.len(),
+        "every reservation has events and every event's reservation exists"
+    );
+    for (id, status, version) in stored {
+        let (expected_status, expected_version) = from_events
+            .get(&id)
+            .unwrap_or_else(|| panic!("reservation {id} has no events"));
+        assert_eq!(
+            (status.as_str(), version),
+            (*expected_status, *expected_version),
+            "reservation {id}: the write model says what its last event says"
+        );
+    }
+}

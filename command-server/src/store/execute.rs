@@ -5,20 +5,21 @@
 //! current until it commits. Every function checks all its rules before its
 //! first write, so a refused command leaves nothing behind in the batch.
 
-use std::collections::BTreeMap;
-
 use hotel_common::{dates, pb};
 use prost::Message;
-use sqlx::{MySqlConnection, Row};
+use sqlx::MySqlConnection;
 use time::Date;
 use uuid::Uuid;
 
-use super::events::{NewEvent, event_type};
+use super::{
+    events::{NewEvent, event_type},
+    working_set::{NewReservation, Reservation, RoomKey, RoomType, WorkingSet},
+};
 use crate::{
     commands::{Command, Reply, ValidCommand},
     domain::{
-        Rate, ReservationStatus, Stay, rules,
-        waitlist::{NightLedger, Waiting, promote_waitlist},
+        ReservationStatus, Stay, rules,
+        waitlist::{NightLedger, promote_waitlist},
     },
     error::CommandError,
 };
@@ -100,9 +101,13 @@ enum Aggregate<'a> {
     Reservation { id: &'a str, version: i64 },
 }
 
-/// Runs one command in the batch transaction.
+/// Runs one command in the batch transaction. Bookings, cancellations,
+/// check-ins and check-outs work on the batch's [`WorkingSet`]; the rare
+/// commands that change hotels and room types write with their own
+/// statements, after the working set is written back and forgotten.
 pub async fn execute(
     conn: &mut MySqlConnection,
+    rows: &mut WorkingSet,
     batch: &mut Batch,
     cmd: &ValidCommand,
 ) -> Result<Reply, CommandError> {
@@ -111,7 +116,10 @@ pub async fn execute(
             hotel_id,
             name,
             city,
-        } => register_hotel(conn, batch, cmd, hotel_id, name, city).await,
+        } => {
+            start_own_statements(conn, rows).await?;
+            register_hotel(conn, batch, cmd, hotel_id, name, city).await
+        }
         Command::AddRoomType {
             hotel_id,
             code,
@@ -120,24 +128,22 @@ pub async fn execute(
             inventory,
             rate,
         } => {
-            add_room_type(
-                conn,
-                batch,
-                cmd,
-                hotel_id,
-                code,
-                name,
-                *max_guests,
-                *inventory,
-                rate,
-            )
-            .await
+            start_own_statements(conn, rows).await?;
+            let room_type = RoomType {
+                max_guests: *max_guests,
+                inventory: *inventory,
+                rate: rate.clone(),
+            };
+            add_room_type(conn, batch, cmd, hotel_id, code, name, &room_type).await
         }
         Command::SetRoomInventory {
             hotel_id,
             code,
             inventory,
-        } => set_room_inventory(conn, batch, cmd, hotel_id, code, *inventory).await,
+        } => {
+            start_own_statements(conn, rows).await?;
+            set_room_inventory(conn, rows, batch, cmd, hotel_id, code, *inventory).await
+        }
         Command::BookRoom {
             hotel_id,
             code,
@@ -146,18 +152,38 @@ pub async fn execute(
             guests,
             priority,
         } => {
-            book_room(
-                conn, batch, cmd, hotel_id, code, stay, guest, *guests, *priority,
-            )
-            .await
+            let booking = Booking {
+                key: (hotel_id.clone(), code.clone()),
+                stay: *stay,
+                guest,
+                guests: *guests,
+                priority: *priority,
+            };
+            book_room(conn, rows, batch, cmd, booking).await
         }
         Command::CancelReservation {
             reservation_id,
             reason,
-        } => cancel_reservation(conn, batch, cmd, reservation_id, reason).await,
-        Command::CheckIn { reservation_id } => check_in(conn, batch, cmd, reservation_id).await,
-        Command::CheckOut { reservation_id } => check_out(conn, batch, cmd, reservation_id).await,
+        } => cancel_reservation(conn, rows, batch, cmd, reservation_id, reason).await,
+        Command::CheckIn { reservation_id } => {
+            check_in(conn, rows, batch, cmd, reservation_id).await
+        }
+        Command::CheckOut { reservation_id } => {
+            check_out(conn, rows, batch, cmd, reservation_id).await
+        }
     }
+}
+
+/// Before a command that writes with its own statements: the database gets
+/// the batch's changes so far, and the working set lets go of rows that
+/// command may change.
+async fn start_own_statements(
+    conn: &mut MySqlConnection,
+    rows: &mut WorkingSet,
+) -> Result<(), CommandError> {
+    rows.flush(conn).await?;
+    rows.forget();
+    Ok(())
 }
 
 async fn register_hotel(
@@ -222,7 +248,6 @@ async fn bump_hotel_version(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn add_room_type(
     conn: &mut MySqlConnection,
     batch: &mut Batch,
@@ -230,10 +255,14 @@ async fn add_room_type(
     hotel_id: &str,
     code: &str,
     name: &str,
-    max_guests: i32,
-    inventory: i32,
-    rate: &Rate,
+    room_type: &RoomType,
 ) -> Result<Reply, CommandError> {
+    let RoomType {
+        max_guests,
+        inventory,
+        rate,
+    } = room_type;
+    let (max_guests, inventory) = (*max_guests, *inventory);
     let version = hotel_version(conn, hotel_id).await? + 1;
     let inserted = sqlx::query(
         "INSERT IGNORE INTO room_types (hotel_id, code, name, max_guests, inventory, rate_minor, currency) \
@@ -276,38 +305,9 @@ async fn add_room_type(
     }))
 }
 
-/// A room type as the write model holds it.
-struct RoomType {
-    max_guests: i32,
-    inventory: i32,
-    rate: Rate,
-}
-
-async fn room_type(
-    conn: &mut MySqlConnection,
-    hotel_id: &str,
-    code: &str,
-) -> Result<RoomType, CommandError> {
-    let row = sqlx::query(
-        "SELECT max_guests, inventory, rate_minor, currency FROM room_types WHERE hotel_id = ? AND code = ?",
-    )
-    .bind(hotel_id)
-    .bind(code)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| CommandError::NotFound(format!("hotel {hotel_id} has no room type {code}")))?;
-    Ok(RoomType {
-        max_guests: row.try_get("max_guests")?,
-        inventory: row.try_get("inventory")?,
-        rate: Rate {
-            amount_minor: row.try_get("rate_minor")?,
-            currency: row.try_get("currency")?,
-        },
-    })
-}
-
 async fn set_room_inventory(
     conn: &mut MySqlConnection,
+    rows: &mut WorkingSet,
     batch: &mut Batch,
     cmd: &ValidCommand,
     hotel_id: &str,
@@ -315,7 +315,7 @@ async fn set_room_inventory(
     inventory: i32,
 ) -> Result<Reply, CommandError> {
     let version = hotel_version(conn, hotel_id).await? + 1;
-    let current = room_type(conn, hotel_id, code).await?;
+    let current = rows.room_type(conn, hotel_id, code).await?;
     let most_booked: i32 = sqlx::query_scalar(
         "SELECT CAST(COALESCE(MAX(booked), 0) AS INT) FROM room_nights WHERE hotel_id = ? AND code = ?",
     )
@@ -331,6 +331,8 @@ async fn set_room_inventory(
         .bind(code)
         .execute(&mut *conn)
         .await?;
+    // The room type just read is out of date.
+    rows.forget();
     bump_hotel_version(conn, hotel_id, version).await?;
     let event = pb::RoomInventoryChanged {
         hotel_id: hotel_id.to_owned(),
@@ -348,7 +350,10 @@ async fn set_room_inventory(
     );
     let mut promoted_reservation_ids = Vec::new();
     if inventory > current.inventory {
-        let promoted = promote(conn, batch, cmd, hotel_id, code, inventory, None).await?;
+        let key = (hotel_id.to_owned(), code.to_owned());
+        // Every future night is a candidate.
+        let window = (batch.today, Date::MAX);
+        let promoted = promote(conn, rows, batch, cmd, &key, inventory, window).await?;
         if let Some(last) = promoted.last_position {
             position = last;
         }
@@ -361,123 +366,31 @@ async fn set_room_inventory(
     }))
 }
 
-/// Rooms booked per night of `stay` (0 for nights without a row).
-async fn booked_per_night(
-    conn: &mut MySqlConnection,
-    hotel_id: &str,
-    code: &str,
-    from: Date,
-    until: Date,
-) -> Result<BTreeMap<Date, i32>, CommandError> {
-    let rows = sqlx::query(
-        "SELECT night, booked FROM room_nights WHERE hotel_id = ? AND code = ? AND night >= ? AND night < ?",
-    )
-    .bind(hotel_id)
-    .bind(code)
-    .bind(from)
-    .bind(until)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut booked = BTreeMap::new();
-    for row in rows {
-        booked.insert(
-            row.try_get::<Date, _>("night")?,
-            row.try_get::<i32, _>("booked")?,
-        );
-    }
-    Ok(booked)
-}
-
-/// Adds `(booked, waiting)` deltas to nights. Nights that only gain are
-/// upserted (created when missing); nights that lose already have a row and
-/// are updated in place, so the `>= 0` checks never see a negative insert.
-async fn add_to_nights(
-    conn: &mut MySqlConnection,
-    hotel_id: &str,
-    code: &str,
-    deltas: &BTreeMap<Date, (i32, i32)>,
-) -> Result<(), CommandError> {
-    let (gains, losses): (Vec<_>, Vec<_>) = deltas
-        .iter()
-        .partition(|(_, (booked, waiting))| *booked >= 0 && *waiting >= 0);
-    if !gains.is_empty() {
-        let mut upsert = sqlx::QueryBuilder::<sqlx::MySql>::new(
-            "INSERT INTO room_nights (hotel_id, code, night, booked, waiting) ",
-        );
-        upsert.push_values(&gains, |mut row, (night, (booked, waiting))| {
-            row.push_bind(hotel_id)
-                .push_bind(code)
-                .push_bind(**night)
-                .push_bind(*booked)
-                .push_bind(*waiting);
-        });
-        upsert.push(
-            " ON DUPLICATE KEY UPDATE booked = booked + VALUES(booked), waiting = waiting + VALUES(waiting)",
-        );
-        upsert.build().execute(&mut *conn).await?;
-    }
-    if !losses.is_empty() {
-        let mut update = sqlx::QueryBuilder::<sqlx::MySql>::new(
-            "UPDATE room_nights SET booked = booked + CASE night",
-        );
-        for (night, (booked, _)) in &losses {
-            update
-                .push(" WHEN ")
-                .push_bind(**night)
-                .push(" THEN ")
-                .push_bind(*booked);
-        }
-        update.push(" ELSE 0 END, waiting = waiting + CASE night");
-        for (night, (_, waiting)) in &losses {
-            update
-                .push(" WHEN ")
-                .push_bind(**night)
-                .push(" THEN ")
-                .push_bind(*waiting);
-        }
-        update
-            .push(" ELSE 0 END WHERE hotel_id = ")
-            .push_bind(hotel_id);
-        update
-            .push(" AND code = ")
-            .push_bind(code)
-            .push(" AND night IN (");
-        let mut nights = update.separated(", ");
-        for (night, _) in &losses {
-            nights.push_bind(**night);
-        }
-        update.push(")");
-        let updated = update.build().execute(&mut *conn).await?;
-        if updated.rows_affected() != losses.len() as u64 {
-            return Err(CommandError::Internal(format!(
-                "{} of {} nights of {hotel_id}/{code} to release were missing",
-                losses.len() as u64 - updated.rows_affected(),
-                losses.len()
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn stay_deltas(stay: &Stay, booked: i32, waiting: i32) -> BTreeMap<Date, (i32, i32)> {
-    stay.nights()
-        .map(|night| (night, (booked, waiting)))
-        .collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn book_room(
-    conn: &mut MySqlConnection,
-    batch: &mut Batch,
-    cmd: &ValidCommand,
-    hotel_id: &str,
-    code: &str,
-    stay: &Stay,
-    guest: &pb::Guest,
+/// A BookRoom command's fields.
+struct Booking<'a> {
+    key: RoomKey,
+    stay: Stay,
+    guest: &'a pb::Guest,
     guests: i32,
     priority: i32,
+}
+
+async fn book_room(
+    conn: &mut MySqlConnection,
+    rows: &mut WorkingSet,
+    batch: &mut Batch,
+    cmd: &ValidCommand,
+    booking: Booking<'_>,
 ) -> Result<Reply, CommandError> {
-    let room_type = room_type(conn, hotel_id, code).await?;
+    let Booking {
+        key,
+        stay,
+        guest,
+        guests,
+        priority,
+    } = booking;
+    let (hotel_id, code) = (&key.0, &key.1);
+    let room_type = rows.room_type(conn, hotel_id, code).await?;
     if guests > room_type.max_guests {
         return Err(CommandError::InvalidField {
             field: "guests".to_owned(),
@@ -487,53 +400,41 @@ async fn book_room(
             ),
         });
     }
-    let booked = booked_per_night(conn, hotel_id, code, stay.check_in, stay.check_out).await?;
-    let per_night: Vec<i32> = stay
-        .nights()
-        .map(|night| booked.get(&night).copied().unwrap_or(0))
-        .collect();
+    let per_night = rows.booked(conn, &key, stay).await?;
     let status = if rules::room_free_every_night(&per_night, room_type.inventory) {
         ReservationStatus::Confirmed
     } else {
         ReservationStatus::Waitlisted
     };
-    let total = room_type.rate.total_for(stay);
+    let total = room_type.rate.total_for(&stay);
     let reservation_id = Uuid::new_v4().to_string();
     let position = batch.next_position;
 
-    sqlx::query(
-        "INSERT INTO reservations (reservation_id, hotel_id, room_type_code, check_in, check_out, \
-         guest_id, guest_name, guest_email, guests, priority, status, total_minor, currency, \
-         booked_position, booked_at_ms, version) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-    )
-    .bind(&reservation_id)
-    .bind(hotel_id)
-    .bind(code)
-    .bind(stay.check_in)
-    .bind(stay.check_out)
-    .bind(&guest.guest_id)
-    .bind(&guest.name)
-    .bind(&guest.email)
-    .bind(guests)
-    .bind(priority)
-    .bind(status.as_str())
-    .bind(total.amount_minor)
-    .bind(&total.currency)
-    .bind(position)
-    .bind(batch.now_ms)
-    .execute(&mut *conn)
-    .await?;
-    let deltas = match status {
-        ReservationStatus::Confirmed => stay_deltas(stay, 1, 0),
-        _ => stay_deltas(stay, 0, 1),
-    };
-    add_to_nights(conn, hotel_id, code, &deltas).await?;
+    match status {
+        ReservationStatus::Confirmed => rows.add_to_nights(conn, &key, stay, 1, 0).await?,
+        _ => rows.add_to_nights(conn, &key, stay, 0, 1).await?,
+    }
+    rows.insert_reservation(
+        reservation_id.clone(),
+        Reservation::booked(
+            key.clone(),
+            stay,
+            status,
+            priority,
+            position,
+            NewReservation {
+                guest: guest.clone(),
+                guests,
+                total: total.clone(),
+                booked_at_ms: batch.now_ms,
+            },
+        ),
+    );
 
     let booking = pb::Booking {
         reservation_id: reservation_id.clone(),
-        hotel_id: hotel_id.to_owned(),
-        room_type_code: code.to_owned(),
+        hotel_id: hotel_id.clone(),
+        room_type_code: code.clone(),
         check_in: dates::format(stay.check_in),
         check_out: dates::format(stay.check_out),
         guest: Some(guest.clone()),
@@ -570,82 +471,40 @@ async fn book_room(
     }))
 }
 
-/// A reservation as the write model holds it.
-struct StoredReservation {
-    hotel_id: String,
-    code: String,
-    stay: Stay,
-    status: ReservationStatus,
-    version: i64,
-}
-
-async fn reservation(
-    conn: &mut MySqlConnection,
-    reservation_id: &str,
-) -> Result<StoredReservation, CommandError> {
-    let row = sqlx::query(
-        "SELECT hotel_id, room_type_code, check_in, check_out, status, version \
-         FROM reservations WHERE reservation_id = ?",
-    )
-    .bind(reservation_id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| {
-        CommandError::NotFound(format!("reservation {reservation_id} does not exist"))
-    })?;
-    let status: String = row.try_get("status")?;
-    Ok(StoredReservation {
-        hotel_id: row.try_get("hotel_id")?,
-        code: row.try_get("room_type_code")?,
-        stay: Stay {
-            check_in: row.try_get("check_in")?,
-            check_out: row.try_get("check_out")?,
-        },
-        status: ReservationStatus::parse(&status)
-            .ok_or_else(|| CommandError::Internal(format!("unknown stored status {status}")))?,
-        version: row.try_get("version")?,
-    })
-}
-
-async fn set_status(
-    conn: &mut MySqlConnection,
-    reservation_id: &str,
-    status: ReservationStatus,
-    version: i64,
-) -> Result<(), CommandError> {
-    sqlx::query("UPDATE reservations SET status = ?, version = ? WHERE reservation_id = ?")
-        .bind(status.as_str())
-        .bind(version)
-        .bind(reservation_id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
 async fn cancel_reservation(
     conn: &mut MySqlConnection,
+    rows: &mut WorkingSet,
     batch: &mut Batch,
     cmd: &ValidCommand,
     reservation_id: &str,
     reason: &str,
 ) -> Result<Reply, CommandError> {
-    let stored = reservation(conn, reservation_id).await?;
+    let stored = rows.reservation(conn, reservation_id).await?;
     rules::check_cancel(stored.status).map_err(CommandError::Rejected)?;
-    let version = stored.version + 1;
-    set_status(conn, reservation_id, ReservationStatus::Cancelled, version).await?;
-    let deltas = if stored.status.holds_rooms() {
-        stay_deltas(&stored.stay, -1, 0)
+    let (key, stay, previous) = (
+        (stored.hotel_id.clone(), stored.code.clone()),
+        stored.stay,
+        stored.status,
+    );
+    // Read before the first change, so a failure changes nothing.
+    let inventory = if previous.holds_rooms() {
+        Some(rows.room_type(conn, &key.0, &key.1).await?.inventory)
     } else {
-        stay_deltas(&stored.stay, 0, -1)
+        None
     };
-    add_to_nights(conn, &stored.hotel_id, &stored.code, &deltas).await?;
+    if previous.holds_rooms() {
+        rows.add_to_nights(conn, &key, stay, -1, 0).await?;
+    } else {
+        rows.add_to_nights(conn, &key, stay, 0, -1).await?;
+    }
+    let version = rows.set_status(reservation_id, ReservationStatus::Cancelled)?;
     let event = pb::ReservationCancelled {
         reservation_id: reservation_id.to_owned(),
-        hotel_id: stored.hotel_id.clone(),
-        room_type_code: stored.code.clone(),
-        check_in: dates::format(stored.stay.check_in),
-        check_out: dates::format(stored.stay.check_out),
-        previous_status: stored.status.to_pb() as i32,
+        hotel_id: key.0.clone(),
+        room_type_code: key.1.clone(),
+        check_in: dates::format(stay.check_in),
+        check_out: dates::format(stay.check_out),
+        previous_status: previous.to_pb() as i32,
         reason: reason.to_owned(),
     };
     let mut position = batch.emit(
@@ -657,20 +516,9 @@ async fn cancel_reservation(
         pb::event::Kind::ReservationCancelled(event),
     );
     let mut promoted_reservation_ids = Vec::new();
-    if stored.status.holds_rooms() {
-        let inventory = room_type(conn, &stored.hotel_id, &stored.code)
-            .await?
-            .inventory;
-        let promoted = promote(
-            conn,
-            batch,
-            cmd,
-            &stored.hotel_id,
-            &stored.code,
-            inventory,
-            Some(&stored.stay),
-        )
-        .await?;
+    if let Some(inventory) = inventory {
+        let window = (stay.check_in, stay.check_out);
+        let promoted = promote(conn, rows, batch, cmd, &key, inventory, window).await?;
         if let Some(last) = promoted.last_position {
             position = last;
         }
@@ -685,19 +533,20 @@ async fn cancel_reservation(
 
 async fn check_in(
     conn: &mut MySqlConnection,
+    rows: &mut WorkingSet,
     batch: &mut Batch,
     cmd: &ValidCommand,
     reservation_id: &str,
 ) -> Result<Reply, CommandError> {
-    let stored = reservation(conn, reservation_id).await?;
+    let stored = rows.reservation(conn, reservation_id).await?;
     rules::check_check_in(stored.status, &stored.stay, batch.today)
         .map_err(CommandError::Rejected)?;
-    let version = stored.version + 1;
-    set_status(conn, reservation_id, ReservationStatus::CheckedIn, version).await?;
+    let (hotel_id, room_type_code) = (stored.hotel_id.clone(), stored.code.clone());
+    let version = rows.set_status(reservation_id, ReservationStatus::CheckedIn)?;
     let event = pb::GuestCheckedIn {
         reservation_id: reservation_id.to_owned(),
-        hotel_id: stored.hotel_id,
-        room_type_code: stored.code,
+        hotel_id,
+        room_type_code,
     };
     let position = batch.emit(
         cmd,
@@ -715,18 +564,19 @@ async fn check_in(
 
 async fn check_out(
     conn: &mut MySqlConnection,
+    rows: &mut WorkingSet,
     batch: &mut Batch,
     cmd: &ValidCommand,
     reservation_id: &str,
 ) -> Result<Reply, CommandError> {
-    let stored = reservation(conn, reservation_id).await?;
+    let stored = rows.reservation(conn, reservation_id).await?;
     rules::check_check_out(stored.status).map_err(CommandError::Rejected)?;
-    let version = stored.version + 1;
-    set_status(conn, reservation_id, ReservationStatus::CheckedOut, version).await?;
+    let (hotel_id, room_type_code) = (stored.hotel_id.clone(), stored.code.clone());
+    let version = rows.set_status(reservation_id, ReservationStatus::CheckedOut)?;
     let event = pb::GuestCheckedOut {
         reservation_id: reservation_id.to_owned(),
-        hotel_id: stored.hotel_id,
-        room_type_code: stored.code,
+        hotel_id,
+        room_type_code,
     };
     let position = batch.emit(
         cmd,
@@ -748,110 +598,43 @@ struct Promoted {
     last_position: Option<i64>,
 }
 
-/// Confirms the waitlisted reservations of a room type that now fit: those
-/// overlapping `freed` when given, else all of them (from today on).
+/// Confirms the waitlisted reservations of a room type that now fit, among
+/// those overlapping `window` (`[from, until)`) that start today or later.
 async fn promote(
     conn: &mut MySqlConnection,
+    rows: &mut WorkingSet,
     batch: &mut Batch,
     cmd: &ValidCommand,
-    hotel_id: &str,
-    code: &str,
+    key: &RoomKey,
     inventory: i32,
-    freed: Option<&Stay>,
+    (from, until): (Date, Date),
 ) -> Result<Promoted, CommandError> {
-    // Without a window, every future night is a candidate.
-    let (window_from, window_until) = match freed {
-        Some(stay) => (stay.check_in, stay.check_out),
-        None => (batch.today, Date::MAX),
+    let mut promoted = Promoted {
+        reservation_ids: Vec::new(),
+        last_position: None,
     };
-    let rows = sqlx::query(
-        "SELECT reservation_id, priority, booked_position, check_in, check_out, version \
-         FROM reservations \
-         WHERE hotel_id = ? AND room_type_code = ? AND status = 'WAITLISTED' \
-           AND check_in >= ? AND check_in < ? AND check_out > ?",
-    )
-    .bind(hotel_id)
-    .bind(code)
-    .bind(batch.today)
-    .bind(window_until)
-    .bind(window_from)
-    .fetch_all(&mut *conn)
-    .await?;
-    if rows.is_empty() {
-        return Ok(Promoted {
-            reservation_ids: Vec::new(),
-            last_position: None,
-        });
-    }
-    let mut candidates = Vec::with_capacity(rows.len());
-    let mut versions = BTreeMap::new();
-    for row in &rows {
-        let id: String = row.try_get("reservation_id")?;
-        versions.insert(id.clone(), row.try_get::<i64, _>("version")?);
-        candidates.push(Waiting {
-            reservation_id: id,
-            priority: row.try_get("priority")?,
-            booked_position: row.try_get("booked_position")?,
-            stay: Stay {
-                check_in: row.try_get("check_in")?,
-                check_out: row.try_get("check_out")?,
-            },
-        });
-    }
-    let from = candidates
-        .iter()
-        .map(|w| w.stay.check_in)
-        .min()
-        .unwrap_or(batch.today);
-    let until = candidates
-        .iter()
-        .map(|w| w.stay.check_out)
-        .max()
-        .unwrap_or(batch.today);
+    let candidates = rows.waitlist(conn, batch.today, key, from, until).await?;
+    let (Some(first), Some(last)) = (
+        candidates.iter().map(|w| w.stay.check_in).min(),
+        candidates.iter().map(|w| w.stay.check_out).max(),
+    ) else {
+        return Ok(promoted);
+    };
     let mut ledger = NightLedger {
         inventory,
-        booked: booked_per_night(conn, hotel_id, code, from, until).await?,
+        booked: rows.ledger(conn, key, first, last).await?,
     };
-    let promoted = promote_waitlist(&mut ledger, candidates);
-    if promoted.is_empty() {
-        return Ok(Promoted {
-            reservation_ids: Vec::new(),
-            last_position: None,
-        });
-    }
-
-    let mut update = sqlx::QueryBuilder::<sqlx::MySql>::new(
-        "UPDATE reservations SET status = 'CONFIRMED', version = version + 1 WHERE reservation_id IN (",
-    );
-    let mut ids = update.separated(", ");
-    for waiting in &promoted {
-        ids.push_bind(&waiting.reservation_id);
-    }
-    update.push(")");
-    update.build().execute(&mut *conn).await?;
-
-    let mut deltas: BTreeMap<Date, (i32, i32)> = BTreeMap::new();
-    for waiting in &promoted {
-        for night in waiting.stay.nights() {
-            let delta = deltas.entry(night).or_insert((0, 0));
-            delta.0 += 1;
-            delta.1 -= 1;
-        }
-    }
-    add_to_nights(conn, hotel_id, code, &deltas).await?;
-
-    let mut last_position = None;
-    let mut reservation_ids = Vec::with_capacity(promoted.len());
-    for waiting in promoted {
-        let version = versions.get(&waiting.reservation_id).copied().unwrap_or(1) + 1;
+    for waiting in promote_waitlist(&mut ledger, candidates) {
+        rows.add_to_nights(conn, key, waiting.stay, 1, -1).await?;
+        let version = rows.set_status(&waiting.reservation_id, ReservationStatus::Confirmed)?;
         let event = pb::ReservationPromoted {
             reservation_id: waiting.reservation_id.clone(),
-            hotel_id: hotel_id.to_owned(),
-            room_type_code: code.to_owned(),
+            hotel_id: key.0.clone(),
+            room_type_code: key.1.clone(),
             check_in: dates::format(waiting.stay.check_in),
             check_out: dates::format(waiting.stay.check_out),
         };
-        last_position = Some(batch.emit(
+        promoted.last_position = Some(batch.emit(
             cmd,
             Aggregate::Reservation {
                 id: &waiting.reservation_id,
@@ -859,10 +642,7 @@ async fn promote(
             },
             pb::event::Kind::ReservationPromoted(event),
         ));
-        reservation_ids.push(waiting.reservation_id);
+        promoted.reservation_ids.push(waiting.reservation_id);
     }
-    Ok(Promoted {
-        reservation_ids,
-        last_position,
-    })
+    Ok(promoted)
 }

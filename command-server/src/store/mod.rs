@@ -3,12 +3,15 @@
 //! - [`writer`]: the task that runs commands in batched transactions, the
 //!   only code that writes the write model and the log.
 //! - [`execute`]: what each command reads and writes inside that transaction.
+//! - [`working_set`]: the rows a batch reads and writes, held in memory and
+//!   read and written in multi-row statements.
 //! - [`events`]: the event log: appending, reading, the head.
 //! - [`command_log`]: stored command outcomes (idempotency, the async queue).
 
 pub mod command_log;
 pub mod events;
 pub mod execute;
+pub mod working_set;
 pub mod writer;
 
 use std::str::FromStr;

@@ -18,6 +18,7 @@ use super::{
     events,
     execute::{Batch, execute},
     now_ms,
+    working_set::WorkingSet,
 };
 use crate::{
     commands::{CommandKind, Reply, ValidCommand},
@@ -172,6 +173,10 @@ async fn run_batch(
 
     let now = now_ms();
     let mut batch = Batch::new(head, now);
+    let mut rows = WorkingSet::default();
+    rows.prefetch(&mut tx, batch.today, commands)
+        .await
+        .map_err(into_sqlx)?;
     let mut records: Vec<CommandRecord> = Vec::new();
     let mut outcomes = Vec::with_capacity(commands.len());
     for ((command, id), priority) in commands.iter().zip(&ids).zip(submitted) {
@@ -180,7 +185,7 @@ async fn run_batch(
             continue;
         }
         let events_before = batch.events.len();
-        let outcome = execute(&mut tx, &mut batch, command).await;
+        let outcome = execute(&mut tx, &mut rows, &mut batch, command).await;
         let pending = known.get(id).map(|r| r.priority);
         let record = match &outcome {
             Ok(reply) => Some(CommandRecord {
@@ -199,8 +204,8 @@ async fn run_batch(
             Err(error) if !error.is_outcome() => {
                 // Not a verdict on the command: roll the whole batch back.
                 return Err(match outcome {
-                    Err(CommandError::Database(error)) => error,
-                    _ => sqlx::Error::Protocol(format!("command {id}: {error}")),
+                    Err(error) => into_sqlx(error),
+                    Ok(_) => sqlx::Error::Protocol(format!("command {id}: {error}")),
                 });
             }
             Err(error) => {
@@ -233,6 +238,7 @@ async fn run_batch(
         outcomes.push(outcome);
     }
 
+    rows.flush(&mut tx).await.map_err(into_sqlx)?;
     if !batch.events.is_empty() {
         events::append(&mut tx, &batch.events).await?;
         sqlx::query("UPDATE event_head SET position = ? WHERE id = 1")
@@ -262,6 +268,15 @@ async fn run_batch(
     metrics::counter!("command_batches_total").increment(1);
     metrics::histogram!("command_batch_size").record(commands.len() as f64);
     Ok((outcomes, batch.head()))
+}
+
+/// A failure that is not a verdict on a command, as the error that rolls
+/// the batch back.
+fn into_sqlx(error: CommandError) -> sqlx::Error {
+    match error {
+        CommandError::Database(error) => error,
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
 }
 
 /// The stored outcome of an earlier run of this command id, if it has one.

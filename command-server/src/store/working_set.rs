@@ -1,0 +1,686 @@
+//! The rows one batch transaction reads and writes, held in memory.
+//!
+//! The batch holds the `event_head` lock, so no other command transaction
+//! writes until it commits: a row it has read stays true, apart from its own
+//! changes. So the writer reads what its commands need in a few multi-row
+//! statements before the first command ([`WorkingSet::prefetch`]), decides
+//! every command in memory, in order, each seeing the changes of the ones
+//! before, and writes every changed row back in a few multi-row statements
+//! at the end ([`WorkingSet::flush`]). A row not read up front is loaded on
+//! first use, the same way. Round trips per batch stay about constant
+//! instead of growing with its commands (ADR 0002).
+//!
+//! Once a row is here, this copy is the truth: a later load never replaces
+//! it, and night counts are written back as absolute values.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use hotel_common::pb;
+use sqlx::{MySql, MySqlConnection, QueryBuilder, Row, mysql::MySqlRow};
+use time::Date;
+
+use crate::{
+    commands::{Command, ValidCommand},
+    domain::{Rate, ReservationStatus, Stay, waitlist::Waiting},
+    error::CommandError,
+};
+
+/// A room type: `(hotel_id, code)`.
+pub type RoomKey = (String, String);
+
+/// A room type as the write model holds it.
+#[derive(Debug, Clone)]
+pub struct RoomType {
+    pub max_guests: i32,
+    pub inventory: i32,
+    pub rate: Rate,
+}
+
+/// A reservation as the write model holds it.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub hotel_id: String,
+    pub code: String,
+    pub stay: Stay,
+    pub status: ReservationStatus,
+    pub version: i64,
+    pub priority: i32,
+    pub booked_position: i64,
+    /// The columns only a new reservation writes: set when it was booked in
+    /// this batch (it is inserted at flush).
+    pub new: Option<Box<NewReservation>>,
+    /// Changed in this batch.
+    dirty: bool,
+}
+
+impl Reservation {
+    /// A reservation booked in this batch, at version 1.
+    pub fn booked(
+        (hotel_id, code): RoomKey,
+        stay: Stay,
+        status: ReservationStatus,
+        priority: i32,
+        booked_position: i64,
+        new: NewReservation,
+    ) -> Self {
+        Self {
+            hotel_id,
+            code,
+            stay,
+            status,
+            version: 1,
+            priority,
+            booked_position,
+            new: Some(Box::new(new)),
+            dirty: true,
+        }
+    }
+}
+
+/// The columns of a reservation written once, when it is booked.
+#[derive(Debug, Clone)]
+pub struct NewReservation {
+    pub guest: pb::Guest,
+    pub guests: i32,
+    pub total: Rate,
+    pub booked_at_ms: i64,
+}
+
+/// One night of a room type.
+#[derive(Debug, Clone, Copy, Default)]
+struct Night {
+    booked: i32,
+    waiting: i32,
+    dirty: bool,
+}
+
+/// Columns read for a reservation.
+const RESERVATION_COLUMNS: &str = "reservation_id, hotel_id, room_type_code, check_in, check_out, \
+     status, version, priority, booked_position";
+
+/// What one batch has read, and changed, of the write model.
+#[derive(Debug, Default)]
+pub struct WorkingSet {
+    /// `None`: known not to exist.
+    room_types: HashMap<RoomKey, Option<RoomType>>,
+    /// `None`: known not to exist.
+    reservations: HashMap<String, Option<Reservation>>,
+    /// Every night of a loaded range has an entry (0 when it has no row).
+    nights: HashMap<RoomKey, BTreeMap<Date, Night>>,
+    /// Windows `[from, until)` whose waitlisted reservations are all here.
+    waitlists: HashMap<RoomKey, Vec<(Date, Date)>>,
+}
+
+impl WorkingSet {
+    /// Reads what `commands` will need, in at most four statements: the
+    /// reservations they name, the room types they book or free, the
+    /// waitlists a cancellation may promote from, and the nights of all of
+    /// those stays.
+    pub async fn prefetch(
+        &mut self,
+        conn: &mut MySqlConnection,
+        today: Date,
+        commands: &[&ValidCommand],
+    ) -> Result<(), CommandError> {
+        let ids: Vec<&str> = commands
+            .iter()
+            .filter_map(|c| match &c.command {
+                Command::CancelReservation { reservation_id, .. }
+                | Command::CheckIn { reservation_id }
+                | Command::CheckOut { reservation_id } => Some(reservation_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        self.load_reservations(conn, &ids).await?;
+
+        let mut room_types = Vec::new();
+        let mut stays = Vec::new();
+        let mut freed = Vec::new();
+        for command in commands {
+            match &command.command {
+                Command::BookRoom {
+                    hotel_id,
+                    code,
+                    stay,
+                    ..
+                } => {
+                    let key = (hotel_id.clone(), code.clone());
+                    room_types.push(key.clone());
+                    stays.push((key, *stay));
+                }
+                Command::CancelReservation { reservation_id, .. } => {
+                    if let Some(Some(r)) = self.reservations.get(reservation_id) {
+                        let key = (r.hotel_id.clone(), r.code.clone());
+                        stays.push((key.clone(), r.stay));
+                        if r.status.holds_rooms() {
+                            room_types.push(key.clone());
+                            freed.push((key, r.stay.check_in, r.stay.check_out));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.load_room_types(conn, &room_types).await?;
+        self.load_waitlists(conn, today, &freed).await?;
+        // The candidates' nights too: promotion checks every one of them.
+        for (key, from, until) in &freed {
+            for waiting in self.waitlisted(today, key, *from, *until) {
+                stays.push((key.clone(), waiting.stay));
+            }
+        }
+        self.load_nights(conn, &stays).await
+    }
+
+    /// The room type, loaded if needed; `NOT_FOUND` when it does not exist.
+    pub async fn room_type(
+        &mut self,
+        conn: &mut MySqlConnection,
+        hotel_id: &str,
+        code: &str,
+    ) -> Result<RoomType, CommandError> {
+        let key = (hotel_id.to_owned(), code.to_owned());
+        self.load_room_types(conn, std::slice::from_ref(&key))
+            .await?;
+        self.room_types.get(&key).cloned().flatten().ok_or_else(|| {
+            CommandError::NotFound(format!("hotel {hotel_id} has no room type {code}"))
+        })
+    }
+
+    /// The reservation, loaded if needed; `NOT_FOUND` when it does not exist.
+    pub async fn reservation(
+        &mut self,
+        conn: &mut MySqlConnection,
+        reservation_id: &str,
+    ) -> Result<&Reservation, CommandError> {
+        self.load_reservations(conn, &[reservation_id]).await?;
+        self.reservations
+            .get(reservation_id)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| {
+                CommandError::NotFound(format!("reservation {reservation_id} does not exist"))
+            })
+    }
+
+    /// Records a reservation booked in this batch.
+    pub fn insert_reservation(&mut self, reservation_id: String, reservation: Reservation) {
+        self.reservations.insert(reservation_id, Some(reservation));
+    }
+
+    /// Moves a loaded reservation to `status`; returns its new version.
+    pub fn set_status(
+        &mut self,
+        reservation_id: &str,
+        status: ReservationStatus,
+    ) -> Result<i64, CommandError> {
+        let reservation = self
+            .reservations
+            .get_mut(reservation_id)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| {
+                CommandError::Internal(format!("reservation {reservation_id} was not loaded"))
+            })?;
+        reservation.status = status;
+        reservation.version += 1;
+        reservation.dirty = true;
+        Ok(reservation.version)
+    }
+
+    /// Rooms booked on each night of `stay`, in order.
+    pub async fn booked(
+        &mut self,
+        conn: &mut MySqlConnection,
+        key: &RoomKey,
+        stay: Stay,
+    ) -> Result<Vec<i32>, CommandError> {
+        self.load_nights(conn, &[(key.clone(), stay)]).await?;
+        let nights = self.nights.get(key);
+        Ok(stay
+            .nights()
+            .map(|night| nights.and_then(|n| n.get(&night)).map_or(0, |n| n.booked))
+            .collect())
+    }
+
+    /// Adds `booked` and `waiting` to every night of `stay`.
+    pub async fn add_to_nights(
+        &mut self,
+        conn: &mut MySqlConnection,
+        key: &RoomKey,
+        stay: Stay,
+        booked: i32,
+        waiting: i32,
+    ) -> Result<(), CommandError> {
+        self.load_nights(conn, &[(key.clone(), stay)]).await?;
+        let nights = self.nights.entry(key.clone()).or_default();
+        for date in stay.nights() {
+            let night = nights.entry(date).or_default();
+            night.booked += booked;
+            night.waiting += waiting;
+            if night.booked < 0 || night.waiting < 0 {
+                return Err(CommandError::Internal(format!(
+                    "{}/{} on {date} would have {} booked and {} waiting",
+                    key.0, key.1, night.booked, night.waiting
+                )));
+            }
+            night.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Rooms booked per night over `[from, until)`, for promotion.
+    pub async fn ledger(
+        &mut self,
+        conn: &mut MySqlConnection,
+        key: &RoomKey,
+        from: Date,
+        until: Date,
+    ) -> Result<BTreeMap<Date, i32>, CommandError> {
+        let span = Stay {
+            check_in: from,
+            check_out: until,
+        };
+        self.load_nights(conn, &[(key.clone(), span)]).await?;
+        Ok(self
+            .nights
+            .get(key)
+            .map(|nights| {
+                nights
+                    .range(from..until)
+                    .map(|(date, night)| (*date, night.booked))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The waitlisted reservations of a room type that overlap
+    /// `[from, until)` and start today or later, loaded if needed.
+    pub async fn waitlist(
+        &mut self,
+        conn: &mut MySqlConnection,
+        today: Date,
+        key: &RoomKey,
+        from: Date,
+        until: Date,
+    ) -> Result<Vec<Waiting>, CommandError> {
+        self.load_waitlists(conn, today, &[(key.clone(), from, until)])
+            .await?;
+        Ok(self.waitlisted(today, key, from, until))
+    }
+
+    fn waitlisted(&self, today: Date, key: &RoomKey, from: Date, until: Date) -> Vec<Waiting> {
+        self.reservations
+            .iter()
+            .filter_map(|(id, r)| Some((id, r.as_ref()?)))
+            .filter(|(_, r)| {
+                r.status == ReservationStatus::Waitlisted
+                    && r.hotel_id == key.0
+                    && r.code == key.1
+                    && r.stay.check_in >= today
+                    && r.stay.check_in < until
+                    && r.stay.check_out > from
+            })
+            .map(|(id, r)| Waiting {
+                reservation_id: id.clone(),
+                priority: r.priority,
+                booked_position: r.booked_position,
+                stay: r.stay,
+            })
+            .collect()
+    }
+
+    /// Writes every changed row: new reservations, status changes and night
+    /// counts, one statement each. What is held stays valid.
+    pub async fn flush(&mut self, conn: &mut MySqlConnection) -> Result<(), CommandError> {
+        let mut new = Vec::new();
+        let mut changed = Vec::new();
+        for (id, reservation) in &mut self.reservations {
+            if let Some(r) = reservation.as_mut().filter(|r| r.dirty) {
+                r.dirty = false;
+                if r.new.is_some() {
+                    new.push((id.as_str(), &*r));
+                } else {
+                    changed.push((id.as_str(), &*r));
+                }
+            }
+        }
+        insert_reservations(conn, &new).await?;
+        update_reservations(conn, &changed).await?;
+        // Inserted once: from now on their changes are updates.
+        for reservation in self.reservations.values_mut().flatten() {
+            reservation.new = None;
+        }
+
+        let mut nights = Vec::new();
+        for (key, dates) in &mut self.nights {
+            for (date, night) in dates.iter_mut().filter(|(_, n)| n.dirty) {
+                night.dirty = false;
+                nights.push((key, *date, *night));
+            }
+        }
+        if !nights.is_empty() {
+            let mut upsert = QueryBuilder::<MySql>::new(
+                "INSERT INTO room_nights (hotel_id, code, night, booked, waiting) ",
+            );
+            upsert.push_values(&nights, |mut row, (key, date, night)| {
+                row.push_bind(&key.0)
+                    .push_bind(&key.1)
+                    .push_bind(*date)
+                    .push_bind(night.booked)
+                    .push_bind(night.waiting);
+            });
+            upsert.push(
+                " ON DUPLICATE KEY UPDATE booked = VALUES(booked), waiting = VALUES(waiting)",
+            );
+            upsert.build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets everything (after a [`flush`](Self::flush)), for commands
+    /// that change the write model with their own statements.
+    pub fn forget(&mut self) {
+        *self = Self::default();
+    }
+
+    async fn load_reservations(
+        &mut self,
+        conn: &mut MySqlConnection,
+        ids: &[&str],
+    ) -> Result<(), CommandError> {
+        let missing: HashSet<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.reservations.contains_key(*id))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut select = QueryBuilder::<MySql>::new(format!(
+            "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE reservation_id IN ("
+        ));
+        let mut list = select.separated(", ");
+        for id in &missing {
+            list.push_bind(*id);
+        }
+        select.push(")");
+        let rows = select.build().fetch_all(&mut *conn).await?;
+        for row in &rows {
+            let (id, reservation) = reservation_from_row(row)?;
+            self.reservations.entry(id).or_insert(Some(reservation));
+        }
+        for id in missing {
+            self.reservations.entry(id.to_owned()).or_insert(None);
+        }
+        Ok(())
+    }
+
+    async fn load_room_types(
+        &mut self,
+        conn: &mut MySqlConnection,
+        keys: &[RoomKey],
+    ) -> Result<(), CommandError> {
+        let missing: HashSet<&RoomKey> = keys
+            .iter()
+            .filter(|key| !self.room_types.contains_key(*key))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut select = QueryBuilder::<MySql>::new(
+            "SELECT hotel_id, code, max_guests, inventory, rate_minor, currency FROM room_types WHERE ",
+        );
+        for (i, (hotel_id, code)) in missing.iter().enumerate() {
+            select
+                .push(if i == 0 {
+                    "(hotel_id = "
+                } else {
+                    " OR (hotel_id = "
+                })
+                .push_bind(hotel_id)
+                .push(" AND code = ")
+                .push_bind(code)
+                .push(")");
+        }
+        let rows = select.build().fetch_all(&mut *conn).await?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let key: RoomKey = (row.try_get("hotel_id")?, row.try_get("code")?);
+            let room_type = RoomType {
+                max_guests: row.try_get("max_guests")?,
+                inventory: row.try_get("inventory")?,
+                rate: Rate {
+                    amount_minor: row.try_get("rate_minor")?,
+                    currency: row.try_get("currency")?,
+                },
+            };
+            found.insert(key, room_type);
+        }
+        for key in missing {
+            let room_type = found.remove(key);
+            self.room_types.insert(key.clone(), room_type);
+        }
+        Ok(())
+    }
+
+    /// Loads the nights of each `(room type, stay)` not wholly held yet.
+    async fn load_nights(
+        &mut self,
+        conn: &mut MySqlConnection,
+        stays: &[(RoomKey, Stay)],
+    ) -> Result<(), CommandError> {
+        let missing: Vec<&(RoomKey, Stay)> = stays
+            .iter()
+            .filter(|(key, stay)| {
+                let held = self.nights.get(key);
+                !stay
+                    .nights()
+                    .all(|night| held.is_some_and(|h| h.contains_key(&night)))
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut select = QueryBuilder::<MySql>::new(
+            "SELECT hotel_id, code, night, booked, waiting FROM room_nights WHERE ",
+        );
+        for (i, (key, stay)) in missing.iter().enumerate() {
+            select
+                .push(if i == 0 {
+                    "(hotel_id = "
+                } else {
+                    " OR (hotel_id = "
+                })
+                .push_bind(&key.0)
+                .push(" AND code = ")
+                .push_bind(&key.1)
+                .push(" AND night >= ")
+                .push_bind(stay.check_in)
+                .push(" AND night < ")
+                .push_bind(stay.check_out)
+                .push(")");
+        }
+        let rows = select.build().fetch_all(&mut *conn).await?;
+        let mut stored: HashMap<(RoomKey, Date), Night> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let key: RoomKey = (row.try_get("hotel_id")?, row.try_get("code")?);
+            let night = Night {
+                booked: row.try_get("booked")?,
+                waiting: row.try_get("waiting")?,
+                dirty: false,
+            };
+            stored.insert((key, row.try_get("night")?), night);
+        }
+        for (key, stay) in missing {
+            let held = self.nights.entry(key.clone()).or_default();
+            for date in stay.nights() {
+                held.entry(date).or_insert_with(|| {
+                    stored
+                        .get(&(key.clone(), date))
+                        .copied()
+                        .unwrap_or_default()
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the waitlisted reservations of each `(room type, from, until)`
+    /// window not wholly held yet.
+    async fn load_waitlists(
+        &mut self,
+        conn: &mut MySqlConnection,
+        today: Date,
+        windows: &[(RoomKey, Date, Date)],
+    ) -> Result<(), CommandError> {
+        let missing: Vec<&(RoomKey, Date, Date)> = windows
+            .iter()
+            .filter(|(key, from, until)| {
+                !self
+                    .waitlists
+                    .get(key)
+                    .is_some_and(|held| held.iter().any(|(f, u)| f <= from && until <= u))
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut select = QueryBuilder::<MySql>::new(format!(
+            "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE "
+        ));
+        for (i, (key, from, until)) in missing.iter().enumerate() {
+            select
+                .push(if i == 0 {
+                    "(hotel_id = "
+                } else {
+                    " OR (hotel_id = "
+                })
+                .push_bind(&key.0)
+                .push(" AND room_type_code = ")
+                .push_bind(&key.1)
+                .push(" AND status = 'WAITLISTED' AND check_in >= ")
+                .push_bind(today)
+                .push(" AND check_in < ")
+                .push_bind(*until)
+                .push(" AND check_out > ")
+                .push_bind(*from)
+                .push(")");
+        }
+        let rows = select.build().fetch_all(&mut *conn).await?;
+        for row in &rows {
+            let (id, reservation) = reservation_from_row(row)?;
+            self.reservations.entry(id).or_insert(Some(reservation));
+        }
+        for (key, from, until) in missing {
+            self.waitlists
+                .entry(key.clone())
+                .or_default()
+                .push((*from, *until));
+        }
+        Ok(())
+    }
+}
+
+fn reservation_from_row(row: &MySqlRow) -> Result<(String, Reservation), CommandError> {
+    let status: String = row.try_get("status")?;
+    let reservation = Reservation {
+        hotel_id: row.try_get("hotel_id")?,
+        code: row.try_get("room_type_code")?,
+        stay: Stay {
+            check_in: row.try_get("check_in")?,
+            check_out: row.try_get("check_out")?,
+        },
+        status: ReservationStatus::parse(&status)
+            .ok_or_else(|| CommandError::Internal(format!("unknown stored status {status}")))?,
+        version: row.try_get("version")?,
+        priority: row.try_get("priority")?,
+        booked_position: row.try_get("booked_position")?,
+        new: None,
+        dirty: false,
+    };
+    Ok((row.try_get("reservation_id")?, reservation))
+}
+
+async fn insert_reservations(
+    conn: &mut MySqlConnection,
+    rows: &[(&str, &Reservation)],
+) -> Result<(), CommandError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut insert = QueryBuilder::<MySql>::new(
+        "INSERT INTO reservations (reservation_id, hotel_id, room_type_code, check_in, check_out, \
+         guest_id, guest_name, guest_email, guests, priority, status, total_minor, currency, \
+         booked_position, booked_at_ms, version) ",
+    );
+    let mut missing = false;
+    insert.push_values(rows, |mut row, (id, r)| {
+        let Some(new) = r.new.as_deref() else {
+            missing = true;
+            return;
+        };
+        row.push_bind(*id)
+            .push_bind(&r.hotel_id)
+            .push_bind(&r.code)
+            .push_bind(r.stay.check_in)
+            .push_bind(r.stay.check_out)
+            .push_bind(&new.guest.guest_id)
+            .push_bind(&new.guest.name)
+            .push_bind(&new.guest.email)
+            .push_bind(new.guests)
+            .push_bind(r.priority)
+            .push_bind(r.status.as_str())
+            .push_bind(new.total.amount_minor)
+            .push_bind(&new.total.currency)
+            .push_bind(r.booked_position)
+            .push_bind(new.booked_at_ms)
+            .push_bind(r.version);
+    });
+    if missing {
+        return Err(CommandError::Internal(
+            "a new reservation lost its booking columns".to_owned(),
+        ));
+    }
+    insert.build().execute(&mut *conn).await?;
+    Ok(())
+}
+
+async fn update_reservations(
+    conn: &mut MySqlConnection,
+    rows: &[(&str, &Reservation)],
+) -> Result<(), CommandError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut update =
+        QueryBuilder::<MySql>::new("UPDATE reservations SET status = CASE reservation_id");
+    for (id, r) in rows {
+        update
+            .push(" WHEN ")
+            .push_bind(*id)
+            .push(" THEN ")
+            .push_bind(r.status.as_str());
+    }
+    update.push(" END, version = CASE reservation_id");
+    for (id, r) in rows {
+        update
+            .push(" WHEN ")
+            .push_bind(*id)
+            .push(" THEN ")
+            .push_bind(r.version);
+    }
+    update.push(" END WHERE reservation_id IN (");
+    let mut ids = update.separated(", ");
+    for (id, _) in rows {
+        ids.push_bind(*id);
+    }
+    update.push(")");
+    let updated = update.build().execute(&mut *conn).await?;
+    if updated.rows_affected() != rows.len() as u64 {
+        return Err(CommandError::Internal(format!(
+            "{} of {} reservations to update were missing",
+            rows.len() as u64 - updated.rows_affected(),
+            rows.len()
+        )));
+    }
+    Ok(())
+}
