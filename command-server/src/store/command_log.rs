@@ -55,18 +55,22 @@ pub async fn load_many(
     if command_ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let mut select = sqlx::QueryBuilder::<sqlx::MySql>::new(format!(
-        "SELECT {COLUMNS} FROM commands WHERE command_id IN ("
-    ));
-    let mut ids = select.separated(", ");
-    for id in command_ids {
-        ids.push_bind(*id);
+    let mut found = HashMap::new();
+    for chunk in super::padded_chunks(command_ids) {
+        let mut select = sqlx::QueryBuilder::<sqlx::MySql>::new(format!(
+            "SELECT {COLUMNS} FROM commands WHERE command_id IN ("
+        ));
+        let mut ids = select.separated(", ");
+        for id in chunk {
+            ids.push_bind(*id);
+        }
+        select.push(")");
+        for row in select.build().fetch_all(&mut *conn).await? {
+            let record = from_row(&row)?;
+            found.insert(record.command_id.clone(), record);
+        }
     }
-    select.push(")");
-    let rows = select.build().fetch_all(&mut *conn).await?;
-    rows.iter()
-        .map(|row| from_row(row).map(|record| (record.command_id.clone(), record)))
-        .collect()
+    Ok(found)
 }
 
 pub async fn load(pool: &MySqlPool, command_id: &str) -> sqlx::Result<Option<CommandRecord>> {
@@ -82,7 +86,8 @@ pub async fn load(pool: &MySqlPool, command_id: &str) -> sqlx::Result<Option<Com
 
 /// Inserts new records or completes pending ones, in one statement.
 pub async fn upsert(conn: &mut MySqlConnection, records: &[CommandRecord]) -> sqlx::Result<()> {
-    for chunk in records.chunks(500) {
+    // A repeated row sets the same values again: padding is harmless.
+    for chunk in super::padded_chunks(records) {
         let mut insert =
             sqlx::QueryBuilder::<sqlx::MySql>::new(format!("INSERT INTO commands ({COLUMNS}) "));
         insert.push_values(chunk, |mut row, r| {

@@ -56,8 +56,9 @@ pub const EVENT_TYPES: [&str; 9] = [
 
 /// Appends events with one multi-row statement.
 pub async fn append(conn: &mut MySqlConnection, events: &[NewEvent]) -> sqlx::Result<()> {
-    // Keep each statement well under MySQL's packet and placeholder limits.
-    for chunk in events.chunks(500) {
+    // A plain insert cannot repeat a row to pad it (super::padded_chunks):
+    // at most ROWS_PER_STATEMENT rows, so its shapes stay few.
+    for chunk in events.chunks(super::ROWS_PER_STATEMENT) {
         let mut insert = sqlx::QueryBuilder::<sqlx::MySql>::new(
             "INSERT INTO events (position, event_id, event_type, aggregate_kind, aggregate_id, \
              aggregate_version, hotel_id, command_id, correlation_id, occurred_at_ms, payload) ",

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     events::{NewEvent, event_type},
-    working_set::{NewReservation, Reservation, RoomKey, RoomType, WorkingSet},
+    working_set::{self, NewReservation, Reservation, RoomKey, RoomType, WorkingSet},
 };
 use crate::{
     commands::{Command, Reply, ValidCommand},
@@ -614,15 +614,12 @@ async fn promote(
         last_position: None,
     };
     let candidates = rows.waitlist(conn, batch.today, key, from, until).await?;
-    let (Some(first), Some(last)) = (
-        candidates.iter().map(|w| w.stay.check_in).min(),
-        candidates.iter().map(|w| w.stay.check_out).max(),
-    ) else {
+    let Some(span) = working_set::span(&candidates) else {
         return Ok(promoted);
     };
     let mut ledger = NightLedger {
         inventory,
-        booked: rows.ledger(conn, key, first, last).await?,
+        booked: rows.ledger(conn, key, span).await?,
     };
     for waiting in promote_waitlist(&mut ledger, candidates) {
         rows.add_to_nights(conn, key, waiting.stay, 1, -1).await?;

@@ -96,6 +96,39 @@ pub fn redact(database_url: &str) -> String {
     }
 }
 
+/// Most rows in one multi-row statement.
+pub const ROWS_PER_STATEMENT: usize = 64;
+
+/// Prepared statements the writer's connection keeps: every shape its
+/// statements take (see [`padded_chunks`]), with room to spare.
+pub const WRITER_STATEMENT_CACHE: usize = 512;
+
+/// Rows of a multi-row statement (or terms of an `IN`/`OR` list) cut into
+/// statements of at most [`ROWS_PER_STATEMENT`], each padded to a power of
+/// two by repeating its last row; so every statement that may repeat a row
+/// harmlessly (a lookup, an upsert of absolute values) takes one of seven
+/// shapes. Plain inserts cannot repeat a row: they are cut into statements
+/// of at most [`ROWS_PER_STATEMENT`] rows, 64 shapes; the writer's statement
+/// cache ([`WRITER_STATEMENT_CACHE`]) holds them all.
+///
+/// Why: sqlx prepares each distinct statement text and caches a bounded
+/// number per connection. A text with a new row count is prepared again and
+/// pushes an old one out with `COM_STMT_CLOSE`, a packet the server never
+/// answers; sqlx does not set `TCP_NODELAY`, so the next statement then
+/// waits for the server's delayed ACK (about 40 ms, Nagle). Measured: a
+/// batch took 44, 88 or 131 ms instead of 5 ms. With few shapes they all
+/// stay prepared.
+pub fn padded_chunks<T>(rows: &[T]) -> impl Iterator<Item = Vec<&T>> {
+    rows.chunks(ROWS_PER_STATEMENT).map(|chunk| {
+        let size = chunk.len().next_power_of_two();
+        let last = &chunk[chunk.len() - 1];
+        chunk
+            .iter()
+            .chain(std::iter::repeat_n(last, size - chunk.len()))
+            .collect()
+    })
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -106,6 +139,23 @@ pub fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pads_chunks_to_powers_of_two_with_the_last_row() {
+        let sizes = |n: usize| -> Vec<usize> {
+            let rows: Vec<usize> = (0..n).collect();
+            super::padded_chunks(&rows).map(|c| c.len()).collect()
+        };
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(1), [1]);
+        assert_eq!(sizes(3), [4]);
+        assert_eq!(sizes(64), [64]);
+        assert_eq!(sizes(65), [64, 1]);
+        assert_eq!(sizes(100), [64, 64]);
+        let rows = [1, 2, 3];
+        let padded: Vec<i32> = super::padded_chunks(&rows).flatten().copied().collect();
+        assert_eq!(padded, [1, 2, 3, 3]);
+    }
+
     #[test]
     fn redacts_the_password() {
         assert_eq!(

@@ -19,6 +19,7 @@ use hotel_common::pb;
 use sqlx::{MySql, MySqlConnection, QueryBuilder, Row, mysql::MySqlRow};
 use time::Date;
 
+use super::{ROWS_PER_STATEMENT, padded_chunks};
 use crate::{
     commands::{Command, ValidCommand},
     domain::{Rate, ReservationStatus, Stay, waitlist::Waiting},
@@ -163,10 +164,12 @@ impl WorkingSet {
         }
         self.load_room_types(conn, &room_types).await?;
         self.load_waitlists(conn, today, &freed).await?;
-        // The candidates' nights too: promotion checks every one of them.
+        // The candidates' nights too, as one span per window: promotion
+        // checks every night of every candidate.
         for (key, from, until) in &freed {
-            for waiting in self.waitlisted(today, key, *from, *until) {
-                stays.push((key.clone(), waiting.stay));
+            let candidates = self.waitlisted(today, key, *from, *until);
+            if let Some(span) = span(&candidates) {
+                stays.push((key.clone(), span));
             }
         }
         self.load_nights(conn, &stays).await
@@ -267,18 +270,14 @@ impl WorkingSet {
         Ok(())
     }
 
-    /// Rooms booked per night over `[from, until)`, for promotion.
+    /// Rooms booked per night of `span`, for promotion.
     pub async fn ledger(
         &mut self,
         conn: &mut MySqlConnection,
         key: &RoomKey,
-        from: Date,
-        until: Date,
+        span: Stay,
     ) -> Result<BTreeMap<Date, i32>, CommandError> {
-        let span = Stay {
-            check_in: from,
-            check_out: until,
-        };
+        let (from, until) = (span.check_in, span.check_out);
         self.load_nights(conn, &[(key.clone(), span)]).await?;
         Ok(self
             .nights
@@ -357,11 +356,12 @@ impl WorkingSet {
                 nights.push((key, *date, *night));
             }
         }
-        if !nights.is_empty() {
+        // Absolute values: a repeated row (padding) changes nothing.
+        for chunk in padded_chunks(&nights) {
             let mut upsert = QueryBuilder::<MySql>::new(
                 "INSERT INTO room_nights (hotel_id, code, night, booked, waiting) ",
             );
-            upsert.push_values(&nights, |mut row, (key, date, night)| {
+            upsert.push_values(chunk, |mut row, (key, date, night)| {
                 row.push_bind(&key.0)
                     .push_bind(&key.1)
                     .push_bind(*date)
@@ -392,21 +392,20 @@ impl WorkingSet {
             .copied()
             .filter(|id| !self.reservations.contains_key(*id))
             .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let mut select = QueryBuilder::<MySql>::new(format!(
-            "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE reservation_id IN ("
-        ));
-        let mut list = select.separated(", ");
-        for id in &missing {
-            list.push_bind(*id);
-        }
-        select.push(")");
-        let rows = select.build().fetch_all(&mut *conn).await?;
-        for row in &rows {
-            let (id, reservation) = reservation_from_row(row)?;
-            self.reservations.entry(id).or_insert(Some(reservation));
+        let missing: Vec<&str> = missing.into_iter().collect();
+        for chunk in padded_chunks(&missing) {
+            let mut select = QueryBuilder::<MySql>::new(format!(
+                "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE reservation_id IN ("
+            ));
+            let mut list = select.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            select.push(")");
+            for row in select.build().fetch_all(&mut *conn).await? {
+                let (id, reservation) = reservation_from_row(&row)?;
+                self.reservations.entry(id).or_insert(Some(reservation));
+            }
         }
         for id in missing {
             self.reservations.entry(id.to_owned()).or_insert(None);
@@ -423,37 +422,33 @@ impl WorkingSet {
             .iter()
             .filter(|key| !self.room_types.contains_key(*key))
             .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let mut select = QueryBuilder::<MySql>::new(
-            "SELECT hotel_id, code, max_guests, inventory, rate_minor, currency FROM room_types WHERE ",
-        );
-        for (i, (hotel_id, code)) in missing.iter().enumerate() {
-            select
-                .push(if i == 0 {
-                    "(hotel_id = "
-                } else {
-                    " OR (hotel_id = "
-                })
-                .push_bind(hotel_id)
-                .push(" AND code = ")
-                .push_bind(code)
-                .push(")");
-        }
-        let rows = select.build().fetch_all(&mut *conn).await?;
-        let mut found = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let key: RoomKey = (row.try_get("hotel_id")?, row.try_get("code")?);
-            let room_type = RoomType {
-                max_guests: row.try_get("max_guests")?,
-                inventory: row.try_get("inventory")?,
-                rate: Rate {
-                    amount_minor: row.try_get("rate_minor")?,
-                    currency: row.try_get("currency")?,
-                },
-            };
-            found.insert(key, room_type);
+        let missing: Vec<&RoomKey> = missing.into_iter().collect();
+        let mut found = HashMap::new();
+        for chunk in padded_chunks(&missing) {
+            let mut select = QueryBuilder::<MySql>::new(
+                "SELECT hotel_id, code, max_guests, inventory, rate_minor, currency \
+                 FROM room_types WHERE ",
+            );
+            let mut terms = select.separated(" OR ");
+            for (hotel_id, code) in chunk.into_iter().copied() {
+                terms.push("(hotel_id = ");
+                terms.push_bind_unseparated(hotel_id);
+                terms.push_unseparated(" AND code = ");
+                terms.push_bind_unseparated(code);
+                terms.push_unseparated(")");
+            }
+            for row in select.build().fetch_all(&mut *conn).await? {
+                let key: RoomKey = (row.try_get("hotel_id")?, row.try_get("code")?);
+                let room_type = RoomType {
+                    max_guests: row.try_get("max_guests")?,
+                    inventory: row.try_get("inventory")?,
+                    rate: Rate {
+                        amount_minor: row.try_get("rate_minor")?,
+                        currency: row.try_get("currency")?,
+                    },
+                };
+                found.insert(key, room_type);
+            }
         }
         for key in missing {
             let room_type = found.remove(key);
@@ -477,38 +472,32 @@ impl WorkingSet {
                     .all(|night| held.is_some_and(|h| h.contains_key(&night)))
             })
             .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let mut select = QueryBuilder::<MySql>::new(
-            "SELECT hotel_id, code, night, booked, waiting FROM room_nights WHERE ",
-        );
-        for (i, (key, stay)) in missing.iter().enumerate() {
-            select
-                .push(if i == 0 {
-                    "(hotel_id = "
-                } else {
-                    " OR (hotel_id = "
-                })
-                .push_bind(&key.0)
-                .push(" AND code = ")
-                .push_bind(&key.1)
-                .push(" AND night >= ")
-                .push_bind(stay.check_in)
-                .push(" AND night < ")
-                .push_bind(stay.check_out)
-                .push(")");
-        }
-        let rows = select.build().fetch_all(&mut *conn).await?;
-        let mut stored: HashMap<(RoomKey, Date), Night> = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let key: RoomKey = (row.try_get("hotel_id")?, row.try_get("code")?);
-            let night = Night {
-                booked: row.try_get("booked")?,
-                waiting: row.try_get("waiting")?,
-                dirty: false,
-            };
-            stored.insert((key, row.try_get("night")?), night);
+        let mut stored: HashMap<(RoomKey, Date), Night> = HashMap::new();
+        for chunk in padded_chunks(&missing) {
+            let mut select = QueryBuilder::<MySql>::new(
+                "SELECT hotel_id, code, night, booked, waiting FROM room_nights WHERE ",
+            );
+            let mut terms = select.separated(" OR ");
+            for (key, stay) in chunk.into_iter().copied() {
+                terms.push("(hotel_id = ");
+                terms.push_bind_unseparated(&key.0);
+                terms.push_unseparated(" AND code = ");
+                terms.push_bind_unseparated(&key.1);
+                terms.push_unseparated(" AND night >= ");
+                terms.push_bind_unseparated(stay.check_in);
+                terms.push_unseparated(" AND night < ");
+                terms.push_bind_unseparated(stay.check_out);
+                terms.push_unseparated(")");
+            }
+            for row in select.build().fetch_all(&mut *conn).await? {
+                let key: RoomKey = (row.try_get("hotel_id")?, row.try_get("code")?);
+                let night = Night {
+                    booked: row.try_get("booked")?,
+                    waiting: row.try_get("waiting")?,
+                    dirty: false,
+                };
+                stored.insert((key, row.try_get("night")?), night);
+            }
         }
         for (key, stay) in missing {
             let held = self.nights.entry(key.clone()).or_default();
@@ -541,34 +530,28 @@ impl WorkingSet {
                     .is_some_and(|held| held.iter().any(|(f, u)| f <= from && until <= u))
             })
             .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let mut select = QueryBuilder::<MySql>::new(format!(
-            "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE "
-        ));
-        for (i, (key, from, until)) in missing.iter().enumerate() {
-            select
-                .push(if i == 0 {
-                    "(hotel_id = "
-                } else {
-                    " OR (hotel_id = "
-                })
-                .push_bind(&key.0)
-                .push(" AND room_type_code = ")
-                .push_bind(&key.1)
-                .push(" AND status = 'WAITLISTED' AND check_in >= ")
-                .push_bind(today)
-                .push(" AND check_in < ")
-                .push_bind(*until)
-                .push(" AND check_out > ")
-                .push_bind(*from)
-                .push(")");
-        }
-        let rows = select.build().fetch_all(&mut *conn).await?;
-        for row in &rows {
-            let (id, reservation) = reservation_from_row(row)?;
-            self.reservations.entry(id).or_insert(Some(reservation));
+        for chunk in padded_chunks(&missing) {
+            let mut select = QueryBuilder::<MySql>::new(format!(
+                "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE "
+            ));
+            let mut terms = select.separated(" OR ");
+            for (key, from, until) in chunk.into_iter().copied() {
+                terms.push("(hotel_id = ");
+                terms.push_bind_unseparated(&key.0);
+                terms.push_unseparated(" AND room_type_code = ");
+                terms.push_bind_unseparated(&key.1);
+                terms.push_unseparated(" AND status = 'WAITLISTED' AND check_in >= ");
+                terms.push_bind_unseparated(today);
+                terms.push_unseparated(" AND check_in < ");
+                terms.push_bind_unseparated(*until);
+                terms.push_unseparated(" AND check_out > ");
+                terms.push_bind_unseparated(*from);
+                terms.push_unseparated(")");
+            }
+            for row in select.build().fetch_all(&mut *conn).await? {
+                let (id, reservation) = reservation_from_row(&row)?;
+                self.reservations.entry(id).or_insert(Some(reservation));
+            }
         }
         for (key, from, until) in missing {
             self.waitlists
@@ -578,6 +561,15 @@ impl WorkingSet {
         }
         Ok(())
     }
+}
+
+/// The nights from the first candidate's check-in to the last one's
+/// check-out.
+pub fn span(candidates: &[Waiting]) -> Option<Stay> {
+    Some(Stay {
+        check_in: candidates.iter().map(|w| w.stay.check_in).min()?,
+        check_out: candidates.iter().map(|w| w.stay.check_out).max()?,
+    })
 }
 
 fn reservation_from_row(row: &MySqlRow) -> Result<(String, Reservation), CommandError> {
@@ -604,9 +596,17 @@ async fn insert_reservations(
     conn: &mut MySqlConnection,
     rows: &[(&str, &Reservation)],
 ) -> Result<(), CommandError> {
-    if rows.is_empty() {
-        return Ok(());
+    // A plain insert cannot repeat a row: chunks, not padding.
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        insert_reservation_rows(conn, chunk).await?;
     }
+    Ok(())
+}
+
+async fn insert_reservation_rows(
+    conn: &mut MySqlConnection,
+    rows: &[(&str, &Reservation)],
+) -> Result<(), CommandError> {
     let mut insert = QueryBuilder::<MySql>::new(
         "INSERT INTO reservations (reservation_id, hotel_id, room_type_code, check_in, check_out, \
          guest_id, guest_name, guest_email, guests, priority, status, total_minor, currency, \
@@ -648,9 +648,17 @@ async fn update_reservations(
     conn: &mut MySqlConnection,
     rows: &[(&str, &Reservation)],
 ) -> Result<(), CommandError> {
-    if rows.is_empty() {
-        return Ok(());
+    // A repeated row sets the same values again: padding is harmless.
+    for chunk in padded_chunks(rows) {
+        update_reservation_rows(conn, &chunk).await?;
     }
+    Ok(())
+}
+
+async fn update_reservation_rows(
+    conn: &mut MySqlConnection,
+    rows: &[&(&str, &Reservation)],
+) -> Result<(), CommandError> {
     let mut update =
         QueryBuilder::<MySql>::new("UPDATE reservations SET status = CASE reservation_id");
     for (id, r) in rows {
@@ -675,11 +683,12 @@ async fn update_reservations(
     }
     update.push(")");
     let updated = update.build().execute(&mut *conn).await?;
-    if updated.rows_affected() != rows.len() as u64 {
+    // Rows found (sqlx asks for CLIENT_FOUND_ROWS), each counted once.
+    let distinct = rows.iter().map(|(id, _)| id).collect::<HashSet<_>>().len() as u64;
+    if updated.rows_affected() != distinct {
         return Err(CommandError::Internal(format!(
-            "{} of {} reservations to update were missing",
-            rows.len() as u64 - updated.rows_affected(),
-            rows.len()
+            "{} of {distinct} reservations to update were missing",
+            distinct.saturating_sub(updated.rows_affected()),
         )));
     }
     Ok(())

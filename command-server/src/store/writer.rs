@@ -140,7 +140,10 @@ async fn run(options: MySqlConnectOptions, mut queue: mpsc::Receiver<Job>, head:
 }
 
 async fn connect(options: &MySqlConnectOptions) -> sqlx::Result<MySqlConnection> {
-    let mut conn = MySqlConnection::connect_with(options).await?;
+    let options = options
+        .clone()
+        .statement_cache_capacity(super::WRITER_STATEMENT_CACHE);
+    let mut conn = MySqlConnection::connect_with(&options).await?;
     // The head lock already serialises command transactions; READ COMMITTED
     // makes every read see the latest commit rather than a snapshot.
     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
