@@ -19,27 +19,36 @@ pub fn reflection_services(
         impl tonic_reflection::server::v1alpha::ServerReflection,
     >,
 )> {
-    let advertise = |mut builder: tonic_reflection::server::Builder<'static>| {
-        for service in services.iter().chain(&["grpc.health.v1.Health"]) {
-            builder = builder.with_service_name(*service);
-        }
-        builder
-    };
-    let v1 = advertise(tonic_reflection::server::Builder::configure())
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        // google.rpc.BadRequest, so grpcurl can show error details.
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let v1alpha = advertise(tonic_reflection::server::Builder::configure())
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let v1 = reflection_builder(services).build_v1()?;
+    let v1alpha = reflection_builder(services).build_v1alpha()?;
     Ok((v1, v1alpha))
 }
 
-/// Serves Prometheus metrics at `http://{addr}/metrics`.
+/// A reflection builder with our descriptor sets, advertising `services` and
+/// the health service. Each call builds its own from scratch.
+///
+/// Do not turn this back into a closure taking the builder by value, called
+/// as `advertise(Builder::configure())` once per version: rustc 1.95's MIR
+/// GVN pass merges the two identical `Builder::configure()` temporaries
+/// (rust-lang/rust#155241), so the second builder started as a bitwise copy
+/// of the first one's name list after it had been moved into the v1 service.
+/// Both services then owned the same strings and the v1 service a dangling
+/// buffer: a double free when the servers dropped them at shutdown (SIGABRT
+/// or SIGSEGV instead of exit 0). `#[inline(never)]` keeps one
+/// `Builder::configure()` per MIR body, so there is nothing to merge.
+#[inline(never)]
+fn reflection_builder(services: &[&str]) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // google.rpc.BadRequest, so grpcurl can show error details.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
+    for service in services.iter().chain(&["grpc.health.v1.Health"]) {
+        builder = builder.with_service_name(*service);
+    }
+    builder
+}
+
 /// The accepted connections of a gRPC listener, with Nagle's algorithm off:
 /// small replies and stream messages leave at once instead of waiting up to
 /// 40 ms for the peer's delayed ACK.
@@ -47,6 +56,7 @@ pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// Serves Prometheus metrics at `http://{addr}/metrics`.
 pub fn install_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
@@ -80,4 +90,25 @@ pub async fn shutdown_signal() {
         let _ = interrupt.await;
     }
     tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Building and dropping the reflection services must not touch freed
+    /// memory. Under rustc 1.95 with optimizations the closure this replaced
+    /// made the two services share one list of names, and this test aborted
+    /// with a double free; run it with `cargo test --release` to cover that
+    /// (debug builds do not run the MIR pass at fault).
+    #[test]
+    fn reflection_services_are_built_and_dropped_independently() {
+        for _ in 0..3 {
+            let (v1, v1alpha) =
+                reflection_services(&["hotel.v1.CommandService", "hotel.v1.EventStream"])
+                    .expect("reflection services");
+            drop(v1);
+            drop(v1alpha);
+        }
+    }
 }
