@@ -142,9 +142,21 @@ stop_all() {
             hotel_log "${NAMES[i]} did not stop within 20 s: killing it"
             kill -KILL "${PIDS[i]}" 2>/dev/null || true
         fi
-        wait "${PIDS[i]}" 2>/dev/null || true
+        reap "${PIDS[i]}" "${NAMES[i]}"
     done
     PIDS=()
+}
+
+# Waits for a stopped server and records an unclean exit: a server must exit
+# 0 on SIGTERM (a crash at shutdown once hid here, see common/src/server.rs).
+BAD_EXITS=()
+reap() {
+    local status=0
+    wait "$1" 2>/dev/null || status=$?
+    if ((status != 0)); then
+        hotel_log "$2 exited with status $status on SIGTERM (log: $RESULTS/$2.log)"
+        BAD_EXITS+=("$2: $status")
+    fi
 }
 
 # Stops the servers started after the first N (the echo server, once the
@@ -153,7 +165,7 @@ stop_all_but() {
     local keep=$1 i
     for ((i = ${#PIDS[@]} - 1; i >= keep; i--)); do
         kill -TERM "${PIDS[i]}" 2>/dev/null || true
-        wait "${PIDS[i]}" 2>/dev/null || true
+        reap "${PIDS[i]}" "${NAMES[i]}"
         unset 'PIDS[i]' 'NAMES[i]'
     done
 }
@@ -296,3 +308,6 @@ hotel_section "report"
 "$LOADGEN" report --dir "$RESULTS" --out "$OUT" --chart "$CHART"
 sed -n '/^## Against the targets/,/^!\[/p' "$OUT" | sed '$d' >&2
 hotel_log "raw results in $RESULTS"
+if ((${#BAD_EXITS[@]})); then
+    hotel_die "servers did not exit cleanly: ${BAD_EXITS[*]}"
+fi
