@@ -173,6 +173,45 @@ async fn submitted_commands_run_asynchronously_and_report_their_outcome() {
     db.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_command_that_can_no_longer_run_fails_with_the_reason() {
+    use prost::Message;
+    let db = TestDb::create().await;
+    // Accepted long ago by a process that stopped before running it; its
+    // stay has started since.
+    let server = TestServer::start(&db).await;
+    let mut client = server.commands().await;
+    register_hotel(&mut client, "h1", "Viseu").await;
+    add_room_type(&mut client, "h1", "DBL", 1).await;
+    let stale = booking("h1", "DBL", -3, -1, "late");
+    sqlx::query(
+        "INSERT INTO commands (command_id, kind, request, state, priority, position, accepted_at_ms) \
+         VALUES (?, 'BookRoom', ?, 'PENDING', 0, 0, 0)",
+    )
+    .bind(&stale.command_id)
+    .bind(stale.encode_to_vec())
+    .execute(&db.pool)
+    .await
+    .expect("store a pending command");
+
+    // A new process's sweeper finds it when it starts.
+    server.stop().await;
+    let server = TestServer::start(&db).await;
+    let mut client = server.commands().await;
+    let status = wait_for_outcome(&mut client, &stale.command_id).await;
+    assert_eq!(status.state, pb::CommandState::Failed as i32, "{status:?}");
+    let error = status.error.expect("an error");
+    assert_eq!(error.code, Code::InvalidArgument as i32);
+    assert!(error.message.contains("check_in"), "{}", error.message);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM reservations").await,
+        0,
+        "nothing was booked"
+    );
+    server.stop().await;
+    db.cleanup().await;
+}
+
 async fn wait_for_outcome(
     client: &mut pb::command_service_client::CommandServiceClient<tonic::transport::Channel>,
     command_id: &str,

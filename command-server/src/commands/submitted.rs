@@ -257,8 +257,29 @@ async fn sweep(
             };
             match decode_stored(kind, &record.request) {
                 Ok(command) => queue.push(record.priority, command),
+                // It can no longer run (e.g. its stay has started since it
+                // was accepted): it fails with the reason, once, instead of
+                // waiting forever.
                 Err(status) => {
-                    tracing::error!(command_id = %record.command_id, %status, "stored command is unreadable")
+                    let failed = command_log::fail_pending(
+                        &pool,
+                        &record.command_id,
+                        status.code() as i32,
+                        status.message(),
+                    )
+                    .await;
+                    match failed {
+                        Ok(_) => tracing::warn!(
+                            command_id = %record.command_id,
+                            %status,
+                            "a pending command can no longer run: recorded as failed"
+                        ),
+                        Err(error) => tracing::warn!(
+                            command_id = %record.command_id,
+                            %error,
+                            "could not record a pending command as failed"
+                        ),
+                    }
                 }
             }
         }

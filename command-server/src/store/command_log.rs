@@ -132,6 +132,27 @@ pub async fn insert_pending(pool: &MySqlPool, record: &CommandRecord) -> sqlx::R
 
 /// Pending commands accepted before `accepted_before_ms`, highest priority
 /// and oldest first.
+/// Records a PENDING command as FAILED with `code` and `message`, unless
+/// it has finished meanwhile; `false` when it had.
+pub async fn fail_pending(
+    pool: &MySqlPool,
+    command_id: &str,
+    code: i32,
+    message: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE commands SET state = 'FAILED', error_code = ?, error_message = ?, finished_at_ms = ? \
+         WHERE command_id = ? AND state = 'PENDING'",
+    )
+    .bind(code)
+    .bind(message)
+    .bind(super::now_ms())
+    .bind(command_id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 pub async fn pending(
     pool: &MySqlPool,
     accepted_before_ms: i64,
