@@ -118,6 +118,48 @@ fn confirmed_and_waitlisted_bookings_count_their_nights() {
 }
 
 #[test]
+fn the_waitlist_is_in_promotion_order_by_position_not_by_clock() {
+    let mut f = fixture();
+    f.hotel_with_rooms(1);
+    let held = Stay::new("h1", "DBL", "ana", "2030-05-01", "2030-05-03");
+    let first = Stay::new("h1", "DBL", "bo", "2030-05-01", "2030-05-02");
+    let second = Stay::new("h1", "DBL", "cy", "2030-05-01", "2030-05-02");
+    let urgent = Stay::new("h1", "DBL", "di", "2030-05-02", "2030-05-03");
+    let confirmed = f.events.confirmed(&held);
+    let first_waiting = f.events.waitlisted(&first, 0);
+    // Booked later (a higher position) on a command server whose clock runs
+    // behind: its booked_at is the oldest of all. The command server
+    // promotes by position, so it still comes after `first`.
+    let mut second_waiting = f.events.waitlisted(&second, 0);
+    if let Some(pb::event::Kind::ReservationWaitlisted(e)) = second_waiting
+        .event
+        .as_mut()
+        .and_then(|event| event.kind.as_mut())
+    {
+        let booking = e.booking.as_mut().expect("a booking");
+        booking.booked_at = Some(support::timestamp(1_000));
+    }
+    let urgent_waiting = f.events.waitlisted(&urgent, 7);
+    f.apply(&[confirmed, first_waiting, second_waiting, urgent_waiting]);
+
+    let order: Vec<String> = f
+        .readers
+        .read(|tx| reads::waitlist(tx, "h1", "DBL"))
+        .expect("read the waitlist")
+        .into_iter()
+        .map(|entry| entry.reservation_id)
+        .collect();
+    assert_eq!(
+        order,
+        [
+            urgent.reservation_id,
+            first.reservation_id,
+            second.reservation_id
+        ]
+    );
+}
+
+#[test]
 fn promotion_cancellation_check_in_and_out() {
     let mut f = fixture();
     f.hotel_with_rooms(1);

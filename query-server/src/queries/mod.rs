@@ -16,7 +16,6 @@ mod watch;
 use std::{sync::Arc, time::Instant};
 
 use hotel_common::{pb, server::record_rpc};
-use rusqlite::Transaction;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -26,7 +25,7 @@ pub use error::QueryError;
 use crate::{
     freshness::{wait_budget, wait_for_position},
     projector::Projection,
-    read_model::{ReadModel, reads},
+    read_model::{ReadModel, Snapshot, reads},
 };
 
 /// The query handlers; cheap to clone (everything is shared).
@@ -75,7 +74,7 @@ impl Queries {
     /// Runs `read` and reads the checkpoint in the same snapshot.
     fn read<T>(
         &self,
-        read: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+        read: impl FnOnce(&Snapshot<'_>) -> rusqlite::Result<T>,
     ) -> Result<(T, i64), QueryError> {
         Ok(self.read_model.read(|tx| {
             let value = read(tx)?;

@@ -93,6 +93,7 @@ pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result
                  SET name = excluded.name, city = excluded.city, city_key = excluded.city_key",
             )?
             .execute(params![e.hotel_id, e.name, e.city, city_key(&e.city)])?;
+            refresh_search_entries(tx, &e.hotel_id)?;
         }
         Kind::RoomTypeAdded(e) => {
             let rate = e.nightly_rate.clone().unwrap_or_default();
@@ -114,12 +115,14 @@ pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result
                 rate.amount_minor,
                 rate.currency
             ])?;
+            refresh_search_entries(tx, &e.hotel_id)?;
         }
         Kind::RoomInventoryChanged(e) => {
             tx.prepare_cached(
                 "UPDATE room_types SET inventory = ?3 WHERE hotel_id = ?1 AND code = ?2",
             )?
             .execute(params![e.hotel_id, e.room_type_code, e.inventory])?;
+            refresh_search_entries(tx, &e.hotel_id)?;
         }
         Kind::ReservationConfirmed(e) => {
             let booking = booking(position, e.booking.as_ref())?;
@@ -187,6 +190,26 @@ pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result
 /// The key `SearchAvailability` matches a city by.
 pub fn city_key(city: &str) -> String {
     city.trim().to_lowercase()
+}
+
+/// Rewrites a hotel's rows of `search_room_types` from `hotels` and
+/// `room_types`. Hotels and room types change rarely, so rewriting them all
+/// is simpler than keeping each column in step.
+fn refresh_search_entries(tx: &Transaction<'_>, hotel_id: &str) -> Result<(), ApplyError> {
+    tx.prepare_cached("DELETE FROM search_room_types WHERE hotel_id = ?1")?
+        .execute([hotel_id])?;
+    tx.prepare_cached(
+        "INSERT INTO search_room_types
+             (city_key, rate_minor, hotel_id, code, hotel_name, city, room_type_name,
+              max_guests, inventory, currency)
+         SELECT h.city_key, rt.rate_minor, h.hotel_id, rt.code, h.name, h.city, rt.name,
+                rt.max_guests, rt.inventory, rt.currency
+         FROM hotels h
+         JOIN room_types rt ON rt.hotel_id = h.hotel_id
+         WHERE h.hotel_id = ?1",
+    )?
+    .execute([hotel_id])?;
+    Ok(())
 }
 
 fn booking(position: i64, booking: Option<&pb::Booking>) -> Result<&pb::Booking, ApplyError> {

@@ -5,10 +5,20 @@ use anyhow::Context;
 use rusqlite::Connection;
 
 /// Every migration, in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_read_model",
-    include_str!("../../migrations/0001_read_model.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_read_model",
+        include_str!("../../migrations/0001_read_model.sql"),
+    ),
+    (
+        "0002_search_room_types",
+        include_str!("../../migrations/0002_search_room_types.sql"),
+    ),
+    (
+        "0003_waitlist_by_position",
+        include_str!("../../migrations/0003_waitlist_by_position.sql"),
+    ),
+];
 
 /// Applies the migrations the file has not seen yet, each in its own
 /// transaction together with the version bump.

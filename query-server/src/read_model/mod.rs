@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::Context;
 use hotel_common::pb;
-use rusqlite::{Connection, OpenFlags, Transaction};
+use rusqlite::{Connection, OpenFlags, config::DbConfig};
 
 pub use apply::ApplyError;
 
@@ -69,6 +69,7 @@ impl Writer {
         )
         .with_context(|| format!("opening the read model {}", path.display()))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        keep_plans(&conn)?;
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         anyhow::ensure!(
@@ -168,7 +169,7 @@ impl ReadModel {
     /// are short (tens of microseconds), so callers run them inline.
     pub fn read<T>(
         &self,
-        read: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+        read: impl FnOnce(&Snapshot<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, ReadError> {
         let pool = self
             .readers
@@ -182,13 +183,9 @@ impl ReadModel {
             Some(conn) => conn,
             None => open_reader(&self.path)?,
         };
-        let outcome = (|| {
-            let tx = conn.unchecked_transaction()?;
-            let value = read(&tx)?;
-            tx.finish()?;
-            Ok(value)
-        })();
-        // A connection that failed is dropped rather than reused.
+        let outcome = Snapshot::run(&conn, read);
+        // A connection that failed is dropped (ending its transaction)
+        // rather than reused.
         if outcome.is_ok() {
             let mut idle = pool
                 .lock()
@@ -197,7 +194,7 @@ impl ReadModel {
                 idle.push(conn);
             }
         }
-        outcome
+        outcome.map_err(ReadError)
     }
 
     /// The checkpoint as readers see it now.
@@ -265,8 +262,48 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    keep_plans(&conn)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// Turns on SQLite's query planner stability guarantee. Without it, a cached
+/// statement whose plan might depend on a bound value (a `LIMIT ?`, an
+/// `?n IS NULL` test) is re-parsed and re-planned at each execution with new
+/// values, which made a search cost ~3 times its actual reading.
+fn keep_plans(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    Ok(())
+}
+
+/// One read transaction on a read-only connection: everything read through
+/// it comes from one snapshot of the file.
+///
+/// `BEGIN` and `COMMIT` run as cached statements: rusqlite's `Transaction`
+/// parses them anew each time, a measurable share of a point read.
+pub struct Snapshot<'c> {
+    /// The connection, inside the transaction.
+    conn: &'c Connection,
+}
+
+impl Snapshot<'_> {
+    fn run<T>(
+        conn: &Connection,
+        read: impl FnOnce(&Snapshot<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        conn.prepare_cached("BEGIN")?.execute([])?;
+        let value = read(&Snapshot { conn })?;
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(value)
+    }
+}
+
+impl std::ops::Deref for Snapshot<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
 }
 
 fn read_checkpoint(conn: &Connection) -> rusqlite::Result<Checkpoint> {

@@ -1,12 +1,14 @@
 //! The queries' SQL. Each function runs inside the read transaction that
-//! [`super::ReadModel::read`] opens, so everything one request reads,
+//! [`super::ReadModel::read`] opens ([`Snapshot`]), so everything one request reads,
 //! including [`checkpoint`], comes from one snapshot.
 
 use hotel_common::{pb, timestamp_from_millis};
-use rusqlite::{OptionalExtension, Row, Transaction, params};
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::Snapshot;
 
 /// The last applied position, in this snapshot.
-pub fn checkpoint(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
+pub fn checkpoint(tx: &Snapshot<'_>) -> rusqlite::Result<i64> {
     tx.prepare_cached("SELECT position FROM checkpoint WHERE id = 1")?
         .query_row([], |row| row.get(0))
 }
@@ -52,7 +54,7 @@ pub fn status_from_name(name: &str) -> pb::ReservationStatus {
 
 /// One reservation.
 pub fn reservation(
-    tx: &Transaction<'_>,
+    tx: &Snapshot<'_>,
     reservation_id: &str,
 ) -> rusqlite::Result<Option<pb::Reservation>> {
     tx.prepare_cached(&format!(
@@ -72,7 +74,7 @@ pub struct ReservationChange {
 
 /// The changes of a reservation after `after_position`, oldest first.
 pub fn reservation_changes_after(
-    tx: &Transaction<'_>,
+    tx: &Snapshot<'_>,
     reservation_id: &str,
     after_position: i64,
 ) -> rusqlite::Result<Vec<ReservationChange>> {
@@ -110,7 +112,7 @@ pub type Listed = (pb::Reservation, i64);
 
 /// A guest's reservations, newest first.
 pub fn reservations_of_guest(
-    tx: &Transaction<'_>,
+    tx: &Snapshot<'_>,
     filter: &ListFilter<'_>,
 ) -> rusqlite::Result<Vec<Listed>> {
     list(tx, "guest_id", filter)
@@ -118,14 +120,14 @@ pub fn reservations_of_guest(
 
 /// A hotel's reservations, newest first.
 pub fn reservations_of_hotel(
-    tx: &Transaction<'_>,
+    tx: &Snapshot<'_>,
     filter: &ListFilter<'_>,
 ) -> rusqlite::Result<Vec<Listed>> {
     list(tx, "hotel_id", filter)
 }
 
 fn list(
-    tx: &Transaction<'_>,
+    tx: &Snapshot<'_>,
     owner_column: &str,
     filter: &ListFilter<'_>,
 ) -> rusqlite::Result<Vec<Listed>> {
@@ -155,7 +157,7 @@ fn list(
 }
 
 /// A hotel's name and city, if the read model knows it.
-pub fn hotel(tx: &Transaction<'_>, hotel_id: &str) -> rusqlite::Result<Option<(String, String)>> {
+pub fn hotel(tx: &Snapshot<'_>, hotel_id: &str) -> rusqlite::Result<Option<(String, String)>> {
     tx.prepare_cached("SELECT name, city FROM hotels WHERE hotel_id = ?1")?
         .query_row([hotel_id], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()
@@ -173,7 +175,7 @@ pub struct RoomType {
 
 /// A hotel's room types by code, or only `code` when given.
 pub fn room_types(
-    tx: &Transaction<'_>,
+    tx: &Snapshot<'_>,
     hotel_id: &str,
     code: Option<&str>,
 ) -> rusqlite::Result<Vec<RoomType>> {
@@ -208,27 +210,39 @@ pub struct NightCounts {
 
 /// The stored night counts of a hotel in `[from, to)`, by room type and night.
 pub fn night_counts(
-    tx: &Transaction<'_>,
+    tx: &Snapshot<'_>,
     hotel_id: &str,
     code: Option<&str>,
     from: &str,
     to: &str,
 ) -> rusqlite::Result<Vec<NightCounts>> {
-    tx.prepare_cached(
-        "SELECT room_type_code, night, booked, waiting FROM nights
-         WHERE hotel_id = ?1 AND (?2 IS NULL OR room_type_code = ?2)
-           AND night >= ?3 AND night < ?4
-         ORDER BY room_type_code, night",
-    )?
-    .query_map(params![hotel_id, code, from, to], |row| {
-        Ok(NightCounts {
-            room_type_code: row.get(0)?,
-            night: row.get(1)?,
-            booked: row.get(2)?,
-            waiting: row.get(3)?,
-        })
-    })?
-    .collect()
+    // Two statements, so that each walks the primary key over the range
+    // only: `?2 IS NULL OR room_type_code = ?2` would scan the hotel's nights.
+    let mut statement = match code {
+        Some(_) => tx.prepare_cached(
+            "SELECT room_type_code, night, booked, waiting FROM nights
+             WHERE hotel_id = ?1 AND room_type_code = ?2
+               AND night >= ?3 AND night < ?4
+             ORDER BY room_type_code, night",
+        )?,
+        None => tx.prepare_cached(
+            "SELECT room_type_code, night, booked, waiting FROM nights
+             WHERE hotel_id = ?1 AND ?2 IS NULL AND room_type_code IN
+                   (SELECT code FROM room_types WHERE hotel_id = ?1)
+               AND night >= ?3 AND night < ?4
+             ORDER BY room_type_code, night",
+        )?,
+    };
+    statement
+        .query_map(params![hotel_id, code, from, to], |row| {
+            Ok(NightCounts {
+                room_type_code: row.get(0)?,
+                night: row.get(1)?,
+                booked: row.get(2)?,
+                waiting: row.get(3)?,
+            })
+        })?
+        .collect()
 }
 
 /// What a search looks for.
@@ -254,10 +268,12 @@ pub struct SearchKey {
 
 /// Room types in the city that hold the guests and have a free room every
 /// night of the stay, cheapest stay first.
-pub fn search(
-    tx: &Transaction<'_>,
-    search: &Search<'_>,
-) -> rusqlite::Result<Vec<pb::SearchResult>> {
+///
+/// `search_room_types` hands out a city's room types already in result
+/// order (by nightly rate, which orders the stays' totals the same way), so
+/// the fewest free rooms are computed once per candidate, full ones are
+/// skipped here, and the walk stops once `limit` results are found.
+pub fn search(tx: &Snapshot<'_>, search: &Search<'_>) -> rusqlite::Result<Vec<pb::SearchResult>> {
     let (after_total, after_hotel, after_code) = match &search.after {
         Some(key) => (
             Some(key.total_minor),
@@ -266,69 +282,68 @@ pub fn search(
         ),
         None => (None, None, None),
     };
-    tx.prepare_cached(
-        "WITH candidates AS (
-             SELECT h.hotel_id, h.name AS hotel_name, h.city,
-                    rt.code, rt.name AS room_type_name, rt.max_guests,
-                    rt.rate_minor, rt.currency,
-                    rt.rate_minor * ?4 AS total_minor,
-                    rt.inventory - COALESCE(
-                        (SELECT MAX(n.booked) FROM nights n
-                         WHERE n.hotel_id = rt.hotel_id AND n.room_type_code = rt.code
-                           AND n.night >= ?2 AND n.night < ?3),
-                        0) AS free_rooms
-             FROM hotels h
-             JOIN room_types rt ON rt.hotel_id = h.hotel_id
-             WHERE h.city_key = ?1 AND rt.max_guests >= ?5
-         )
-         SELECT hotel_id, hotel_name, city, code, room_type_name, max_guests,
-                free_rooms, rate_minor, currency, total_minor
-         FROM candidates
-         WHERE free_rooms >= 1
-           AND (?6 IS NULL OR (total_minor, hotel_id, code) > (?6, ?7, ?8))
-         ORDER BY total_minor, hotel_id, code
-         LIMIT ?9",
-    )?
-    .query_map(
-        params![
-            search.city_key,
-            search.check_in,
-            search.check_out,
-            search.nights,
-            search.guests,
-            after_total,
-            after_hotel,
-            after_code,
-            search.limit
-        ],
-        |row| {
-            let currency: String = row.get(8)?;
-            Ok(pb::SearchResult {
-                hotel_id: row.get(0)?,
-                hotel_name: row.get(1)?,
-                city: row.get(2)?,
-                room_type_code: row.get(3)?,
-                room_type_name: row.get(4)?,
-                max_guests: row.get(5)?,
-                free_rooms: row.get(6)?,
-                nightly_rate: Some(pb::Money {
-                    amount_minor: row.get(7)?,
-                    currency: currency.clone(),
-                }),
-                total_price: Some(pb::Money {
-                    amount_minor: row.get(9)?,
-                    currency,
-                }),
-            })
-        },
-    )?
-    .collect()
+    let limit = usize::try_from(search.limit).unwrap_or(0);
+    let mut results = Vec::with_capacity(limit.min(64));
+    if limit == 0 {
+        return Ok(results);
+    }
+    let mut statement = tx.prepare_cached(
+        "SELECT hotel_id, hotel_name, city, code, room_type_name, max_guests,
+                inventory - COALESCE(
+                    (SELECT MAX(n.booked) FROM nights n
+                     WHERE n.hotel_id = s.hotel_id AND n.room_type_code = s.code
+                       AND n.night >= ?2 AND n.night < ?3),
+                    0) AS free_rooms,
+                rate_minor, currency, rate_minor * ?4 AS total_minor
+         FROM search_room_types s
+         WHERE city_key = ?1 AND max_guests >= ?5
+           AND (?6 IS NULL OR (rate_minor * ?4, hotel_id, code) > (?6, ?7, ?8))
+         ORDER BY rate_minor, hotel_id, code",
+    )?;
+    let mut rows = statement.query(params![
+        search.city_key,
+        search.check_in,
+        search.check_out,
+        search.nights,
+        search.guests,
+        after_total,
+        after_hotel,
+        after_code,
+    ])?;
+    while let Some(row) = rows.next()? {
+        let free_rooms: i32 = row.get(6)?;
+        if free_rooms < 1 {
+            continue;
+        }
+        let currency: String = row.get(8)?;
+        results.push(pb::SearchResult {
+            hotel_id: row.get(0)?,
+            hotel_name: row.get(1)?,
+            city: row.get(2)?,
+            room_type_code: row.get(3)?,
+            room_type_name: row.get(4)?,
+            max_guests: row.get(5)?,
+            free_rooms,
+            nightly_rate: Some(pb::Money {
+                amount_minor: row.get(7)?,
+                currency: currency.clone(),
+            }),
+            total_price: Some(pb::Money {
+                amount_minor: row.get(9)?,
+                currency,
+            }),
+        });
+        if results.len() == limit {
+            break;
+        }
+    }
+    Ok(results)
 }
 
-/// The waiting list of a room type in promotion order: higher priority
-/// first, then oldest booking first.
+/// The waiting list of a room type in the command server's promotion order:
+/// higher priority first, then the earlier booking event (by position).
 pub fn waitlist(
-    tx: &Transaction<'_>,
+    tx: &Snapshot<'_>,
     hotel_id: &str,
     room_type_code: &str,
 ) -> rusqlite::Result<Vec<pb::WaitlistEntry>> {
@@ -337,7 +352,7 @@ pub fn waitlist(
                 priority, booked_at_ms
          FROM reservations
          WHERE hotel_id = ?1 AND room_type_code = ?2 AND status = 'WAITLISTED'
-         ORDER BY priority DESC, booked_at_ms, booked_position",
+         ORDER BY priority DESC, booked_position",
     )?
     .query_map(params![hotel_id, room_type_code], |row| {
         Ok(pb::WaitlistEntry {
@@ -359,7 +374,7 @@ pub fn waitlist(
 /// All rooms of a hotel, and the rooms booked per night in `[from, to)`
 /// (nights with nothing booked are absent).
 pub fn occupancy(
-    tx: &Transaction<'_>,
+    tx: &Snapshot<'_>,
     hotel_id: &str,
     from: &str,
     to: &str,
