@@ -27,10 +27,18 @@ pub use status::Projection;
 
 use crate::read_model::{ApplyError, Writer, apply::millis};
 
-/// Events asked for per stream message.
-const MAX_BATCH: i32 = 1000;
+/// Events asked for per stream message (the most the command server sends).
+const MAX_BATCH: i32 = 5000;
 /// Most events committed in one SQLite transaction.
 const MAX_EVENTS_PER_COMMIT: usize = 10_000;
+/// While more events are known to exist than have arrived (catching up),
+/// the writer waits for this many before it commits, or for
+/// [`CATCH_UP_HOLD`]. A commit writes every page it touched to the WAL, and
+/// the random reservation ids touch pages all over their indexes: a few large
+/// commits write far fewer pages per event than many small ones.
+const CATCH_UP_COMMIT_EVENTS: usize = MAX_EVENTS_PER_COMMIT;
+/// The longest events wait for a fuller commit during catch-up.
+const CATCH_UP_HOLD: Duration = Duration::from_millis(100);
 /// Most events held in memory waiting for the writer; past it the projector
 /// stops reading the stream (HTTP/2 flow control slows the server).
 const MAX_BUFFERED: usize = 20_000;
@@ -211,15 +219,31 @@ async fn follow(
     let mut in_flight: Option<Commit> = None;
     let mut expected = from_position;
     let mut buffer: Vec<EventEnvelope> = Vec::new();
+    // When the oldest buffered event arrived; bounds the catch-up hold.
+    let mut buffered_since: Option<Instant> = None;
+    // The highest head the stream reported: events up to it exist.
+    let mut known_head: i64 = 0;
+    // Whether this subscription has sent CaughtUp: from then on every
+    // batch commits at once, for the lag of live queries.
+    let mut caught_up = false;
     // Set by CaughtUp: the position whose commit makes the projection live.
     let mut live_at: Option<i64> = None;
     let mut ended: Option<Ended> = None;
     let mut idle_deadline = Instant::now() + IDLE_TIMEOUT;
 
     loop {
-        if let Some(writer) = idle.take_if(|_| !buffer.is_empty()) {
+        // Catching up: more events exist than have arrived, and they arrive.
+        let more_coming = !caught_up && expected <= known_head && ended.is_none();
+        let hold_until = buffered_since
+            .filter(|_| more_coming && buffer.len() < CATCH_UP_COMMIT_EVENTS)
+            .map(|since| since + CATCH_UP_HOLD)
+            .filter(|until| *until > Instant::now());
+        if hold_until.is_none()
+            && let Some(writer) = idle.take_if(|_| !buffer.is_empty())
+        {
             let take = buffer.len().min(MAX_EVENTS_PER_COMMIT);
             let batch: Vec<EventEnvelope> = buffer.drain(..take).collect();
+            buffered_since = (!buffer.is_empty()).then(Instant::now);
             in_flight = Some(spawn_commit(writer, batch));
         }
         if in_flight.is_none() {
@@ -269,8 +293,22 @@ async fn follow(
             }
             message = stream.message(), if reading && buffer.len() < MAX_BUFFERED => {
                 idle_deadline = Instant::now() + IDLE_TIMEOUT;
-                ended = receive(message, projection, &mut expected, &mut buffer, &mut live_at);
+                let was_empty = buffer.is_empty();
+                ended = receive(
+                    message,
+                    projection,
+                    &mut expected,
+                    &mut buffer,
+                    &mut live_at,
+                    &mut known_head,
+                );
+                caught_up |= live_at.is_some();
+                if was_empty && !buffer.is_empty() {
+                    buffered_since = Some(Instant::now());
+                }
             }
+            _ = tokio::time::sleep_until(hold_until.unwrap_or(idle_deadline)),
+                if hold_until.is_some() && in_flight.is_none() => {}
             _ = tokio::time::sleep_until(idle_deadline), if reading => {
                 ended = Some(Ended::Disconnected("no message from the stream for 15 s".into()));
             }
@@ -299,6 +337,7 @@ fn receive(
     expected: &mut i64,
     buffer: &mut Vec<EventEnvelope>,
     live_at: &mut Option<i64>,
+    known_head: &mut i64,
 ) -> Option<Ended> {
     let message = match message {
         Ok(Some(response)) => response.message,
@@ -314,6 +353,7 @@ fn receive(
     match message {
         Some(Message::Events(batch)) => {
             projection.saw_head(batch.head);
+            *known_head = (*known_head).max(batch.head);
             let was_empty = buffer.is_empty();
             for envelope in batch.events {
                 if envelope.position != *expected {
@@ -337,10 +377,14 @@ fn receive(
         }
         Some(Message::CaughtUp(caught_up)) => {
             projection.saw_head(caught_up.head);
+            *known_head = (*known_head).max(caught_up.head);
             // Live once everything received so far is committed.
             *live_at = Some(*expected - 1);
         }
-        Some(Message::Heartbeat(heartbeat)) => projection.saw_head(heartbeat.head),
+        Some(Message::Heartbeat(heartbeat)) => {
+            projection.saw_head(heartbeat.head);
+            *known_head = (*known_head).max(heartbeat.head);
+        }
         None => {}
     }
     None

@@ -18,6 +18,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_waitlist_by_position",
         include_str!("../../migrations/0003_waitlist_by_position.sql"),
     ),
+    (
+        "0004_reservations_status_check",
+        include_str!("../../migrations/0004_reservations_status_check.sql"),
+    ),
 ];
 
 /// Applies the migrations the file has not seen yet, each in its own
