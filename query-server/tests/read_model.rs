@@ -160,6 +160,61 @@ fn the_waitlist_is_in_promotion_order_by_position_not_by_clock() {
 }
 
 #[test]
+fn a_file_of_the_first_schema_upgrades_in_place() {
+    let dir = TempDir::new();
+    {
+        // A read model written by a binary that knew only migration 0001.
+        let conn = rusqlite::Connection::open(dir.db()).expect("open");
+        conn.execute_batch(include_str!("../migrations/0001_read_model.sql"))
+            .expect("the first schema");
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO hotels VALUES ('h1', 'Hotel One', 'Lisboa', 'lisboa');
+             INSERT INTO room_types VALUES ('h1', 'DBL', 'Double', 2, 1, 12000, 'EUR');
+             INSERT INTO reservations VALUES
+                 ('r1', 'h1', 'DBL', '2030-05-01', '2030-05-02', 1, 'ana', 'Ana', 'a@x.org',
+                  2, 'CONFIRMED', 12000, 'EUR', 0, 1000, 1000, 3, 3),
+                 ('r2', 'h1', 'DBL', '2030-05-01', '2030-05-02', 1, 'bo', 'Bo', 'b@x.org',
+                  2, 'WAITLISTED', 12000, 'EUR', 0, 900, 900, 4, 4);
+             INSERT INTO nights VALUES ('h1', 'DBL', '2030-05-01', 1, 1);
+             UPDATE checkpoint SET position = 4;",
+        )
+        .expect("rows of the first schema");
+    }
+    let writer = Writer::open(&dir.db()).expect("migrates");
+    assert_eq!(writer.checkpoint().expect("checkpoint").position, 4);
+    let readers = ReadModel::new(&dir.db());
+    let search = |check_in: &'static str, check_out: &'static str| reads::Search {
+        city_key: "lisboa",
+        check_in,
+        check_out,
+        nights: 1,
+        guests: 2,
+        after: None,
+        limit: 10,
+    };
+    let (full, free, waitlist, reservation) = readers
+        .read(|tx| {
+            Ok((
+                reads::search(tx, &search("2030-05-01", "2030-05-02"))?,
+                reads::search(tx, &search("2030-05-02", "2030-05-03"))?,
+                reads::waitlist(tx, "h1", "DBL")?,
+                reads::reservation(tx, "r1")?,
+            ))
+        })
+        .expect("read");
+    assert!(full.is_empty(), "{full:?}");
+    let free: Vec<(&str, &str, i32)> = free
+        .iter()
+        .map(|r| (r.hotel_id.as_str(), r.room_type_code.as_str(), r.free_rooms))
+        .collect();
+    assert_eq!(free, [("h1", "DBL", 1)]);
+    let waitlist: Vec<&str> = waitlist.iter().map(|e| e.reservation_id.as_str()).collect();
+    assert_eq!(waitlist, ["r2"]);
+    assert_eq!(reservation.map(|r| r.status()), Some(S::Confirmed));
+}
+
+#[test]
 fn promotion_cancellation_check_in_and_out() {
     let mut f = fixture();
     f.hotel_with_rooms(1);
