@@ -130,3 +130,136 @@ async fn mixed_concurrent_batches_keep_the_write_model_equal_to_its_events() {
     }
     db.cleanup().await;
 }
+
+/// Books with one `command_id` until an answer comes: `UNAVAILABLE` (the
+/// writer lost its connection) is retried as a client would.
+async fn book_until_answered(
+    mut client: Client,
+    request: pb::BookRoomRequest,
+) -> (String, pb::BookRoomResponse, u32) {
+    let mut failures = 0;
+    loop {
+        match client.book_room(request.clone()).await {
+            Ok(reply) => return (request.command_id, reply.into_inner(), failures),
+            Err(status) if status.code() == Code::Unavailable && failures < 500 => {
+                failures += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Err(status) => panic!("booking failed: {status}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_connections_lose_nothing_acknowledged_and_apply_nothing_twice() {
+    use sqlx::{Connection, Executor, MySqlConnection};
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    };
+
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut admin = server.commands().await;
+    register_hotel(&mut admin, "h1", "Coimbra").await;
+    for code in ["SGL", "DBL"] {
+        add_room_type(&mut admin, "h1", code, 4).await;
+    }
+
+    // Kills every connection to the test database, the writer's included,
+    // every few milliseconds, mid-transaction or mid-commit.
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicU32::new(0));
+    let killer = {
+        let (stop, kills, name) = (stop.clone(), kills.clone(), db.name.clone());
+        tokio::spawn(async move {
+            let mut conn = MySqlConnection::connect(&server_url())
+                .await
+                .expect("the killer connects");
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(std::time::Duration::from_millis(8)).await;
+                let ids: Vec<i64> = sqlx::query_scalar(
+                    "SELECT id FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
+                )
+                .bind(&name)
+                .fetch_all(&mut conn)
+                .await
+                .expect("list connections");
+                for id in ids {
+                    let kill = format!("KILL CONNECTION {id}");
+                    if conn.execute(sqlx::AssertSqlSafe(kill)).await.is_ok() {
+                        kills.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+
+    let mut calls = Vec::new();
+    for worker in 0..24 {
+        let client = server.commands().await;
+        calls.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for i in 0..16 {
+                let code = if (worker + i) % 2 == 0 { "SGL" } else { "DBL" };
+                let from = ((worker + i) % 5) as i64 + 1;
+                let request = booking("h1", code, from, from + 2, &format!("w{worker}-{i}"));
+                answers.push(book_until_answered(client.clone(), request).await);
+            }
+            answers
+        }));
+    }
+    let mut answers = Vec::new();
+    for call in join_all(calls).await {
+        answers.extend(call.expect("the worker's task ends"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    killer.await.expect("the killer stops");
+
+    let retried: u32 = answers.iter().map(|(_, _, failures)| failures).sum();
+    eprintln!(
+        "{} kills, {retried} failed attempts retried",
+        kills.load(Ordering::Relaxed)
+    );
+    assert!(kills.load(Ordering::Relaxed) > 0, "connections were killed");
+    assert!(retried > 0, "some attempts failed and were retried");
+
+    // A fresh pool: the killer also closed the test's own connections.
+    let check = TestDb {
+        pool: sqlx::MySqlPool::connect(&db.url)
+            .await
+            .expect("connect again"),
+        name: db.name.clone(),
+        url: db.url.clone(),
+    };
+    // Every acknowledged booking is there exactly once, under the id it
+    // was acknowledged with.
+    assert_eq!(answers.len(), 24 * 16);
+    for (command_id, reply, _) in &answers {
+        let stored: Vec<(String,)> = sqlx::query_as(
+            "SELECT e.aggregate_id FROM events e WHERE e.command_id = ? AND e.aggregate_version = 1",
+        )
+        .bind(command_id)
+        .fetch_all(&check.pool)
+        .await
+        .expect("the command's events");
+        assert_eq!(
+            stored,
+            [(reply.reservation_id.clone(),)],
+            "command {command_id} booked once, the reservation it acknowledged"
+        );
+    }
+    assert_eq!(
+        check.count("SELECT COUNT(*) FROM reservations").await,
+        answers.len() as i64,
+        "no booking was applied twice"
+    );
+    assert_gap_free(&check).await;
+    assert_no_overbooking(&check).await;
+    assert_waitlist_settled(&check).await;
+    assert_reservations_match_events(&check).await;
+
+    server.stop().await;
+    db.pool.close().await;
+    check.cleanup().await;
+}

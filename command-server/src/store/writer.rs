@@ -106,14 +106,12 @@ async fn run(options: MySqlConnectOptions, mut queue: mpsc::Receiver<Job>, head:
             }
             Err(error) if jobs.len() == 1 => {
                 tracing::warn!(%error, "command transaction failed");
-                conn = None;
                 vec![Err(CommandError::Database(error))]
             }
             Err(error) => {
                 // One command may be at fault: run each alone so the others
                 // still succeed and the culprit gets its own error.
                 tracing::warn!(%error, batch = jobs.len(), "batch failed; running its commands one by one");
-                conn = None;
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for (command, priority) in commands.iter().zip(&priorities) {
                     match run_batch(&options, &mut conn, &[command], &[*priority]).await {
@@ -124,7 +122,6 @@ async fn run(options: MySqlConnectOptions, mut queue: mpsc::Receiver<Job>, head:
                             ))));
                         }
                         Err(error) => {
-                            conn = None;
                             outcomes.push(Err(CommandError::Database(error)));
                         }
                     }
@@ -145,14 +142,20 @@ async fn connect(options: &MySqlConnectOptions) -> sqlx::Result<MySqlConnection>
         .statement_cache_capacity(super::WRITER_STATEMENT_CACHE);
     let mut conn = MySqlConnection::connect_with(&options).await?;
     // The head lock already serialises command transactions; READ COMMITTED
-    // makes every read see the latest commit rather than a snapshot.
+    // makes every read see the latest commit rather than a snapshot. With
+    // autocommit off, a batch's first statement opens its transaction: no
+    // BEGIN round trip.
     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         .await?;
+    conn.execute("SET SESSION autocommit = 0").await?;
     Ok(conn)
 }
 
 /// Runs commands in one transaction; per-command outcomes and the head after
-/// commit. An `Err` means the transaction rolled back and nothing happened.
+/// commit. An `Err` means the transaction did not commit and nothing
+/// happened: the connection is dropped, which rolls back what the batch had
+/// written (with autocommit off, the next batch would otherwise carry it on
+/// and commit it), and the next batch connects afresh.
 async fn run_batch(
     options: &MySqlConnectOptions,
     slot: &mut Option<MySqlConnection>,
@@ -163,7 +166,20 @@ async fn run_batch(
         Some(conn) => conn,
         None => slot.insert(connect(options).await?),
     };
-    let mut tx = conn.begin().await?;
+    let done = run_transaction(conn, commands, submitted).await;
+    if done.is_err() {
+        *slot = None;
+    }
+    done
+}
+
+async fn run_transaction(
+    conn: &mut MySqlConnection,
+    commands: &[&ValidCommand],
+    submitted: &[Option<i32>],
+) -> sqlx::Result<(Vec<Result<Reply, CommandError>>, i64)> {
+    // The session has autocommit off: this statement opens the transaction.
+    let tx = conn;
     let head: i64 = sqlx::query("SELECT position FROM event_head WHERE id = 1 FOR UPDATE")
         .fetch_one(&mut *tx)
         .await?
@@ -171,13 +187,12 @@ async fn run_batch(
 
     let ids: Vec<String> = commands.iter().map(|c| c.command_id.to_string()).collect();
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let mut known: HashMap<String, CommandRecord> =
-        command_log::load_many(&mut tx, &id_refs).await?;
+    let mut known: HashMap<String, CommandRecord> = command_log::load_many(tx, &id_refs).await?;
 
     let now = now_ms();
     let mut batch = Batch::new(head, now);
     let mut rows = WorkingSet::default();
-    rows.prefetch(&mut tx, batch.today, commands)
+    rows.prefetch(tx, batch.today, commands)
         .await
         .map_err(into_sqlx)?;
     let mut records: Vec<CommandRecord> = Vec::new();
@@ -188,7 +203,7 @@ async fn run_batch(
             continue;
         }
         let events_before = batch.events.len();
-        let outcome = execute(&mut tx, &mut rows, &mut batch, command).await;
+        let outcome = execute(tx, &mut rows, &mut batch, command).await;
         let pending = known.get(id).map(|r| r.priority);
         let record = match &outcome {
             Ok(reply) => Some(CommandRecord {
@@ -241,16 +256,16 @@ async fn run_batch(
         outcomes.push(outcome);
     }
 
-    rows.flush(&mut tx).await.map_err(into_sqlx)?;
+    rows.flush(tx).await.map_err(into_sqlx)?;
     if !batch.events.is_empty() {
-        events::append(&mut tx, &batch.events).await?;
+        events::append(tx, &batch.events).await?;
         sqlx::query("UPDATE event_head SET position = ? WHERE id = 1")
             .bind(batch.head())
             .execute(&mut *tx)
             .await?;
     }
-    command_log::upsert(&mut tx, &records).await?;
-    tx.commit().await?;
+    command_log::upsert(tx, &records).await?;
+    tx.execute("COMMIT").await?;
     for (command, outcome) in commands.iter().zip(&outcomes) {
         match outcome {
             Ok(reply) => tracing::info!(
