@@ -36,7 +36,9 @@ const MAX_EVENTS_PER_COMMIT: usize = 10_000;
 /// [`CATCH_UP_HOLD`]. A commit writes every page it touched to the WAL, and
 /// the random reservation ids touch pages all over their indexes: a few large
 /// commits write far fewer pages per event than many small ones.
-const CATCH_UP_COMMIT_EVENTS: usize = MAX_EVENTS_PER_COMMIT;
+/// Half of [`MAX_EVENTS_PER_COMMIT`] keeps the checkpoint (what status and
+/// `min_position` see) moving in steps of a few tens of milliseconds.
+const CATCH_UP_COMMIT_EVENTS: usize = 5_000;
 /// The longest events wait for a fuller commit during catch-up.
 const CATCH_UP_HOLD: Duration = Duration::from_millis(100);
 /// Most events held in memory waiting for the writer; past it the projector
