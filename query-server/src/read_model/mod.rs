@@ -83,12 +83,13 @@ impl Writer {
         // Large catch-up transactions touch many pages; keeping them in memory
         // (64 MiB at most) avoids spilling to the WAL before the commit.
         conn.pragma_update(None, "cache_size", -65_536)?;
-        // Checkpoint the WAL into the file every 8,192 pages (32 MiB) rather
-        // than SQLite's 1,000: a catch-up commit dirties thousands of pages,
-        // many of them again in the next commit, and each checkpoint copies
-        // a page once however often the WAL holds it. The WAL file is cut
-        // back to 64 MiB after a checkpoint.
-        conn.pragma_update(None, "wal_autocheckpoint", 8_192)?;
+        // Checkpoint the WAL every 1,000 pages (SQLite's default). 8,192
+        // made catch-up ~7 % faster (a checkpoint copies a page once however
+        // often the WAL holds it) but each checkpoint then stalled the live
+        // projector, and the disk, for longer: projection lag p99 went from
+        // 16-19 ms to 38-52 ms at 1,860 bookings/s. The WAL file is cut back
+        // to 64 MiB after a checkpoint.
+        conn.pragma_update(None, "wal_autocheckpoint", 1_000)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         conn.set_prepared_statement_cache_capacity(64);
         migrations::run(&mut conn)?;
