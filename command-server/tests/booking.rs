@@ -310,3 +310,60 @@ async fn check_in_and_check_out_follow_the_rules() {
     server.stop().await;
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_promotes_past_a_long_waiting_list_that_does_not_fit() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut client = server.commands().await;
+    register_hotel(&mut client, "h4", "Evora").await;
+    add_room_type(&mut client, "h4", "SGL", 1).await;
+    // Night 1 and night 2 are each taken.
+    client
+        .book_room(booking("h4", "SGL", 1, 2, "first-night"))
+        .await
+        .expect("book");
+    let second_night = client
+        .book_room(booking("h4", "SGL", 2, 3, "second-night"))
+        .await
+        .expect("book")
+        .into_inner();
+    // Forty wait for both nights (more than a page of the waiting list),
+    // then one waits for night 2 only.
+    for i in 0..40 {
+        let waiting = client
+            .book_room(booking("h4", "SGL", 1, 3, &format!("both-{i}")))
+            .await
+            .expect("book")
+            .into_inner();
+        assert_eq!(waiting.status, ReservationStatus::Waitlisted as i32);
+    }
+    let last = client
+        .book_room(booking("h4", "SGL", 2, 3, "last"))
+        .await
+        .expect("book")
+        .into_inner();
+    assert_eq!(last.status, ReservationStatus::Waitlisted as i32);
+
+    // Night 2 frees up; night 1 stays full, so only the last one fits.
+    let cancelled = client
+        .cancel_reservation(pb::CancelReservationRequest {
+            command_id: new_id(),
+            reservation_id: second_night.reservation_id.clone(),
+            reason: String::new(),
+            correlation_id: String::new(),
+        })
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(
+        cancelled.promoted_reservation_ids,
+        std::slice::from_ref(&last.reservation_id),
+        "the one that fits is found behind the forty that do not"
+    );
+    assert_no_overbooking(&db).await;
+    assert_waitlist_settled(&db).await;
+    assert_reservations_match_events(&db).await;
+    server.stop().await;
+    db.cleanup().await;
+}

@@ -19,7 +19,7 @@ use crate::{
     commands::{Command, Reply, ValidCommand},
     domain::{
         ReservationStatus, Stay, rules,
-        waitlist::{NightLedger, promote_waitlist},
+        waitlist::{NightLedger, Waiting, promote_waitlist},
     },
     error::CommandError,
 };
@@ -487,8 +487,17 @@ async fn cancel_reservation(
         stored.status,
     );
     // Read before the first change, so a failure changes nothing.
-    let inventory = if previous.holds_rooms() {
-        Some(rows.room_type(conn, &key.0, &key.1).await?.inventory)
+    // The room it frees, and which of its nights were full before.
+    let freed = if previous.holds_rooms() {
+        let inventory = rows.room_type(conn, &key.0, &key.1).await?.inventory;
+        let booked = rows.booked(conn, &key, stay).await?;
+        let was_full: Vec<Date> = stay
+            .nights()
+            .zip(booked)
+            .filter(|(_, booked)| *booked >= inventory)
+            .map(|(night, _)| night)
+            .collect();
+        Some((inventory, was_full))
     } else {
         None
     };
@@ -516,9 +525,14 @@ async fn cancel_reservation(
         pb::event::Kind::ReservationCancelled(event),
     );
     let mut promoted_reservation_ids = Vec::new();
-    if let Some(inventory) = inventory {
-        let window = (stay.check_in, stay.check_out);
-        let promoted = promote(conn, rows, batch, cmd, &key, inventory, window).await?;
+    if let Some((inventory, was_full)) = freed {
+        let freed = Freed {
+            key: &key,
+            inventory,
+            stay,
+            was_full,
+        };
+        let promoted = promote_freed(conn, rows, batch, cmd, freed).await?;
         if let Some(last) = promoted.last_position {
             position = last;
         }
@@ -593,13 +607,15 @@ async fn check_out(
 }
 
 /// What a promotion round did.
+#[derive(Default)]
 struct Promoted {
     reservation_ids: Vec<String>,
     last_position: Option<i64>,
 }
 
 /// Confirms the waitlisted reservations of a room type that now fit, among
-/// those overlapping `window` (`[from, until)`) that start today or later.
+/// all those overlapping `window` (`[from, until)`) that start today or
+/// later. For an inventory rise, which can make room for any of them.
 async fn promote(
     conn: &mut MySqlConnection,
     rows: &mut WorkingSet,
@@ -609,13 +625,101 @@ async fn promote(
     inventory: i32,
     (from, until): (Date, Date),
 ) -> Result<Promoted, CommandError> {
-    let mut promoted = Promoted {
-        reservation_ids: Vec::new(),
-        last_position: None,
-    };
+    let mut promoted = Promoted::default();
     let candidates = rows.waitlist(conn, batch.today, key, from, until).await?;
+    confirm(
+        conn,
+        rows,
+        batch,
+        cmd,
+        key,
+        inventory,
+        candidates,
+        &mut promoted,
+    )
+    .await?;
+    Ok(promoted)
+}
+
+/// The room a cancellation gave back.
+struct Freed<'a> {
+    key: &'a RoomKey,
+    inventory: i32,
+    stay: Stay,
+    /// Its nights that were fully booked before it was cancelled.
+    was_full: Vec<Date>,
+}
+
+/// Waitlisted reservations read per page when a cancellation promotes.
+const PROMOTION_PAGE: usize = 32;
+
+/// Confirms the waitlisted reservations that fit now that `freed` gave its
+/// room back, reading the waiting list a page at a time in promotion order.
+///
+/// No waitlisted reservation fitted before (every cancellation and
+/// inventory rise promotes all that fit; tests check it), so one that fits
+/// now needs a night that was full and has a room again. When no night was
+/// full, nobody can move up and the list is not read; once those nights are
+/// full again, nobody else can, and reading stops. Under contention a
+/// waiting list holds thousands: this reads the first page, not all.
+async fn promote_freed(
+    conn: &mut MySqlConnection,
+    rows: &mut WorkingSet,
+    batch: &mut Batch,
+    cmd: &ValidCommand,
+    freed: Freed<'_>,
+) -> Result<Promoted, CommandError> {
+    let Freed {
+        key,
+        inventory,
+        stay,
+        was_full,
+    } = freed;
+    let mut promoted = Promoted::default();
+    let window = (stay.check_in, stay.check_out);
+    let mut after = None;
+    while !rows.all_full(key, &was_full, inventory) {
+        let (through, more) = rows
+            .load_waitlist_page(conn, batch.today, key, window, after, PROMOTION_PAGE)
+            .await?;
+        // This page, with the reservations booked in this batch that sort
+        // among it (all the rest, on the last page).
+        let bound = if more { through } else { None };
+        let candidates = rows.waitlisted_between(batch.today, key, window, after, bound);
+        confirm(
+            conn,
+            rows,
+            batch,
+            cmd,
+            key,
+            inventory,
+            candidates,
+            &mut promoted,
+        )
+        .await?;
+        if !more {
+            break;
+        }
+        after = through;
+    }
+    Ok(promoted)
+}
+
+/// Confirms, in promotion order, the `candidates` whose every night has a
+/// room, and records them in `promoted`.
+#[allow(clippy::too_many_arguments)]
+async fn confirm(
+    conn: &mut MySqlConnection,
+    rows: &mut WorkingSet,
+    batch: &mut Batch,
+    cmd: &ValidCommand,
+    key: &RoomKey,
+    inventory: i32,
+    candidates: Vec<Waiting>,
+    promoted: &mut Promoted,
+) -> Result<(), CommandError> {
     let Some(span) = working_set::span(&candidates) else {
-        return Ok(promoted);
+        return Ok(());
     };
     let mut ledger = NightLedger {
         inventory,
@@ -641,5 +745,5 @@ async fn promote(
         ));
         promoted.reservation_ids.push(waiting.reservation_id);
     }
-    Ok(promoted)
+    Ok(())
 }

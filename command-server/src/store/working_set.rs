@@ -113,14 +113,14 @@ pub struct WorkingSet {
 }
 
 impl WorkingSet {
-    /// Reads what `commands` will need, in at most four statements: the
-    /// reservations they name, the room types they book or free, the
-    /// waitlists a cancellation may promote from, and the nights of all of
-    /// those stays.
+    /// Reads what `commands` will need, in at most three statements: the
+    /// reservations they name, the room types they book or free, and the
+    /// nights of all those stays. (Waiting lists are read only when a
+    /// cancellation can promote, a page at a time: see
+    /// [`load_waitlist_page`](Self::load_waitlist_page).)
     pub async fn prefetch(
         &mut self,
         conn: &mut MySqlConnection,
-        today: Date,
         commands: &[&ValidCommand],
     ) -> Result<(), CommandError> {
         let ids: Vec<&str> = commands
@@ -136,7 +136,6 @@ impl WorkingSet {
 
         let mut room_types = Vec::new();
         let mut stays = Vec::new();
-        let mut freed = Vec::new();
         for command in commands {
             match &command.command {
                 Command::BookRoom {
@@ -155,7 +154,6 @@ impl WorkingSet {
                         stays.push((key.clone(), r.stay));
                         if r.status.holds_rooms() {
                             room_types.push(key.clone());
-                            freed.push((key, r.stay.check_in, r.stay.check_out));
                         }
                     }
                 }
@@ -163,15 +161,6 @@ impl WorkingSet {
             }
         }
         self.load_room_types(conn, &room_types).await?;
-        self.load_waitlists(conn, today, &freed).await?;
-        // The candidates' nights too, as one span per window: promotion
-        // checks every night of every candidate.
-        for (key, from, until) in &freed {
-            let candidates = self.waitlisted(today, key, *from, *until);
-            if let Some(span) = span(&candidates) {
-                stays.push((key.clone(), span));
-            }
-        }
         self.load_nights(conn, &stays).await
     }
 
@@ -304,6 +293,86 @@ impl WorkingSet {
         self.load_waitlists(conn, today, &[(key.clone(), from, until)])
             .await?;
         Ok(self.waitlisted(today, key, from, until))
+    }
+
+    /// Loads the next `limit` waitlisted reservations of a room type that
+    /// overlap `[from, until)` and start today or later, in promotion order
+    /// (priority first, then oldest), after `after`. Returns the order key
+    /// of the last one read, and whether there may be more.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn load_waitlist_page(
+        &mut self,
+        conn: &mut MySqlConnection,
+        today: Date,
+        key: &RoomKey,
+        (from, until): (Date, Date),
+        after: Option<OrderKey>,
+        limit: usize,
+    ) -> Result<(Option<OrderKey>, bool), CommandError> {
+        let mut select = QueryBuilder::<MySql>::new(format!(
+            "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE hotel_id = "
+        ));
+        select
+            .push_bind(&key.0)
+            .push(" AND room_type_code = ")
+            .push_bind(&key.1)
+            .push(" AND status = 'WAITLISTED' AND check_in >= ")
+            .push_bind(today)
+            .push(" AND check_in < ")
+            .push_bind(until)
+            .push(" AND check_out > ")
+            .push_bind(from);
+        if let Some((priority, position)) = after {
+            select
+                .push(" AND (priority < ")
+                .push_bind(priority)
+                .push(" OR (priority = ")
+                .push_bind(priority)
+                .push(" AND booked_position > ")
+                .push_bind(position)
+                .push("))");
+        }
+        select
+            .push(" ORDER BY priority DESC, booked_position LIMIT ")
+            .push_bind(limit as i64);
+        let rows = select.build().fetch_all(&mut *conn).await?;
+        let mut last = after;
+        for row in &rows {
+            let (id, reservation) = reservation_from_row(row)?;
+            last = Some((reservation.priority, reservation.booked_position));
+            self.reservations.entry(id).or_insert(Some(reservation));
+        }
+        Ok((last, rows.len() == limit))
+    }
+
+    /// The waitlisted reservations held here for a room type, overlapping
+    /// `[from, until)` from today on, whose order key is after `after` and
+    /// not after `through` (`None`: no bound).
+    pub fn waitlisted_between(
+        &self,
+        today: Date,
+        key: &RoomKey,
+        (from, until): (Date, Date),
+        after: Option<OrderKey>,
+        through: Option<OrderKey>,
+    ) -> Vec<Waiting> {
+        self.waitlisted(today, key, from, until)
+            .into_iter()
+            .filter(|w| {
+                let order = (w.priority, w.booked_position);
+                after.is_none_or(|a| comes_before(a, order))
+                    && through.is_none_or(|t| !comes_before(t, order))
+            })
+            .collect()
+    }
+
+    /// Whether every one of `nights` is fully booked.
+    pub fn all_full(&self, key: &RoomKey, nights: &[Date], inventory: i32) -> bool {
+        let held = self.nights.get(key);
+        nights.iter().all(|night| {
+            held.and_then(|h| h.get(night))
+                .is_some_and(|n| n.booked >= inventory)
+        })
     }
 
     fn waitlisted(&self, today: Date, key: &RoomKey, from: Date, until: Date) -> Vec<Waiting> {
@@ -561,6 +630,15 @@ impl WorkingSet {
         }
         Ok(())
     }
+}
+
+/// A waitlisted reservation's place in promotion order: `(priority,
+/// booked_position)`, higher priority first, then oldest.
+pub type OrderKey = (i32, i64);
+
+/// Whether `a` is promoted before `b`.
+fn comes_before(a: OrderKey, b: OrderKey) -> bool {
+    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
 }
 
 /// The nights from the first candidate's check-in to the last one's

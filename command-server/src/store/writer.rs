@@ -192,9 +192,7 @@ async fn run_transaction(
     let now = now_ms();
     let mut batch = Batch::new(head, now);
     let mut rows = WorkingSet::default();
-    rows.prefetch(tx, batch.today, commands)
-        .await
-        .map_err(into_sqlx)?;
+    rows.prefetch(tx, commands).await.map_err(into_sqlx)?;
     let mut records: Vec<CommandRecord> = Vec::new();
     let mut outcomes = Vec::with_capacity(commands.len());
     for ((command, id), priority) in commands.iter().zip(&ids).zip(submitted) {
