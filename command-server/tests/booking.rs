@@ -367,3 +367,61 @@ async fn a_cancellation_promotes_past_a_long_waiting_list_that_does_not_fit() {
     server.stop().await;
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_sees_room_types_another_server_changed() {
+    // Each writer carries the room types it read from one batch to the
+    // next while nobody else commits: a change through another instance
+    // must still be seen at once.
+    let db = TestDb::create().await;
+    let first = TestServer::start(&db).await;
+    let second = TestServer::start(&db).await;
+    let mut one = first.commands().await;
+    let mut two = second.commands().await;
+    register_hotel(&mut one, "h5", "Tomar").await;
+    add_room_type(&mut one, "h5", "SGL", 1).await;
+    let taken = one
+        .book_room(booking("h5", "SGL", 1, 2, "a"))
+        .await
+        .expect("book")
+        .into_inner();
+    assert_eq!(taken.status, ReservationStatus::Confirmed as i32);
+    let missing = one
+        .book_room(booking("h5", "DBL", 1, 2, "b"))
+        .await
+        .expect_err("no such room type yet");
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // The other server adds a room and a room type.
+    two.set_room_inventory(pb::SetRoomInventoryRequest {
+        command_id: new_id(),
+        hotel_id: "h5".to_owned(),
+        room_type_code: "SGL".to_owned(),
+        inventory: 2,
+        correlation_id: String::new(),
+    })
+    .await
+    .expect("raise");
+    add_room_type(&mut two, "h5", "DBL", 1).await;
+
+    let second_room = one
+        .book_room(booking("h5", "SGL", 1, 2, "c"))
+        .await
+        .expect("book")
+        .into_inner();
+    assert_eq!(
+        second_room.status,
+        ReservationStatus::Confirmed as i32,
+        "the first server books the room the second one added"
+    );
+    let new_type = one
+        .book_room(booking("h5", "DBL", 1, 2, "d"))
+        .await
+        .expect("the first server finds the room type the second one added")
+        .into_inner();
+    assert_eq!(new_type.status, ReservationStatus::Confirmed as i32);
+    assert_no_overbooking(&db).await;
+    first.stop().await;
+    second.stop().await;
+    db.cleanup().await;
+}

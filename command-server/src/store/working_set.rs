@@ -112,7 +112,25 @@ pub struct WorkingSet {
     waitlists: HashMap<RoomKey, Vec<(Date, Date)>>,
 }
 
+/// Room types known to hold, carried from one batch to the next.
+pub type KnownRoomTypes = HashMap<RoomKey, Option<RoomType>>;
+
 impl WorkingSet {
+    /// A working set that starts with `room_types`, which must still hold:
+    /// the writer carries them over only when nobody else has committed
+    /// since its own last commit.
+    pub fn with_room_types(room_types: KnownRoomTypes) -> Self {
+        Self {
+            room_types,
+            ..Self::default()
+        }
+    }
+
+    /// The room types as they stand once the batch commits.
+    pub fn into_room_types(self) -> KnownRoomTypes {
+        self.room_types
+    }
+
     /// Reads what `commands` will need, in at most three statements: the
     /// reservations they name, the room types they book or free, and the
     /// nights of all those stays. (Waiting lists are read only when a

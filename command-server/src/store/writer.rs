@@ -18,7 +18,7 @@ use super::{
     events,
     execute::{Batch, execute},
     now_ms,
-    working_set::WorkingSet,
+    working_set::{KnownRoomTypes, WorkingSet},
 };
 use crate::{
     commands::{CommandKind, Reply, ValidCommand},
@@ -88,7 +88,7 @@ impl Writer {
 }
 
 async fn run(options: MySqlConnectOptions, mut queue: mpsc::Receiver<Job>, head: HeadSender) {
-    let mut conn: Option<MySqlConnection> = None;
+    let mut conn: Option<Session> = None;
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -158,28 +158,48 @@ async fn connect(options: &MySqlConnectOptions) -> sqlx::Result<MySqlConnection>
 /// and commit it), and the next batch connects afresh.
 async fn run_batch(
     options: &MySqlConnectOptions,
-    slot: &mut Option<MySqlConnection>,
+    slot: &mut Option<Session>,
     commands: &[&ValidCommand],
     submitted: &[Option<i32>],
 ) -> sqlx::Result<(Vec<Result<Reply, CommandError>>, i64)> {
-    let conn = match slot {
-        Some(conn) => conn,
-        None => slot.insert(connect(options).await?),
+    let session = match slot {
+        Some(session) => session,
+        None => slot.insert(Session {
+            conn: connect(options).await?,
+            known: None,
+        }),
     };
-    let done = run_transaction(conn, commands, submitted).await;
+    let done = run_transaction(session, commands, submitted).await;
     if done.is_err() {
         *slot = None;
     }
     done
 }
 
+/// The writer's connection, and what it knows of the write model as of
+/// its last commit.
+struct Session {
+    conn: MySqlConnection,
+    known: Option<Known>,
+}
+
+/// Room types as they stood when this writer committed at `head`. Room
+/// types change only through commands, so while the head is still `head`
+/// at the next batch (no other instance committed) they still hold, and the
+/// batch need not read them again.
+struct Known {
+    head: i64,
+    room_types: KnownRoomTypes,
+}
+
 async fn run_transaction(
-    conn: &mut MySqlConnection,
+    session: &mut Session,
     commands: &[&ValidCommand],
     submitted: &[Option<i32>],
 ) -> sqlx::Result<(Vec<Result<Reply, CommandError>>, i64)> {
+    let carried = session.known.take();
     // The session has autocommit off: this statement opens the transaction.
-    let tx = conn;
+    let tx = &mut session.conn;
     let head: i64 = sqlx::query("SELECT position FROM event_head WHERE id = 1 FOR UPDATE")
         .fetch_one(&mut *tx)
         .await?
@@ -191,7 +211,12 @@ async fn run_transaction(
 
     let now = now_ms();
     let mut batch = Batch::new(head, now);
-    let mut rows = WorkingSet::default();
+    let mut rows = WorkingSet::with_room_types(
+        carried
+            .filter(|carried| carried.head == head)
+            .map(|carried| carried.room_types)
+            .unwrap_or_default(),
+    );
     rows.prefetch(tx, commands).await.map_err(into_sqlx)?;
     let mut records: Vec<CommandRecord> = Vec::new();
     let mut outcomes = Vec::with_capacity(commands.len());
@@ -264,6 +289,10 @@ async fn run_transaction(
     }
     command_log::upsert(tx, &records).await?;
     tx.execute("COMMIT").await?;
+    session.known = Some(Known {
+        head: batch.head(),
+        room_types: rows.into_room_types(),
+    });
     for (command, outcome) in commands.iter().zip(&outcomes) {
         match outcome {
             Ok(reply) => tracing::info!(
