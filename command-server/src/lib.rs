@@ -31,7 +31,7 @@ pub use config::Config;
 
 use commands::{service::CommandApi, submitted::SubmittedQueue};
 use store::writer::Writer;
-use stream::{head::HeadSender, service::EventStreamApi};
+use stream::{head::HeadSender, recent::Recent, service::EventStreamApi};
 
 /// Largest request accepted, in bytes.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -42,6 +42,7 @@ pub struct CommandServer {
     config: Config,
     pool: MySqlPool,
     head: HeadSender,
+    recent: Recent,
     writer: Writer,
 }
 
@@ -52,7 +53,12 @@ impl CommandServer {
         let pool = store::prepare(&config.database_url, config.db_pool_size).await?;
         let head_now = store::events::head(&pool).await?;
         let head: HeadSender = Arc::new(watch::channel(head_now).0);
-        let writer = Writer::spawn(store::connect_options(&config.database_url)?, head.clone());
+        let recent = Recent::default();
+        let writer = Writer::spawn(
+            store::connect_options(&config.database_url)?,
+            head.clone(),
+            recent.clone(),
+        );
         let listener = TcpListener::bind(config.listen_addr).await?;
         if let Some(addr) = config.metrics_addr()? {
             server::install_metrics(addr)?;
@@ -62,6 +68,7 @@ impl CommandServer {
             config,
             pool,
             head,
+            recent,
             writer,
         })
     }
@@ -102,6 +109,7 @@ impl CommandServer {
         };
         let events = EventStreamApi {
             pool: self.pool.clone(),
+            recent: self.recent.clone(),
             head: self.head.clone(),
             shutdown: stopping.clone(),
             heartbeat: self.config.heartbeat(),

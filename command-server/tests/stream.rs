@@ -328,3 +328,41 @@ async fn bad_subscriptions_get_clear_errors_and_shutdown_ends_streams() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_served_from_memory_equal_the_log() {
+    // A live subscriber gets this server's commits from memory; a second
+    // server's commits in between come from the log. Every envelope must
+    // equal what a reader of the log gets, field by field.
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let other = TestServer::start(&db).await;
+    let mut client = server.commands().await;
+    register_hotel(&mut client, "h9", "Lagos").await;
+    add_room_type(&mut client, "h9", "DBL", 2).await;
+
+    let mut stream = server
+        .events()
+        .await
+        .subscribe(subscribe_from(1, 100))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let caught_up = read_through(&mut stream, 2).await;
+    assert_eq!(caught_up.len(), 2);
+    book_some(&server, "h9", 5).await;
+    book_some(&other, "h9", 3).await;
+    let head = book_some(&server, "h9", 6).await;
+    let mut live = read_through(&mut stream, head).await;
+    let mut received = caught_up;
+    received.append(&mut live);
+
+    let stored = command_server::store::events::read_range(&db.pool, 1, head, 1000)
+        .await
+        .expect("read the log");
+    assert_eq!(stored.len() as i64, head);
+    assert_eq!(received, stored, "the stream delivers exactly the log");
+    server.stop().await;
+    other.stop().await;
+    db.cleanup().await;
+}

@@ -25,6 +25,24 @@ pub struct NewEvent {
     pub payload: Vec<u8>,
 }
 
+/// The envelope of an event just written, as a reader of the log gets it.
+pub fn envelope(event: &NewEvent) -> pb::EventEnvelope {
+    pb::EventEnvelope {
+        position: event.position,
+        event_id: event.event_id.clone(),
+        aggregate_kind: event.aggregate_kind.to_owned(),
+        aggregate_id: event.aggregate_id.clone(),
+        aggregate_version: event.aggregate_version,
+        occurred_at: Some(timestamp_from_millis(event.occurred_at_ms)),
+        command_id: event.command_id.clone(),
+        correlation_id: event.correlation_id.clone(),
+        hotel_id: event.hotel_id.clone(),
+        event_type: event.event_type.to_owned(),
+        // Encoded by this process a moment ago: it decodes.
+        event: pb::Event::decode(event.payload.as_slice()).ok(),
+    }
+}
+
 /// The type name of an event payload, as in `EventEnvelope.event_type`.
 pub fn event_type(kind: &pb::event::Kind) -> &'static str {
     use pb::event::Kind;

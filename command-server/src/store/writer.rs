@@ -23,7 +23,10 @@ use super::{
 use crate::{
     commands::{CommandKind, Reply, ValidCommand},
     error::CommandError,
-    stream::head::{HeadSender, raise},
+    stream::{
+        head::{HeadSender, raise},
+        recent::Recent,
+    },
 };
 
 /// Most commands in one transaction.
@@ -47,9 +50,10 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer task. `head` is told the last position after every
     /// commit. The task ends when every `Writer` handle is dropped.
-    pub fn spawn(options: MySqlConnectOptions, head: HeadSender) -> Self {
+    /// `recent` gets each commit's events before the head moves.
+    pub fn spawn(options: MySqlConnectOptions, head: HeadSender, recent: Recent) -> Self {
         let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(options, queue, head));
+        tokio::spawn(run(options, queue, head, recent));
         Self { jobs }
     }
 
@@ -87,7 +91,12 @@ impl Writer {
     }
 }
 
-async fn run(options: MySqlConnectOptions, mut queue: mpsc::Receiver<Job>, head: HeadSender) {
+async fn run(
+    options: MySqlConnectOptions,
+    mut queue: mpsc::Receiver<Job>,
+    head: HeadSender,
+    recent: Recent,
+) {
     let mut conn: Option<Session> = None;
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
@@ -99,7 +108,7 @@ async fn run(options: MySqlConnectOptions, mut queue: mpsc::Receiver<Job>, head:
         }
         let commands: Vec<&ValidCommand> = jobs.iter().map(|job| &job.command).collect();
         let priorities: Vec<Option<i32>> = jobs.iter().map(|job| job.submitted_priority).collect();
-        let outcomes = match run_batch(&options, &mut conn, &commands, &priorities).await {
+        let outcomes = match run_batch(&options, &mut conn, &recent, &commands, &priorities).await {
             Ok((outcomes, last)) => {
                 raise(&head, last);
                 outcomes
@@ -114,7 +123,7 @@ async fn run(options: MySqlConnectOptions, mut queue: mpsc::Receiver<Job>, head:
                 tracing::warn!(%error, batch = jobs.len(), "batch failed; running its commands one by one");
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for (command, priority) in commands.iter().zip(&priorities) {
-                    match run_batch(&options, &mut conn, &[command], &[*priority]).await {
+                    match run_batch(&options, &mut conn, &recent, &[command], &[*priority]).await {
                         Ok((mut single, last)) => {
                             raise(&head, last);
                             outcomes.push(single.pop().unwrap_or(Err(CommandError::Internal(
@@ -159,6 +168,7 @@ async fn connect(options: &MySqlConnectOptions) -> sqlx::Result<MySqlConnection>
 async fn run_batch(
     options: &MySqlConnectOptions,
     slot: &mut Option<Session>,
+    recent: &Recent,
     commands: &[&ValidCommand],
     submitted: &[Option<i32>],
 ) -> sqlx::Result<(Vec<Result<Reply, CommandError>>, i64)> {
@@ -169,7 +179,7 @@ async fn run_batch(
             known: None,
         }),
     };
-    let done = run_transaction(session, commands, submitted).await;
+    let done = run_transaction(session, recent, commands, submitted).await;
     if done.is_err() {
         *slot = None;
     }
@@ -194,6 +204,7 @@ struct Known {
 
 async fn run_transaction(
     session: &mut Session,
+    recent: &Recent,
     commands: &[&ValidCommand],
     submitted: &[Option<i32>],
 ) -> sqlx::Result<(Vec<Result<Reply, CommandError>>, i64)> {
@@ -289,6 +300,7 @@ async fn run_transaction(
     }
     command_log::upsert(tx, &records).await?;
     tx.execute("COMMIT").await?;
+    recent.append(batch.events.iter().map(events::envelope).collect());
     session.known = Some(Known {
         head: batch.head(),
         room_types: rows.into_room_types(),

@@ -23,6 +23,8 @@ pub const DEFAULT_BATCH: i32 = 500;
 pub struct EventStreamApi {
     /// Readers of the event log.
     pub pool: MySqlPool,
+    /// This process's last commits, for live subscribers.
+    pub recent: super::recent::Recent,
     pub head: HeadSender,
     /// Becomes true when the server shuts down: streams end with UNAVAILABLE.
     pub shutdown: watch::Receiver<bool>,
@@ -66,6 +68,7 @@ impl pb::event_stream_server::EventStream for EventStreamApi {
         let (out, stream) = mpsc::channel(2);
         let feed = Feed {
             pool: self.pool.clone(),
+            recent: self.recent.clone(),
             head: self.head.subscribe(),
             shutdown: self.shutdown.clone(),
             heartbeat: self.heartbeat,

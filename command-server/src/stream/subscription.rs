@@ -10,6 +10,7 @@ use sqlx::MySqlPool;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
+use super::recent::Recent;
 use crate::store::events;
 
 /// What the subscriber asked for.
@@ -34,6 +35,8 @@ impl Subscription {
 /// The server side of one stream.
 pub struct Feed {
     pub pool: MySqlPool,
+    /// This process's last commits, read before the log.
+    pub recent: Recent,
     pub head: watch::Receiver<i64>,
     pub shutdown: watch::Receiver<bool>,
     pub heartbeat: Duration,
@@ -60,11 +63,14 @@ impl Feed {
         loop {
             let head = *self.head.borrow_and_update();
             if sub.next <= head {
-                let batch = events::read_range(&self.pool, sub.next, head, sub.max_batch)
-                    .await
-                    .map_err(|e| {
-                        Status::unavailable(format!("reading the event log failed: {e}"))
-                    })?;
+                let batch = match self.recent.read(sub.next, head, sub.max_batch) {
+                    Some(batch) => batch,
+                    None => events::read_range(&self.pool, sub.next, head, sub.max_batch)
+                        .await
+                        .map_err(|e| {
+                            Status::unavailable(format!("reading the event log failed: {e}"))
+                        })?,
+                };
                 let Some(last) = batch.last().map(|e| e.position) else {
                     tokio::time::sleep(HOLE_WAIT).await;
                     continue;
