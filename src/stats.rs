@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use hdrhistogram::Histogram;
+use hotel_common::server::code_name;
 use serde::{Deserialize, Serialize};
 use tonic::Code;
 
@@ -345,29 +346,6 @@ impl RunReport {
             print!("{}", self.to_text());
         }
         Ok(())
-    }
-}
-
-/// The canonical gRPC name of a status code, as in the gRPC spec.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -73,7 +73,7 @@ pub fn record_rpc(method: &'static str, started: Instant, code: Code) {
 }
 
 /// The status code's name, as gRPC spells it, without allocating.
-fn code_name(code: Code) -> &'static str {
+pub fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

@@ -22,24 +22,25 @@ pub struct NewEvent {
     pub command_id: String,
     pub correlation_id: String,
     pub occurred_at_ms: i64,
+    /// `event`, protobuf-encoded, as stored.
     pub payload: Vec<u8>,
+    pub event: pb::Event,
 }
 
 /// The envelope of an event just written, as a reader of the log gets it.
-pub fn envelope(event: &NewEvent) -> pb::EventEnvelope {
+pub fn envelope(event: NewEvent) -> pb::EventEnvelope {
     pb::EventEnvelope {
         position: event.position,
-        event_id: event.event_id.clone(),
+        event_id: event.event_id,
         aggregate_kind: event.aggregate_kind.to_owned(),
-        aggregate_id: event.aggregate_id.clone(),
+        aggregate_id: event.aggregate_id,
         aggregate_version: event.aggregate_version,
         occurred_at: Some(timestamp_from_millis(event.occurred_at_ms)),
-        command_id: event.command_id.clone(),
-        correlation_id: event.correlation_id.clone(),
-        hotel_id: event.hotel_id.clone(),
+        command_id: event.command_id,
+        correlation_id: event.correlation_id,
+        hotel_id: event.hotel_id,
         event_type: event.event_type.to_owned(),
-        // Encoded by this process a moment ago: it decodes.
-        event: pb::Event::decode(event.payload.as_slice()).ok(),
+        event: Some(event.event),
     }
 }
 

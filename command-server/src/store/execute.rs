@@ -75,6 +75,7 @@ impl Batch {
             pb::event::Kind::GuestCheckedOut(e) => e.hotel_id.clone(),
         };
         let event_type = event_type(&kind);
+        let event = pb::Event { kind: Some(kind) };
         self.events.push(NewEvent {
             position,
             event_id: Uuid::new_v4().to_string(),
@@ -86,7 +87,8 @@ impl Batch {
             command_id: cause.command_id.to_string(),
             correlation_id: cause.correlation_id.clone(),
             occurred_at_ms: self.now_ms,
-            payload: pb::Event { kind: Some(kind) }.encode_to_vec(),
+            payload: event.encode_to_vec(),
+            event,
         });
         position
     }

@@ -300,9 +300,10 @@ async fn run_transaction(
     }
     command_log::upsert(tx, &records).await?;
     tx.execute("COMMIT").await?;
-    recent.append(batch.events.iter().map(events::envelope).collect());
+    let last = batch.head();
+    recent.append(batch.events.into_iter().map(events::envelope).collect());
     session.known = Some(Known {
-        head: batch.head(),
+        head: last,
         room_types: rows.into_room_types(),
     });
     for (command, outcome) in commands.iter().zip(&outcomes) {
@@ -324,7 +325,7 @@ async fn run_transaction(
     }
     metrics::counter!("command_batches_total").increment(1);
     metrics::histogram!("command_batch_size").record(commands.len() as f64);
-    Ok((outcomes, batch.head()))
+    Ok((outcomes, last))
 }
 
 /// A failure that is not a verdict on a command, as the error that rolls
