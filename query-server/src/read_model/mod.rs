@@ -10,6 +10,7 @@
 //! - [`ReadModel::swap_in`] replaces the file with a rebuilt one.
 
 pub mod apply;
+mod checkpointer;
 mod migrations;
 pub mod reads;
 
@@ -24,6 +25,7 @@ use hotel_common::pb;
 use rusqlite::{Connection, OpenFlags, config::DbConfig};
 
 pub use apply::ApplyError;
+use checkpointer::Checkpointer;
 
 /// How long a connection waits for a lock before reporting `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,6 +43,9 @@ pub struct Checkpoint {
 
 /// The read model's only read-write connection.
 pub struct Writer {
+    /// Copies the WAL into the file beside the writer (declared first: it
+    /// stops before the connection closes).
+    checkpointer: Checkpointer,
     /// The connection.
     conn: Connection,
     /// The file it writes.
@@ -83,17 +88,17 @@ impl Writer {
         // Large catch-up transactions touch many pages; keeping them in memory
         // (64 MiB at most) avoids spilling to the WAL before the commit.
         conn.pragma_update(None, "cache_size", -65_536)?;
-        // Checkpoint the WAL every 1,000 pages (SQLite's default). 8,192
-        // made catch-up ~7 % faster (a checkpoint copies a page once however
-        // often the WAL holds it) but each checkpoint then stalled the live
-        // projector, and the disk, for longer: projection lag p99 went from
-        // 16-19 ms to 38-52 ms at 1,860 bookings/s. The WAL file is cut back
-        // to 64 MiB after a checkpoint.
-        conn.pragma_update(None, "wal_autocheckpoint", 1_000)?;
+        // The WAL is copied into the file by a thread of its own
+        // ([`checkpointer`]), not by the commit that fills it. The WAL file
+        // is cut back to 64 MiB when it starts over.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         conn.set_prepared_statement_cache_capacity(64);
         migrations::run(&mut conn)?;
+        let checkpointer = Checkpointer::start(path)
+            .with_context(|| format!("starting the checkpointer of {}", path.display()))?;
         Ok(Self {
+            checkpointer,
             conn,
             path: path.to_owned(),
         })
@@ -113,21 +118,27 @@ impl Writer {
     /// either all of it commits or none of it. Refuses a batch that does not
     /// start at `checkpoint + 1` or is not contiguous.
     pub fn apply_batch(&mut self, events: &[pb::EventEnvelope]) -> Result<i64, ApplyError> {
+        let gate = self.checkpointer.gate();
+        let held = gate.hold();
         let tx = self.conn.transaction()?;
         let applied_at_ms = now_millis();
         let checkpoint = apply::apply_batch(&tx, events, applied_at_ms)?;
         tx.commit()?;
+        drop(held);
+        self.checkpointer.nudge();
         Ok(checkpoint)
     }
 
-    /// Moves every committed page from the WAL into the file and empties the WAL.
-    pub fn flush_wal(&self) -> rusqlite::Result<()> {
+    /// Moves every committed page from the WAL into the file and empties the
+    /// WAL, to close the file: the background checkpoints stop for good.
+    pub fn flush_wal(&mut self) -> rusqlite::Result<()> {
+        self.checkpointer.stop();
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
     }
 
     /// Closes the connection after flushing the WAL, reporting any failure.
-    pub fn close(self) -> anyhow::Result<()> {
+    pub fn close(mut self) -> anyhow::Result<()> {
         self.flush_wal()?;
         self.conn
             .close()
@@ -229,7 +240,7 @@ impl ReadModel {
     /// for the few milliseconds of the swap; none fails. A rename is only
     /// safe with no connection open on either file (SQLite names the WAL
     /// after the path), which the write lock on the readers guarantees.
-    pub fn swap_in(&self, live: Writer, rebuilt: Writer) -> anyhow::Result<Writer> {
+    pub fn swap_in(&self, live: Writer, mut rebuilt: Writer) -> anyhow::Result<Writer> {
         // The bulk of the WAL copy happens before readers are paused.
         rebuilt.flush_wal()?;
         let pool = self
