@@ -39,6 +39,11 @@ mod workload;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc, as in the servers: the load tool allocates for every call it
+/// makes and every reply it decodes, and shares the cores with them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Load tool for the hotel CQRS services: drives the command and query
 /// servers over gRPC and reports throughput, latency percentiles and errors.
 #[derive(Debug, Parser)]

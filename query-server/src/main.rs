@@ -1,6 +1,11 @@
 use clap::Parser;
 use query_server::{Config, QueryServer};
 
+/// mimalloc instead of the system allocator: every request allocates
+/// (messages, strings, futures) on whichever worker thread runs it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
