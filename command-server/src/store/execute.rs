@@ -78,7 +78,7 @@ impl Batch {
         let event = pb::Event { kind: Some(kind) };
         self.events.push(NewEvent {
             position,
-            event_id: Uuid::new_v4().to_string(),
+            event_id: Uuid::now_v7().to_string(),
             event_type,
             aggregate_kind,
             aggregate_id: aggregate_id.to_owned(),
@@ -409,7 +409,7 @@ async fn book_room(
         ReservationStatus::Waitlisted
     };
     let total = room_type.rate.total_for(&stay);
-    let reservation_id = Uuid::new_v4().to_string();
+    let reservation_id = Uuid::now_v7().to_string();
     let position = batch.next_position;
 
     match status {
