@@ -111,6 +111,13 @@ impl Writer {
         &self.path
     }
 
+    /// Sets the WAL size, in bytes, at which the background checkpoint holds
+    /// this writer off for a moment to start the WAL over (default 64 MiB;
+    /// tests set a small one to see it happen).
+    pub fn wal_restart_at(&self, bytes: i64) {
+        self.checkpointer.restart_at(bytes);
+    }
+
     /// The checkpoint stored in the file.
     pub fn checkpoint(&self) -> rusqlite::Result<Checkpoint> {
         read_checkpoint(&self.conn)
