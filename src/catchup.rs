@@ -15,18 +15,18 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Args;
-use hotel_common::pb::{
-    self, event_stream_client::EventStreamClient, query_service_client::QueryServiceClient,
+use hotel_common::{
+    auth::CallCredentials,
+    pb::{self, event_stream_client::EventStreamClient, query_service_client::QueryServiceClient},
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
 };
-use tonic::transport::Channel;
 
 use crate::{
-    cli::{self, parse_duration},
+    cli::{self, Conn, TokenArgs, parse_duration},
     driver::{self, Load, Stop},
     hotels::{HotelArgs, Hotels},
     mix::Mix,
@@ -44,6 +44,9 @@ pub struct CatchupArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub command_url: String,
+
+    #[command(flatten)]
+    pub auth: TokenArgs,
 
     /// Events the log must hold before the replay; bookings and
     /// cancellations are written until it does.
@@ -120,7 +123,7 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
     }
 
     let fill = fill(&args).await?;
-    let mut events = EventStreamClient::new(connect(&args.command_url).await?);
+    let mut events = EventStreamClient::new(connect(&args.command_url, &args.auth.token).await?);
     let head = events
         .get_head(pb::GetHeadRequest {})
         .await
@@ -167,8 +170,8 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(url: &str) -> anyhow::Result<Channel> {
-    Ok(cli::connect_channels(url, 1, Duration::from_secs(30))
+async fn connect(url: &str, token: &CallCredentials) -> anyhow::Result<Conn> {
+    Ok(cli::connect(url, 1, Duration::from_secs(30), token)
         .await?
         .remove(0))
 }
@@ -177,6 +180,7 @@ async fn connect(url: &str) -> anyhow::Result<Channel> {
 async fn fill(args: &CatchupArgs) -> anyhow::Result<Option<RunReport>> {
     let setup_args = SetupArgs {
         command_url: args.command_url.clone(),
+        auth: args.auth.clone(),
         hotels: args.hotels.clone(),
         inventory: args.inventory,
     };
@@ -184,7 +188,7 @@ async fn fill(args: &CatchupArgs) -> anyhow::Result<Option<RunReport>> {
         .await
         .context("setup before filling the log")?;
 
-    let mut events = EventStreamClient::new(connect(&args.command_url).await?);
+    let mut events = EventStreamClient::new(connect(&args.command_url, &args.auth.token).await?);
     let head = events
         .get_head(pb::GetHeadRequest {})
         .await?
@@ -211,6 +215,7 @@ async fn fill(args: &CatchupArgs) -> anyhow::Result<Option<RunReport>> {
         None,
         cli::channel_count(workers, 16),
         Duration::from_secs(30),
+        &args.auth.token,
     )
     .await?;
     let fillers = (0..workers)
@@ -258,7 +263,13 @@ async fn replay(
 ) -> anyhow::Result<CatchupReport> {
     let log = std::fs::File::create(dir.join("query-server.log"))?;
     let started = Instant::now();
-    let mut child = Command::new(binary)
+    let mut command = Command::new(binary);
+    // The replaying server subscribes with the same token; it takes it from
+    // its environment, not its command line.
+    if let Some(token) = args.auth.token.token() {
+        command.env("HOTEL_COMMAND_SERVER_TOKEN", token);
+    }
+    let mut child = command
         .args(["--listen-addr", "127.0.0.1:0", "--metrics-addr", "off"])
         .arg("--command-server-url")
         .arg(&args.command_url)
@@ -299,7 +310,10 @@ async fn follow(
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
     let pid = child.id();
-    let mut queries = QueryServiceClient::new(connect(&format!("http://{addr}")).await?);
+    // The replaying server checks no tokens (no --auth-tokens).
+    let mut queries = QueryServiceClient::new(
+        connect(&format!("http://{addr}"), &CallCredentials::default()).await?,
+    );
     let mut first: Option<(Instant, i64)> = None;
     loop {
         if started.elapsed() > args.timeout {

@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tonic::transport::{Channel, Endpoint};
+use hotel_common::auth::{self, CallCredentials};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
 
 use crate::driver::{Load, Stop};
 
@@ -102,8 +106,44 @@ pub fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
-/// `n` separate HTTP/2 connections to `url`. Workers share them round
-/// robin: HTTP/2 multiplexes calls, so a few connections carry many workers.
+/// The token flag of the subcommands that call the servers.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TokenArgs {
+    /// Bearer token sent with every call, for servers started with
+    /// --auth-tokens: the command server must give it the writer role
+    /// (commands, `setup`) and, for `catchup`, subscriber; the query server
+    /// reader. Empty: no token.
+    #[arg(
+        long,
+        env = "LOADGEN_TOKEN",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true,
+        value_parser = auth::secret::<CallCredentials>()
+    )]
+    pub token: CallCredentials,
+}
+
+/// A connection whose calls carry the token, if any.
+pub type Conn = InterceptedService<Channel, CallCredentials>;
+
+/// `n` separate HTTP/2 connections to `url`, each call with `token`.
+/// Workers share them round robin: HTTP/2 multiplexes calls, so a few
+/// connections carry many workers.
+pub async fn connect(
+    url: &str,
+    n: usize,
+    timeout: Duration,
+    token: &CallCredentials,
+) -> anyhow::Result<Vec<Conn>> {
+    Ok(connect_channels(url, n, timeout)
+        .await?
+        .into_iter()
+        .map(|channel| InterceptedService::new(channel, token.clone()))
+        .collect())
+}
+
+/// Like [`connect`], without a token.
 pub async fn connect_channels(
     url: &str,
     n: usize,

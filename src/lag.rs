@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration, time::Instant};
 use clap::Args;
 
 use crate::{
-    cli::{parse_duration, parse_rate},
+    cli::{TokenArgs, parse_duration, parse_rate},
     driver::{self, Load, Stop, Worker},
     hotels::{HotelArgs, Hotels},
     mix::Mix,
@@ -36,6 +36,9 @@ pub struct LagArgs {
         default_value = "http://127.0.0.1:50052"
     )]
     pub query_url: String,
+
+    #[command(flatten)]
+    pub auth: TokenArgs,
 
     #[command(flatten)]
     pub hotels: HotelArgs,
@@ -79,6 +82,7 @@ pub async fn run(args: LagArgs) -> anyhow::Result<()> {
         Some(&args.query_url),
         crate::cli::channel_count(workers, 16).min(8),
         args.timeout,
+        &args.auth.token,
     )
     .await?;
     let lag_workers = (0..workers)

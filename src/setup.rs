@@ -5,11 +5,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use hotel_common::pb::{self, command_service_client::CommandServiceClient};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 use uuid::Uuid;
 
 use crate::{
-    cli,
+    cli::{self, Conn, TokenArgs},
     hotels::{HotelArgs, Hotels},
 };
 
@@ -22,6 +22,9 @@ pub struct SetupArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub command_url: String,
+
+    #[command(flatten)]
+    pub auth: TokenArgs,
 
     #[command(flatten)]
     pub hotels: HotelArgs,
@@ -43,9 +46,14 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<()> {
 /// Registers every hotel and room type; returns how many were new.
 pub async fn setup(args: &SetupArgs) -> anyhow::Result<usize> {
     let hotels = Hotels::new(&args.hotels);
-    let channel = cli::connect_channels(&args.command_url, 1, Duration::from_secs(30))
-        .await?
-        .remove(0);
+    let channel = cli::connect(
+        &args.command_url,
+        1,
+        Duration::from_secs(30),
+        &args.auth.token,
+    )
+    .await?
+    .remove(0);
     let mut client = CommandServiceClient::new(channel);
     let mut created = 0;
     for hotel in 0..hotels.hotels {
@@ -69,7 +77,7 @@ pub async fn setup(args: &SetupArgs) -> anyhow::Result<usize> {
 }
 
 async fn add_room_type(
-    client: &mut CommandServiceClient<Channel>,
+    client: &mut CommandServiceClient<Conn>,
     hotels: &Hotels,
     hotel: usize,
     room_type: usize,

@@ -15,6 +15,7 @@ use std::{
 use anyhow::Context;
 use clap::Args;
 use hotel_common::{
+    auth::CallCredentials,
     dates,
     pb::{
         self, command_service_client::CommandServiceClient,
@@ -23,11 +24,10 @@ use hotel_common::{
 };
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use time::Date;
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::{
-    cli::{self, LoadArgs},
+    cli::{self, Conn, LoadArgs, TokenArgs},
     driver::{self, Load, Stop, Worker},
     hotels::{HotelArgs, Hotels, Stay},
     mix::{Mix, Op},
@@ -56,6 +56,9 @@ pub struct RunArgs {
         default_value = "http://127.0.0.1:50052"
     )]
     pub query_url: String,
+
+    #[command(flatten)]
+    pub auth: TokenArgs,
 
     #[command(flatten)]
     pub hotels: HotelArgs,
@@ -107,6 +110,7 @@ pub async fn run_load(args: &RunArgs) -> anyhow::Result<RunReport> {
         args.mix.has_queries().then_some(args.query_url.as_str()),
         args.load.channels(),
         args.load.timeout,
+        &args.auth.token,
     )
     .await?;
     let workers = args.load.workers();
@@ -186,8 +190,8 @@ async fn seed(
 
 /// Connections to the servers, shared round robin by the workers.
 pub struct Clients {
-    pub commands: Vec<Channel>,
-    pub queries: Vec<Channel>,
+    pub commands: Vec<Conn>,
+    pub queries: Vec<Conn>,
 }
 
 impl Clients {
@@ -198,10 +202,11 @@ impl Clients {
         query_url: Option<&str>,
         n: usize,
         timeout: Duration,
+        token: &CallCredentials,
     ) -> anyhow::Result<Self> {
-        let commands = cli::connect_channels(command_url, n, timeout).await?;
+        let commands = cli::connect(command_url, n, timeout, token).await?;
         let queries = match query_url {
-            Some(url) => cli::connect_channels(url, n, timeout).await?,
+            Some(url) => cli::connect(url, n, timeout, token).await?,
             None => Vec::new(),
         };
         Ok(Self { commands, queries })
@@ -328,9 +333,9 @@ fn take_random(pool: &Mutex<Vec<String>>, rng: &mut impl Rng) -> Option<String> 
 pub struct HotelWorker {
     shared: Arc<Shared>,
     mix: Mix,
-    commands: CommandServiceClient<Channel>,
+    commands: CommandServiceClient<Conn>,
     /// `None` when the mix has no queries.
-    queries: Option<QueryServiceClient<Channel>>,
+    queries: Option<QueryServiceClient<Conn>>,
     rng: SmallRng,
 }
 
@@ -344,7 +349,7 @@ pub struct Booked {
 
 impl HotelWorker {
     pub fn new(shared: Arc<Shared>, mix: Mix, clients: &Clients, index: usize) -> Self {
-        let pick = |channels: &Vec<Channel>| channels.get(index % channels.len().max(1)).cloned();
+        let pick = |channels: &Vec<Conn>| channels.get(index % channels.len().max(1)).cloned();
         Self {
             shared,
             mix,

@@ -39,7 +39,7 @@ fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
     request
 }
 
-fn command_server_with_tokens(db: &TestDb, log_dir: &Path) -> Process {
+fn command_server_with_tokens(db: &TestDb, tokens: &str, log_dir: &Path) -> Process {
     Process::start(
         "command-server",
         &[
@@ -52,7 +52,7 @@ fn command_server_with_tokens(db: &TestDb, log_dir: &Path) -> Process {
             "--heartbeat-ms".into(),
             "200".into(),
             "--auth-tokens".into(),
-            COMMAND_TOKENS.into(),
+            tokens.into(),
         ],
         log_dir,
     )
@@ -61,6 +61,7 @@ fn command_server_with_tokens(db: &TestDb, log_dir: &Path) -> Process {
 fn query_server_with_tokens(
     command_url: &str,
     command_server_token: &str,
+    tokens: &str,
     path: &Path,
     log_dir: &Path,
 ) -> Process {
@@ -76,7 +77,7 @@ fn query_server_with_tokens(
             "--metrics-addr".into(),
             "off".into(),
             "--auth-tokens".into(),
-            QUERY_TOKENS.into(),
+            tokens.into(),
             "--command-server-token".into(),
             command_server_token.into(),
         ],
@@ -89,10 +90,11 @@ async fn tokens_guard_both_servers_and_the_projector_subscribes_with_its_own() {
     let logs = tempfile::tempdir().expect("temp dir");
     let data = tempfile::tempdir().expect("temp dir");
     let db = TestDb::create().await;
-    let command = command_server_with_tokens(&db, logs.path());
+    let command = command_server_with_tokens(&db, COMMAND_TOKENS, logs.path());
     let query = query_server_with_tokens(
         &command.url(),
         "projector-t0ken",
+        QUERY_TOKENS,
         &data.path().join("read-model.db"),
         logs.path(),
     );
@@ -100,6 +102,7 @@ async fn tokens_guard_both_servers_and_the_projector_subscribes_with_its_own() {
     let refused = query_server_with_tokens(
         &command.url(),
         "writer-t0ken",
+        QUERY_TOKENS,
         &data.path().join("refused.db"),
         logs.path(),
     );
@@ -237,5 +240,125 @@ async fn tokens_guard_both_servers_and_the_projector_subscribes_with_its_own() {
         }
     }
     drop((query, refused, command));
+    db.cleanup().await;
+}
+
+/// The load tool's token (`--token` or `LOADGEN_TOKEN`): without it the
+/// servers refuse the tool's calls; with one that writes on the command
+/// server and reads on the query server, set-up, a mixed run and the lag
+/// measurement all go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_calls_with_its_token() {
+    let logs = tempfile::tempdir().expect("temp dir");
+    let data = tempfile::tempdir().expect("temp dir");
+    let db = TestDb::create().await;
+    let command = command_server_with_tokens(
+        &db,
+        "load-t0ken=writer,projector-t0ken=subscriber",
+        logs.path(),
+    );
+    let query = query_server_with_tokens(
+        &command.url(),
+        "projector-t0ken",
+        "load-t0ken=reader",
+        &data.path().join("read-model.db"),
+        logs.path(),
+    );
+    let command_url = command.url();
+    let query_url = query.url();
+    let data_set = ["--hotels", "2", "--room-types", "2", "--prefix", "auth"];
+    let loadgen = |args: &[&str], token: Option<&str>| {
+        let mut run = std::process::Command::new(binary("loadgen"));
+        run.args(args).args(data_set).env_remove("LOADGEN_TOKEN");
+        if let Some(token) = token {
+            run.env("LOADGEN_TOKEN", token);
+        }
+        run.output().expect("run loadgen")
+    };
+
+    let setup = ["setup", "--command-url", &command_url];
+    let refused = loadgen(&setup, None);
+    assert!(!refused.status.success(), "setup without a token succeeded");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("Unauthenticated"), "{said}");
+
+    let done = loadgen(&setup, Some("load-t0ken"));
+    let said = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(said.contains("(6 created"), "{said}");
+
+    let run = loadgen(
+        &[
+            "run",
+            "--command-url",
+            &command_url,
+            "--query-url",
+            &query_url,
+            "--token",
+            "load-t0ken",
+            "--count",
+            "60",
+            "--concurrency",
+            "4",
+            "--seed",
+            "10",
+            "--mix",
+            "book=50,get=25,search=25",
+            "--json",
+        ],
+        None,
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).expect("JSON report");
+    let rows = report["rpcs"].as_array().expect("rpcs is a list");
+    for rpc in ["BookRoom", "GetReservation", "SearchAvailability"] {
+        let row = rows
+            .iter()
+            .find(|row| row["rpc"] == rpc)
+            .unwrap_or_else(|| panic!("{rpc} missing:\n{report:#}"));
+        assert_eq!(row["errors"], serde_json::json!({}), "{report:#}");
+        assert!(row["ok"].as_u64().expect("a count") > 0, "{report:#}");
+    }
+
+    let lag = loadgen(
+        &[
+            "lag",
+            "--command-url",
+            &command_url,
+            "--query-url",
+            &query_url,
+            "--rate",
+            "50",
+            "--duration",
+            "1s",
+            "--json",
+        ],
+        Some("load-t0ken"),
+    );
+    assert!(
+        lag.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lag.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&lag.stdout).expect("JSON report");
+    let lagged = report["rpcs"]
+        .as_array()
+        .expect("rpcs is a list")
+        .iter()
+        .find(|row| row["rpc"] == "ProjectionLag")
+        .expect("a lag row");
+    assert!(lagged["ok"].as_u64().expect("a count") > 0, "{report:#}");
+    assert_eq!(lagged["errors"], serde_json::json!({}), "{report:#}");
+
+    drop(query);
+    drop(command);
     db.cleanup().await;
 }

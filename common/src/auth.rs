@@ -349,6 +349,13 @@ impl CallCredentials {
     pub fn has_token(&self) -> bool {
         self.token.is_some()
     }
+
+    /// The token itself, to hand to a child process through its
+    /// environment (never its command line, which `ps` shows).
+    pub fn token(&self) -> Option<&str> {
+        let header = self.token.as_ref()?.header.to_str().ok()?;
+        header.strip_prefix("Bearer ")
+    }
 }
 
 /// An empty string is no token.
@@ -420,6 +427,15 @@ mod tests {
     use tonic::Code;
 
     use super::*;
+
+    #[test]
+    fn call_credentials_hand_back_their_token_only() {
+        let credentials: CallCredentials = " s3cret ".parse().expect("a token");
+        assert_eq!(credentials.token(), Some("s3cret"));
+        assert!(!format!("{credentials:?}").contains("s3cret"));
+        let none: CallCredentials = "".parse().expect("no token");
+        assert_eq!(none.token(), None);
+    }
 
     fn call(token: Option<&str>) -> Request<()> {
         let mut request = Request::new(());

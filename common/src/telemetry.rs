@@ -1,5 +1,7 @@
 //! Structured logs through `tracing`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt};
 
 /// Installs the global subscriber: `RUST_LOG` filters (default `info`), and
@@ -11,6 +13,8 @@ pub fn init(json: bool) {
     let builder = fmt()
         .with_env_filter(filter)
         .with_target(true)
+        // Colours only on a terminal: not as escape codes in log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second init (tests that start several servers in one process) is fine.
     let _ = if json {
