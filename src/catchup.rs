@@ -264,8 +264,12 @@ async fn replay(
     let log = std::fs::File::create(dir.join("query-server.log"))?;
     let started = Instant::now();
     let mut command = Command::new(binary);
-    // The replaying server subscribes with the same token; it takes it from
-    // its environment, not its command line.
+    // It checks no tokens itself, whatever this shell's environment says,
+    // and subscribes with loadgen's token, which it takes from its
+    // environment (not its command line, which `ps` shows).
+    command
+        .env_remove("HOTEL_AUTH_TOKENS")
+        .env_remove("HOTEL_COMMAND_SERVER_TOKEN");
     if let Some(token) = args.auth.token.token() {
         command.env("HOTEL_COMMAND_SERVER_TOKEN", token);
     }

@@ -244,9 +244,10 @@ async fn tokens_guard_both_servers_and_the_projector_subscribes_with_its_own() {
 }
 
 /// The load tool's token (`--token` or `LOADGEN_TOKEN`): without it the
-/// servers refuse the tool's calls; with one that writes on the command
-/// server and reads on the query server, set-up, a mixed run and the lag
-/// measurement all go through.
+/// servers refuse the tool's calls; with one that writes and subscribes on
+/// the command server and reads on the query server, set-up, a mixed run,
+/// the lag measurement and a catch-up (whose replaying query server
+/// subscribes with the same token) all go through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_calls_with_its_token() {
     let logs = tempfile::tempdir().expect("temp dir");
@@ -254,7 +255,7 @@ async fn loadgen_calls_with_its_token() {
     let db = TestDb::create().await;
     let command = command_server_with_tokens(
         &db,
-        "load-t0ken=writer,projector-t0ken=subscriber",
+        "load-t0ken=writer+subscriber,projector-t0ken=subscriber",
         logs.path(),
     );
     let query = query_server_with_tokens(
@@ -357,6 +358,40 @@ async fn loadgen_calls_with_its_token() {
         .expect("a lag row");
     assert!(lagged["ok"].as_u64().expect("a count") > 0, "{report:#}");
     assert_eq!(lagged["errors"], serde_json::json!({}), "{report:#}");
+
+    // Auth settings in loadgen's environment must not reach the query
+    // server it starts: that one checks no tokens.
+    let query_server_bin = binary("query-server").display().to_string();
+    let catchup = std::process::Command::new(binary("loadgen"))
+        .args([
+            "catchup",
+            "--command-url",
+            &command_url,
+            "--events",
+            "400",
+            "--concurrency",
+            "4",
+            "--query-server-bin",
+            &query_server_bin,
+            "--timeout",
+            "60s",
+            "--json",
+        ])
+        .args(data_set)
+        .env("LOADGEN_TOKEN", "load-t0ken")
+        .env("HOTEL_AUTH_TOKENS", "other-t0ken=reader")
+        .output()
+        .expect("run loadgen catchup");
+    assert!(
+        catchup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&catchup.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&catchup.stdout).expect("JSON report");
+    assert!(
+        report["events"].as_i64().expect("a count") >= 400,
+        "{report:#}"
+    );
 
     drop(query);
     drop(command);

@@ -12,12 +12,14 @@
 //! 1. a passive checkpoint while the projector keeps committing: it copies
 //!    almost everything, with the syncs;
 //! 2. once the WAL holds [`RESTART_AT`] bytes, the same again while holding
-//!    the [`Gate`], which the writer holds for each transaction: it copies the few frames committed during the first
-//!    pass, so the WAL ends fully copied and the writer's next transaction
-//!    starts it over from the beginning instead of letting it grow. (A
-//!    checkpoint racing a writer that commits every few milliseconds would
-//!    almost never finish with nothing left, and SQLite only rewinds a WAL
-//!    that is.)
+//!    the [`Gate`], which the writer holds for each transaction: it copies
+//!    the few frames committed during the first pass, so the WAL ends fully
+//!    copied and the writer's next transaction starts it over from the
+//!    beginning instead of letting it grow. (A checkpoint racing a writer
+//!    that commits every few milliseconds would almost never finish with
+//!    nothing left, and SQLite only rewinds a WAL that is.) Below that size
+//!    the writer is never held off: the gated pass ends with two syncs and
+//!    took 5-20 ms under load.
 //!
 //! See docs/decisions/0004-projector-transaction.md.
 
@@ -166,7 +168,7 @@ fn run(
 /// The two passes: the second holds writes off, so that it leaves nothing
 /// behind (unless a reader still needs a frame: it is copied next time). It
 /// runs only once the WAL holds [`RESTART_AT`] bytes of frames: the writer
-/// waits for it (5-15 ms under load, more when the disk is busy), so doing it
+/// waits for it (5-20 ms under load, more when the disk is busy), so doing it
 /// on every checkpoint put that wait on one commit in every few.
 fn checkpoint(conn: &Connection, gate: &Gate, restart_at_frames: i64) -> rusqlite::Result<()> {
     let first = passive(conn)?;
