@@ -267,127 +267,88 @@ async fn loadgen_calls_with_its_token() {
     );
     let command_url = command.url();
     let query_url = query.url();
-    let data_set = ["--hotels", "2", "--room-types", "2", "--prefix", "auth"];
-    let loadgen = |args: &[&str], token: Option<&str>| {
-        let mut run = std::process::Command::new(binary("loadgen"));
-        run.args(args).args(data_set).env_remove("LOADGEN_TOKEN");
-        if let Some(token) = token {
-            run.env("LOADGEN_TOKEN", token);
-        }
-        run.output().expect("run loadgen")
-    };
+    fn with_data_set<'a>(args: &[&'a str]) -> Vec<&'a str> {
+        [
+            args,
+            &["--hotels", "2", "--room-types", "2", "--prefix", "auth"],
+        ]
+        .concat()
+    }
+    let token = [("LOADGEN_TOKEN", "load-t0ken")];
 
-    let setup = ["setup", "--command-url", &command_url];
-    let refused = loadgen(&setup, None);
+    let setup = with_data_set(&["setup", "--command-url", &command_url]);
+    let refused = loadgen_output(&setup, &[]);
     assert!(!refused.status.success(), "setup without a token succeeded");
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("Unauthenticated"), "{said}");
-
-    let done = loadgen(&setup, Some("load-t0ken"));
-    let said = String::from_utf8_lossy(&done.stdout);
-    assert!(
-        done.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    let said = loadgen(&setup, &token);
     assert!(said.contains("(6 created"), "{said}");
 
-    let run = loadgen(
-        &[
-            "run",
-            "--command-url",
-            &command_url,
-            "--query-url",
-            &query_url,
-            "--token",
-            "load-t0ken",
-            "--count",
-            "60",
-            "--concurrency",
-            "4",
-            "--seed",
-            "10",
-            "--mix",
-            "book=50,get=25,search=25",
-            "--json",
-        ],
-        None,
-    );
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&run.stdout).expect("JSON report");
-    let rows = report["rpcs"].as_array().expect("rpcs is a list");
+    // The flag, this time.
+    let run = with_data_set(&[
+        "run",
+        "--command-url",
+        &command_url,
+        "--query-url",
+        &query_url,
+        "--token",
+        "load-t0ken",
+        "--count",
+        "60",
+        "--concurrency",
+        "4",
+        "--seed",
+        "10",
+        "--mix",
+        "book=50,get=25,search=25",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&loadgen(&run, &[])).expect("JSON report");
     for rpc in ["BookRoom", "GetReservation", "SearchAvailability"] {
-        let row = rows
-            .iter()
-            .find(|row| row["rpc"] == rpc)
-            .unwrap_or_else(|| panic!("{rpc} missing:\n{report:#}"));
-        assert_eq!(row["errors"], serde_json::json!({}), "{report:#}");
-        assert!(row["ok"].as_u64().expect("a count") > 0, "{report:#}");
+        assert!(
+            ok_calls(&report, rpc) > 0,
+            "no successful {rpc}:\n{report:#}"
+        );
     }
 
-    let lag = loadgen(
-        &[
-            "lag",
-            "--command-url",
-            &command_url,
-            "--query-url",
-            &query_url,
-            "--rate",
-            "50",
-            "--duration",
-            "1s",
-            "--json",
-        ],
-        Some("load-t0ken"),
-    );
-    assert!(
-        lag.status.success(),
-        "{}",
-        String::from_utf8_lossy(&lag.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&lag.stdout).expect("JSON report");
-    let lagged = report["rpcs"]
-        .as_array()
-        .expect("rpcs is a list")
-        .iter()
-        .find(|row| row["rpc"] == "ProjectionLag")
-        .expect("a lag row");
-    assert!(lagged["ok"].as_u64().expect("a count") > 0, "{report:#}");
-    assert_eq!(lagged["errors"], serde_json::json!({}), "{report:#}");
+    let lag = with_data_set(&[
+        "lag",
+        "--command-url",
+        &command_url,
+        "--query-url",
+        &query_url,
+        "--rate",
+        "50",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_str(&loadgen(&lag, &token)).expect("JSON report");
+    assert!(ok_calls(&report, "ProjectionLag") > 0, "{report:#}");
 
     // Auth settings in loadgen's environment must not reach the query
     // server it starts: that one checks no tokens.
     let query_server_bin = binary("query-server").display().to_string();
-    let catchup = std::process::Command::new(binary("loadgen"))
-        .args([
-            "catchup",
-            "--command-url",
-            &command_url,
-            "--events",
-            "400",
-            "--concurrency",
-            "4",
-            "--query-server-bin",
-            &query_server_bin,
-            "--timeout",
-            "60s",
-            "--json",
-        ])
-        .args(data_set)
-        .env("LOADGEN_TOKEN", "load-t0ken")
-        .env("HOTEL_AUTH_TOKENS", "other-t0ken=reader")
-        .output()
-        .expect("run loadgen catchup");
-    assert!(
-        catchup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&catchup.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&catchup.stdout).expect("JSON report");
+    let catchup = with_data_set(&[
+        "catchup",
+        "--command-url",
+        &command_url,
+        "--events",
+        "400",
+        "--concurrency",
+        "4",
+        "--query-server-bin",
+        &query_server_bin,
+        "--timeout",
+        "60s",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&loadgen(
+        &catchup,
+        &[token[0], ("HOTEL_AUTH_TOKENS", "other-t0ken=reader")],
+    ))
+    .expect("JSON report");
     assert!(
         report["events"].as_i64().expect("a count") >= 400,
         "{report:#}"

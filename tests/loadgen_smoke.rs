@@ -4,42 +4,8 @@
 
 mod support;
 
-use std::process::Command;
-
 use serde_json::Value;
 use support::*;
-
-/// Runs `loadgen` to completion and returns its stdout.
-fn loadgen(args: &[&str]) -> String {
-    let output = Command::new(binary("loadgen"))
-        .args(args)
-        .output()
-        .expect("run loadgen");
-    assert!(
-        output.status.success(),
-        "loadgen {args:?} failed ({}):\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("loadgen prints UTF-8")
-}
-
-/// The successful calls of `rpc` in a JSON report, after checking that none
-/// failed.
-fn ok_calls(report: &Value, rpc: &str) -> u64 {
-    let row = report["rpcs"]
-        .as_array()
-        .expect("rpcs is a list")
-        .iter()
-        .find(|row| row["rpc"] == rpc)
-        .unwrap_or_else(|| panic!("{rpc} missing from the report:\n{report:#}"));
-    assert_eq!(
-        row["errors"],
-        serde_json::json!({}),
-        "{rpc} had errors:\n{report:#}"
-    );
-    row["ok"].as_u64().expect("ok is a count")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_sets_up_runs_a_mixed_load_and_drives_the_echo_service() {
@@ -57,10 +23,10 @@ async fn loadgen_sets_up_runs_a_mixed_load_and_drives_the_echo_service() {
     let query_url = query.url();
     let mut setup = vec!["setup", "--command-url", &command_url, "--inventory", "5"];
     setup.extend(data_set);
-    let said = loadgen(&setup);
+    let said = loadgen(&setup, &[]);
     assert!(said.contains("12 created"), "{said}");
     // Again: what exists is left as it is.
-    assert!(loadgen(&setup).contains("0 created"));
+    assert!(loadgen(&setup, &[]).contains("0 created"));
 
     let mut run = vec![
         "run",
@@ -79,7 +45,7 @@ async fn loadgen_sets_up_runs_a_mixed_load_and_drives_the_echo_service() {
         "--json",
     ];
     run.extend(data_set);
-    let report: Value = serde_json::from_str(&loadgen(&run)).expect("run --json prints JSON");
+    let report: Value = serde_json::from_str(&loadgen(&run, &[])).expect("run --json prints JSON");
     for rpc in [
         "BookRoom",
         "CancelReservation",
@@ -111,16 +77,19 @@ async fn loadgen_sets_up_runs_a_mixed_load_and_drives_the_echo_service() {
         ],
         logs.path(),
     );
-    let echo: Value = serde_json::from_str(&loadgen(&[
-        "echo",
-        "--url",
-        &echo_server.url(),
-        "--duration",
-        "1s",
-        "--concurrency",
-        "8",
-        "--json",
-    ]))
+    let echo: Value = serde_json::from_str(&loadgen(
+        &[
+            "echo",
+            "--url",
+            &echo_server.url(),
+            "--duration",
+            "1s",
+            "--concurrency",
+            "8",
+            "--json",
+        ],
+        &[],
+    ))
     .expect("echo --json prints JSON");
     assert!(ok_calls(&echo, "Health/Check") > 0, "{echo:#}");
     assert!(echo["groups"]["echo"]["per_sec"].as_f64().expect("a rate") > 0.0);

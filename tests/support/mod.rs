@@ -221,3 +221,44 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs `loadgen` with `args` to completion. Its environment is this one's
+/// without `LOADGEN_TOKEN`, plus `env`.
+pub fn loadgen_output(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(binary("loadgen"))
+        .args(args)
+        .env_remove("LOADGEN_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run loadgen")
+}
+
+/// Runs `loadgen` like [`loadgen_output`], checks that it succeeded, and
+/// returns its stdout.
+pub fn loadgen(args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = loadgen_output(args, env);
+    assert!(
+        output.status.success(),
+        "loadgen {args:?} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("loadgen prints UTF-8")
+}
+
+/// The successful calls of `rpc` in a loadgen JSON report, after checking
+/// that none failed.
+pub fn ok_calls(report: &serde_json::Value, rpc: &str) -> u64 {
+    let row = report["rpcs"]
+        .as_array()
+        .expect("rpcs is a list")
+        .iter()
+        .find(|row| row["rpc"] == rpc)
+        .unwrap_or_else(|| panic!("{rpc} missing from the report:\n{report:#}"));
+    assert_eq!(
+        row["errors"],
+        serde_json::json!({}),
+        "{rpc} had errors:\n{report:#}"
+    );
+    row["ok"].as_u64().expect("ok is a count")
+}

@@ -171,27 +171,15 @@ fn run(
 /// waits for it (5-20 ms under load, more when the disk is busy), so doing it
 /// on every checkpoint put that wait on one commit in every few.
 fn checkpoint(conn: &Connection, gate: &Gate, restart_at_frames: i64) -> rusqlite::Result<()> {
-    let first = passive(conn)?;
-    if first.frames < restart_at_frames {
+    if passive(conn)? < restart_at_frames {
         return Ok(());
     }
     let _no_writes = gate.hold();
     passive(conn).map(drop)
 }
 
-/// What a checkpoint found.
-#[derive(Debug, Clone, Copy)]
-struct Pass {
-    /// Frames in the WAL.
-    frames: i64,
-}
-
 /// One passive checkpoint: copies every frame no reader still needs, and
-/// never waits for a reader or the writer.
-fn passive(conn: &Connection) -> rusqlite::Result<Pass> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-        Ok(Pass {
-            frames: row.get(1)?,
-        })
-    })
+/// never waits for a reader or the writer. Returns the frames in the WAL.
+fn passive(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
 }
