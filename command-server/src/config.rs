@@ -5,6 +5,11 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Parser;
 use hotel_common::auth::{self, Tokens};
 
+use crate::{
+    commands::submitted::QueueSettings,
+    store::{command_log::ClaimOrder, writer::Limits},
+};
+
 /// The command server: hotel booking commands on MySQL/MariaDB, and the
 /// stream of their events.
 #[derive(Debug, Clone, Parser)]
@@ -77,6 +82,82 @@ pub struct Config {
     )]
     pub auth_tokens: Tokens,
 
+    /// Milliseconds a connection to MySQL may take to open (the writer's,
+    /// session set-up included).
+    #[arg(long, env = "HOTEL_DB_CONNECT_TIMEOUT_MS", default_value_t = 5000)]
+    pub db_connect_timeout_ms: u64,
+
+    /// Milliseconds a batch of commands waits for the write lock (the
+    /// `event_head` row) before its commands are retried or answered
+    /// UNAVAILABLE (nothing ran).
+    #[arg(long, env = "HOTEL_LOCK_WAIT_MS", default_value_t = 5000)]
+    pub lock_wait_ms: u64,
+
+    /// Milliseconds a batch may run once it holds the write lock, commit
+    /// included; past it the writer drops its connection (MySQL rolls the
+    /// batch back) and callers get UNAVAILABLE.
+    #[arg(long, env = "HOTEL_BATCH_TIMEOUT_MS", default_value_t = 2000)]
+    pub batch_timeout_ms: u64,
+
+    /// Fencing lease, in milliseconds: a MySQL session that holds the write
+    /// lock this long (a paused or stuck command server, a forgotten
+    /// console) is ended, so writes stall at most about this long. Must be
+    /// longer than --batch-timeout-ms.
+    #[arg(long, env = "HOTEL_FENCE_AFTER_MS", default_value_t = 3000)]
+    pub fence_after_ms: u64,
+
+    /// Milliseconds a command may wait for the writer before it is shed
+    /// with UNAVAILABLE (not run); a caller's shorter deadline wins.
+    #[arg(long, env = "HOTEL_WRITER_QUEUE_TIMEOUT_MS", default_value_t = 5000)]
+    pub writer_queue_timeout_ms: u64,
+
+    /// Seconds the writer's MySQL session may sit idle before MySQL closes
+    /// it (`wait_timeout`); the writer reconnects when needed.
+    #[arg(long, env = "HOTEL_DB_IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    pub db_idle_timeout_secs: u64,
+
+    /// Largest command request accepted, in bytes (protobuf-encoded),
+    /// checked before anything else; at most 65535 (the command log stores
+    /// every request whole). Larger requests get INVALID_ARGUMENT.
+    #[arg(long, env = "HOTEL_MAX_COMMAND_BYTES", default_value_t = 16 * 1024,
+          value_parser = clap::value_parser!(u32).range(256..=65535))]
+    pub max_command_bytes: u32,
+
+    /// Submitted commands queued (all instances) past which SubmitCommand
+    /// answers RESOURCE_EXHAUSTED and stores nothing.
+    #[arg(long, env = "HOTEL_QUEUE_MAX_DEPTH", default_value_t = 100_000)]
+    pub queue_max_depth: i64,
+
+    /// Submitted commands this instance runs at a time.
+    #[arg(long, env = "HOTEL_QUEUE_IN_FLIGHT", default_value_t = 64)]
+    pub queue_in_flight: usize,
+
+    /// Milliseconds a claim on a submitted command lasts; when its instance
+    /// stops, another takes the command over after this.
+    #[arg(long, env = "HOTEL_QUEUE_CLAIM_MS", default_value_t = 30_000)]
+    pub queue_claim_ms: i64,
+
+    /// Priority ageing: a queued command gains one priority point per this
+    /// many milliseconds of waiting (up to 100), so the lowest priority
+    /// still runs under a steady high-priority load.
+    #[arg(long, env = "HOTEL_QUEUE_AGEING_MS", default_value_t = 1000)]
+    pub queue_ageing_ms: i64,
+
+    /// Milliseconds between looks at the shared queue for commands
+    /// submitted elsewhere and lapsed claims.
+    #[arg(long, env = "HOTEL_QUEUE_POLL_MS", default_value_t = 500)]
+    pub queue_poll_ms: u64,
+
+    /// Seconds a finished command's record (what makes a retry with the
+    /// same command_id replay its outcome) is kept; then it is pruned and
+    /// a retry runs as a new command. Default 7 days.
+    #[arg(long, env = "HOTEL_COMMAND_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub command_retention_secs: u64,
+
+    /// Milliseconds between prunes of the command log.
+    #[arg(long, env = "HOTEL_PRUNE_INTERVAL_MS", default_value_t = 60_000)]
+    pub prune_interval_ms: u64,
+
     /// Log one JSON object per line instead of text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,
@@ -91,6 +172,40 @@ impl Config {
         config.metrics_addr = "off".to_owned();
         config.heartbeat_ms = 200;
         config
+    }
+
+    /// The bounds of the write path; an error when they contradict.
+    pub fn writer_limits(&self) -> anyhow::Result<Limits> {
+        if self.fence_after_ms <= self.batch_timeout_ms {
+            anyhow::bail!(
+                "--fence-after-ms ({}) must be longer than --batch-timeout-ms ({}): a live writer must give up before its peers end its session",
+                self.fence_after_ms,
+                self.batch_timeout_ms
+            );
+        }
+        let ms = Duration::from_millis;
+        Ok(Limits {
+            connect_timeout: ms(self.db_connect_timeout_ms.max(1)),
+            lock_wait: ms(self.lock_wait_ms.max(1)),
+            batch_timeout: ms(self.batch_timeout_ms.max(1)),
+            fence_after: ms(self.fence_after_ms),
+            queue_timeout: ms(self.writer_queue_timeout_ms.max(1)),
+            idle_timeout: Duration::from_secs(self.db_idle_timeout_secs.max(1)),
+        })
+    }
+
+    /// How the submitted-command queue runs.
+    pub fn queue_settings(&self) -> QueueSettings {
+        QueueSettings {
+            in_flight: self.queue_in_flight.max(1),
+            max_depth: self.queue_max_depth,
+            order: ClaimOrder {
+                ageing_ms: self.queue_ageing_ms.max(1),
+                lease_ms: self.queue_claim_ms.max(1),
+            },
+            poll: Duration::from_millis(self.queue_poll_ms.max(1)),
+            max_command_bytes: self.max_command_bytes as usize,
+        }
     }
 
     pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {

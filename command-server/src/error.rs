@@ -24,6 +24,28 @@ pub enum CommandError {
     Replayed { code: Code, message: String },
     #[error("the database is unavailable: {0}")]
     Database(#[from] sqlx::Error),
+    /// The batch this command was in committed nothing (the write lock
+    /// was not free in time, the connection was lost before commit):
+    /// retrying is safe.
+    #[error("not run: {0}; retry with the same command_id")]
+    NotRun(String),
+    /// The connection was lost while the commit was under way: the command
+    /// may or may not have committed.
+    #[error(
+        "outcome unknown: {0}; retry with the same command_id: it returns the outcome if the command committed, or runs it once"
+    )]
+    OutcomeUnknown(String),
+    /// The caller's deadline passed before the command started: it was not run.
+    #[error("not run: the deadline passed before the command could start")]
+    DeadlineExceeded,
+    /// The command waited longer than the writer's queue bound: not run.
+    #[error(
+        "not run: the command waited {0:?} for the writer without starting (the write path is overloaded or MySQL stalled); retry with the same command_id"
+    )]
+    Shed(std::time::Duration),
+    /// The caller cancelled or went away before the command started.
+    #[error("not run: the caller cancelled")]
+    Cancelled,
     #[error("the command server is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -39,7 +61,13 @@ impl CommandError {
             Self::Rejected(_) => Code::FailedPrecondition,
             Self::CommandIdReused(_) => Code::Aborted,
             Self::Replayed { code, .. } => *code,
-            Self::Database(_) | Self::ShuttingDown => Code::Unavailable,
+            Self::Database(_)
+            | Self::ShuttingDown
+            | Self::NotRun(_)
+            | Self::OutcomeUnknown(_)
+            | Self::Shed(_) => Code::Unavailable,
+            Self::DeadlineExceeded => Code::DeadlineExceeded,
+            Self::Cancelled => Code::Cancelled,
             Self::Internal(_) => Code::Internal,
         }
     }
@@ -49,7 +77,14 @@ impl CommandError {
     pub fn is_outcome(&self) -> bool {
         !matches!(
             self,
-            Self::Database(_) | Self::ShuttingDown | Self::Internal(_)
+            Self::Database(_)
+                | Self::ShuttingDown
+                | Self::Internal(_)
+                | Self::NotRun(_)
+                | Self::OutcomeUnknown(_)
+                | Self::DeadlineExceeded
+                | Self::Shed(_)
+                | Self::Cancelled
         )
     }
 

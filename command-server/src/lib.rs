@@ -31,7 +31,7 @@ pub use config::Config;
 
 use commands::{service::CommandApi, submitted::SubmittedQueue};
 use store::writer::Writer;
-use stream::{head::HeadSender, recent::Recent, service::EventStreamApi};
+use stream::{Publisher, head::HeadSender, recent::Recent, service::EventStreamApi};
 
 /// Largest request accepted, in bytes.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -50,14 +50,20 @@ impl CommandServer {
     /// Prepares the database (creates, migrates), starts the writer and
     /// binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let limits = config.writer_limits()?;
         let pool = store::prepare(&config.database_url, config.db_pool_size).await?;
         let head_now = store::events::head(&pool).await?;
         let head: HeadSender = Arc::new(watch::channel(head_now).0);
         let recent = Recent::default();
+        let publisher = Publisher {
+            recent: recent.clone(),
+            head: head.clone(),
+        };
         let writer = Writer::spawn(
             store::connect_options(&config.database_url)?,
-            head.clone(),
-            recent.clone(),
+            pool.clone(),
+            limits,
+            Arc::new(publisher),
         );
         let listener = TcpListener::bind(config.listen_addr).await?;
         if let Some(addr) = config.metrics_addr()? {
@@ -89,8 +95,14 @@ impl CommandServer {
             self.config.head_poll(),
             stopping.clone(),
         ));
-        let queue = SubmittedQueue::default();
+        let queue = SubmittedQueue::new(self.config.queue_settings());
         queue.start(self.writer.clone(), self.pool.clone(), stopping.clone());
+        tokio::spawn(store::retention::prune_commands(
+            self.pool.clone(),
+            Duration::from_secs(self.config.command_retention_secs),
+            Duration::from_millis(self.config.prune_interval_ms.max(1)),
+            stopping.clone(),
+        ));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health

@@ -224,7 +224,8 @@ async fn wait_for_outcome(
             .await
             .expect("status")
             .into_inner();
-        if status.state != pb::CommandState::Pending as i32 {
+        let queued = [pb::CommandState::Pending, pb::CommandState::Running].map(|s| s as i32);
+        if !queued.contains(&status.state) {
             return status;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;

@@ -3,6 +3,7 @@
 
 use hotel_common::{dates, pb, validate::Violations};
 use prost::Message;
+use time::Date;
 use tonic::Status;
 
 use super::{Command, CommandKind, ValidCommand};
@@ -15,16 +16,38 @@ use crate::domain::{
 pub trait CommandRequest: Message + Sized {
     fn command_id(&self) -> &str;
     fn correlation_id(&self) -> &str;
-    /// Checks the command's own fields (not the common ones).
-    fn to_command(&self, violations: &mut Violations) -> Option<Command>;
+    /// Checks the command's own fields (not the common ones). Rules that
+    /// depend on the date are checked against `today` when given.
+    fn to_command(&self, violations: &mut Violations, today: Option<Date>) -> Option<Command>;
+}
+
+/// Refuses a request larger than `max_bytes` encoded, before anything else
+/// looks at it: every accepted request is stored whole in the command log.
+pub fn check_size(encoded_len: usize, max_bytes: usize) -> Result<(), Status> {
+    if encoded_len <= max_bytes {
+        return Ok(());
+    }
+    let mut violations = Violations::new();
+    violations.add(
+        "request",
+        format!(
+            "is {encoded_len} bytes encoded; a command request may be at most {max_bytes} bytes (--max-command-bytes)"
+        ),
+    );
+    violations.finish()
 }
 
 /// Validates a request into a command.
 pub fn validate<R: CommandRequest>(request: &R) -> Result<ValidCommand, Status> {
+    validate_on(request, Some(dates::today_utc()))
+}
+
+/// Validates a request, judging date rules against `today` when given.
+fn validate_on<R: CommandRequest>(request: &R, today: Option<Date>) -> Result<ValidCommand, Status> {
     let mut violations = Violations::new();
     let command_id = violations.uuid("command_id", request.command_id());
     let correlation_id = violations.correlation_id("correlation_id", request.correlation_id());
-    let command = request.to_command(&mut violations);
+    let command = request.to_command(&mut violations, today);
     violations.finish()?;
     let (Some(command_id), Some(correlation_id), Some(command)) =
         (command_id, correlation_id, command)
@@ -44,25 +67,23 @@ pub fn validate<R: CommandRequest>(request: &R) -> Result<ValidCommand, Status> 
     })
 }
 
-/// Re-validates a stored request of the given kind (the asynchronous queue).
+/// Decodes a stored request of the given kind (the asynchronous queue). It
+/// was validated when submitted; the rules that depend on the date are
+/// judged when it runs, under the write lock, not here.
 pub fn decode_stored(kind: CommandKind, request: &[u8]) -> Result<ValidCommand, Status> {
-    let invalid = |e: prost::DecodeError| Status::internal(format!("stored request: {e}"));
+    fn stored<R: CommandRequest + Default>(request: &[u8]) -> Result<ValidCommand, Status> {
+        let request = R::decode(request)
+            .map_err(|e| Status::internal(format!("stored request: {e}")))?;
+        validate_on(&request, None)
+    }
     match kind {
-        CommandKind::RegisterHotel => {
-            validate(&pb::RegisterHotelRequest::decode(request).map_err(invalid)?)
-        }
-        CommandKind::AddRoomType => {
-            validate(&pb::AddRoomTypeRequest::decode(request).map_err(invalid)?)
-        }
-        CommandKind::SetRoomInventory => {
-            validate(&pb::SetRoomInventoryRequest::decode(request).map_err(invalid)?)
-        }
-        CommandKind::BookRoom => validate(&pb::BookRoomRequest::decode(request).map_err(invalid)?),
-        CommandKind::CancelReservation => {
-            validate(&pb::CancelReservationRequest::decode(request).map_err(invalid)?)
-        }
-        CommandKind::CheckIn => validate(&pb::CheckInRequest::decode(request).map_err(invalid)?),
-        CommandKind::CheckOut => validate(&pb::CheckOutRequest::decode(request).map_err(invalid)?),
+        CommandKind::RegisterHotel => stored::<pb::RegisterHotelRequest>(request),
+        CommandKind::AddRoomType => stored::<pb::AddRoomTypeRequest>(request),
+        CommandKind::SetRoomInventory => stored::<pb::SetRoomInventoryRequest>(request),
+        CommandKind::BookRoom => stored::<pb::BookRoomRequest>(request),
+        CommandKind::CancelReservation => stored::<pb::CancelReservationRequest>(request),
+        CommandKind::CheckIn => stored::<pb::CheckInRequest>(request),
+        CommandKind::CheckOut => stored::<pb::CheckOutRequest>(request),
     }
 }
 
@@ -80,7 +101,7 @@ macro_rules! common_fields {
 impl CommandRequest for pb::RegisterHotelRequest {
     common_fields!();
 
-    fn to_command(&self, v: &mut Violations) -> Option<Command> {
+    fn to_command(&self, v: &mut Violations, _today: Option<Date>) -> Option<Command> {
         let hotel_id = v.identifier("hotel_id", &self.hotel_id);
         let name = v.text("name", &self.name, 1, 200);
         let city = v.text("city", &self.city, 1, 100);
@@ -95,7 +116,7 @@ impl CommandRequest for pb::RegisterHotelRequest {
 impl CommandRequest for pb::AddRoomTypeRequest {
     common_fields!();
 
-    fn to_command(&self, v: &mut Violations) -> Option<Command> {
+    fn to_command(&self, v: &mut Violations, _today: Option<Date>) -> Option<Command> {
         let hotel_id = v.identifier("hotel_id", &self.hotel_id);
         let code = v.room_type_code("code", &self.code);
         let name = v.text("name", &self.name, 1, 200);
@@ -116,7 +137,7 @@ impl CommandRequest for pb::AddRoomTypeRequest {
 impl CommandRequest for pb::SetRoomInventoryRequest {
     common_fields!();
 
-    fn to_command(&self, v: &mut Violations) -> Option<Command> {
+    fn to_command(&self, v: &mut Violations, _today: Option<Date>) -> Option<Command> {
         let hotel_id = v.identifier("hotel_id", &self.hotel_id);
         let code = v.room_type_code("room_type_code", &self.room_type_code);
         let inventory = v.in_range("inventory", self.inventory, 0, MAX_INVENTORY);
@@ -131,7 +152,7 @@ impl CommandRequest for pb::SetRoomInventoryRequest {
 impl CommandRequest for pb::BookRoomRequest {
     common_fields!();
 
-    fn to_command(&self, v: &mut Violations) -> Option<Command> {
+    fn to_command(&self, v: &mut Violations, today: Option<Date>) -> Option<Command> {
         let hotel_id = v.identifier("hotel_id", &self.hotel_id);
         let code = v.room_type_code("room_type_code", &self.room_type_code);
         let check_in = v.date("check_in", &self.check_in);
@@ -142,7 +163,10 @@ impl CommandRequest for pb::BookRoomRequest {
                     check_in,
                     check_out,
                 };
-                let problems = rules::stay_violations(&stay, dates::today_utc());
+                let mut problems = rules::stay_length_violations(&stay);
+                if let Some(today) = today {
+                    problems.extend(rules::stay_date_violations(&stay, today));
+                }
                 let ok = problems.is_empty();
                 for (field, reason) in problems {
                     v.add(field, reason);
@@ -186,7 +210,7 @@ impl CommandRequest for pb::BookRoomRequest {
 impl CommandRequest for pb::CancelReservationRequest {
     common_fields!();
 
-    fn to_command(&self, v: &mut Violations) -> Option<Command> {
+    fn to_command(&self, v: &mut Violations, _today: Option<Date>) -> Option<Command> {
         let reservation_id = v.uuid("reservation_id", &self.reservation_id);
         let reason = v.text("reason", &self.reason, 0, 500);
         Some(Command::CancelReservation {
@@ -199,7 +223,7 @@ impl CommandRequest for pb::CancelReservationRequest {
 impl CommandRequest for pb::CheckInRequest {
     common_fields!();
 
-    fn to_command(&self, v: &mut Violations) -> Option<Command> {
+    fn to_command(&self, v: &mut Violations, _today: Option<Date>) -> Option<Command> {
         let reservation_id = v.uuid("reservation_id", &self.reservation_id)?;
         Some(Command::CheckIn {
             reservation_id: reservation_id.to_string(),
@@ -210,7 +234,7 @@ impl CommandRequest for pb::CheckInRequest {
 impl CommandRequest for pb::CheckOutRequest {
     common_fields!();
 
-    fn to_command(&self, v: &mut Violations) -> Option<Command> {
+    fn to_command(&self, v: &mut Violations, _today: Option<Date>) -> Option<Command> {
         let reservation_id = v.uuid("reservation_id", &self.reservation_id)?;
         Some(Command::CheckOut {
             reservation_id: reservation_id.to_string(),

@@ -1,6 +1,6 @@
 //! The tonic `hotel.v1.CommandService`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hotel_common::{pb, server::record_rpc, timestamp_from_millis};
 use sqlx::MySqlPool;
@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 
 use super::{
     CommandKind, Reply,
-    parse::{CommandRequest, validate},
-    submitted::SubmittedQueue,
+    parse::{CommandRequest, check_size, validate},
+    submitted::{SubmittedQueue, state_of},
 };
 use crate::store::{command_log, writer::Writer};
 
@@ -32,9 +32,11 @@ impl CommandApi {
         pick: fn(Reply) -> Option<T>,
     ) -> Result<Response<T>, Status> {
         let started = Instant::now();
+        let deadline = deadline(&request);
         let outcome = async {
+            check_size(request.get_ref().encoded_len(), self.queue.max_command_bytes())?;
             let command = validate(request.get_ref())?;
-            let reply = self.writer.execute(command).await?;
+            let reply = self.writer.execute(command, deadline).await?;
             pick(reply).ok_or_else(|| Status::internal("the writer answered another command"))
         }
         .await;
@@ -177,11 +179,7 @@ async fn command_status(
                 "command {id} is unknown (never received, or refused when called directly)"
             ))
         })?;
-    let state = match record.state.as_str() {
-        command_log::PENDING => pb::CommandState::Pending,
-        command_log::SUCCEEDED => pb::CommandState::Succeeded,
-        _ => pb::CommandState::Failed,
-    };
+    let state = state_of(&record.state);
     let result = match (&record.response, CommandKind::parse(&record.kind)) {
         (Some(bytes), Some(kind)) => Some(
             Reply::decode(kind, bytes)
@@ -203,4 +201,49 @@ async fn command_status(
         result,
         error,
     })
+}
+
+/// The caller's deadline, from its `grpc-timeout` header: the command does
+/// not start after it.
+fn deadline<T>(request: &Request<T>) -> Option<Instant> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    Instant::now().checked_add(parse_grpc_timeout(value)?)
+}
+
+/// A `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let unit_at = value.len().checked_sub(1)?;
+    let (digits, unit) = value.split_at(unit_at);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_grpc_timeout;
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("200m"), Some(Duration::from_millis(200)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+    }
 }

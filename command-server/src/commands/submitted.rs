@@ -1,138 +1,131 @@
 //! The asynchronous path: `SubmitCommand` stores the command as PENDING
-//! (durable before the reply), queues it by priority, and a dispatcher feeds
-//! the queue to the writer. A sweeper re-queues PENDING commands that no
-//! process is running (after a crash, or queued by a stopped instance); the
-//! writer's idempotency check makes a second run of one a no-op.
+//! (durable before the reply); a dispatcher in every instance claims queued
+//! commands from MySQL when it has a free execution slot and hands them to
+//! the writer.
+//!
+//! The queue is the `commands` table, shared by every instance: a claim
+//! (`FOR UPDATE SKIP LOCKED`, then RUNNING with a lease) gives a command to
+//! one instance at a time; a claim whose instance stopped lapses and another
+//! takes it over. Claims are made only for free slots, so the priority order
+//! (with ageing) holds across the whole backlog, and memory holds only what
+//! runs. The writer's idempotency check, under the write lock, makes a
+//! second run of a command a replay: each runs once.
 
 use std::{
-    cmp::Ordering,
-    collections::{BinaryHeap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
     time::Duration,
 };
 
 use hotel_common::{pb, validate::Violations};
 use sqlx::MySqlPool;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tonic::Status;
 
 use super::{
-    CommandKind, ValidCommand,
-    parse::{decode_stored, validate},
+    CommandKind,
+    parse::{check_size, decode_stored, validate},
 };
 use crate::{
     domain::rules::MAX_PRIORITY,
     store::{
-        command_log::{self, CommandRecord},
+        command_log::{self, ClaimOrder, CommandRecord},
         now_ms,
         writer::Writer,
     },
 };
 
-/// Submitted commands run at most this many at a time.
-const IN_FLIGHT: usize = 64;
-/// A PENDING command older than this, not queued here, is picked up.
-const ORPHAN_AFTER: Duration = Duration::from_secs(10);
+/// Most commands claimed in one claim transaction.
+const MAX_CLAIM: usize = 64;
 
-/// The in-process queue of submitted commands.
-#[derive(Clone, Default)]
+/// How the queue runs (flags in `Config`).
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// Submitted commands this instance runs at a time.
+    pub in_flight: usize,
+    /// Queued commands (PENDING or RUNNING, all instances) past which
+    /// `SubmitCommand` answers `RESOURCE_EXHAUSTED`.
+    pub max_depth: i64,
+    /// Priority ageing and claim lease.
+    pub order: ClaimOrder,
+    /// How often the queue is looked at without a local cause (commands
+    /// submitted to other instances, lapsed claims).
+    pub poll: Duration,
+    /// Largest command request accepted, encoded.
+    pub max_command_bytes: usize,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            in_flight: 64,
+            max_depth: 100_000,
+            order: ClaimOrder {
+                ageing_ms: 1_000,
+                lease_ms: 30_000,
+            },
+            poll: Duration::from_millis(500),
+            max_command_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// The submitted-command queue of this instance.
+#[derive(Clone)]
 pub struct SubmittedQueue {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
-    queue: Mutex<Queue>,
+    settings: QueueSettings,
+    /// This instance's name in claims.
+    claimant: String,
+    /// Queued commands on the database as of the last look, plus those
+    /// accepted here since.
+    depth: AtomicI64,
+    /// Wakes the dispatcher: a submission here, or a slot freed.
     ready: Notify,
 }
 
-#[derive(Default)]
-struct Queue {
-    heap: BinaryHeap<Queued>,
-    /// Ids queued or running here, so the sweeper does not add them twice.
-    known: HashSet<uuid::Uuid>,
-    /// Arrival counter: equal priorities run oldest first.
-    arrivals: u64,
-}
-
-struct Queued {
-    priority: i32,
-    arrival: u64,
-    command: ValidCommand,
-}
-
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.priority
-            .cmp(&other.priority)
-            .then(other.arrival.cmp(&self.arrival))
-    }
-}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Queued {}
-
 impl SubmittedQueue {
-    /// Starts the dispatcher and the sweeper; they stop with `shutdown`.
-    pub fn start(
-        &self,
-        writer: Writer,
-        pool: MySqlPool,
-        shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
-        tokio::spawn(dispatch(self.clone(), writer, shutdown.clone()));
-        tokio::spawn(sweep(self.clone(), pool, shutdown));
-    }
-
-    fn push(&self, priority: i32, command: ValidCommand) {
-        let mut queue = self.inner.queue.lock().expect("queue lock poisoned");
-        if !queue.known.insert(command.command_id) {
-            return;
+    pub fn new(settings: QueueSettings) -> Self {
+        let claimant = format!(
+            "{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                claimant,
+                depth: AtomicI64::new(0),
+                ready: Notify::new(),
+            }),
         }
-        queue.arrivals += 1;
-        let arrival = queue.arrivals;
-        queue.heap.push(Queued {
-            priority,
-            arrival,
-            command,
-        });
-        drop(queue);
-        self.inner.ready.notify_one();
     }
 
-    fn pop(&self) -> Option<Queued> {
-        self.inner
-            .queue
-            .lock()
-            .expect("queue lock poisoned")
-            .heap
-            .pop()
+    /// Largest command request accepted, encoded.
+    pub fn max_command_bytes(&self) -> usize {
+        self.inner.settings.max_command_bytes
     }
 
-    fn finished(&self, command_id: uuid::Uuid) {
-        self.inner
-            .queue
-            .lock()
-            .expect("queue lock poisoned")
-            .known
-            .remove(&command_id);
+    /// Starts the dispatcher; it stops with `shutdown`.
+    pub fn start(&self, writer: Writer, pool: MySqlPool, shutdown: watch::Receiver<bool>) {
+        tokio::spawn(dispatch(self.clone(), writer, pool, shutdown));
     }
 
-    /// Validates, stores as PENDING and queues a submitted command.
+    /// Validates and stores a submitted command as PENDING.
     pub async fn submit(
         &self,
         pool: &MySqlPool,
         request: pb::SubmitCommandRequest,
     ) -> Result<pb::SubmitCommandResponse, Status> {
         use pb::submit_command_request::Command as C;
+        if let Some(command) = &request.command {
+            check_size(command.encoded_len(), self.max_command_bytes())?;
+        }
         let mut violations = Violations::new();
         let priority = violations.in_range("priority", request.priority, 0, MAX_PRIORITY);
         let command = match &request.command {
@@ -151,6 +144,15 @@ impl SubmittedQueue {
         violations.finish()?;
         let command = command.ok_or_else(|| Status::internal("no command after validation"))??;
         let priority = priority.unwrap_or(0);
+
+        let depth = self.inner.depth.load(Ordering::Relaxed);
+        let max_depth = self.inner.settings.max_depth;
+        if depth >= max_depth {
+            metrics::counter!("submitted_refused_total", "reason" => "queue_full").increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "the command queue is full ({depth} queued, at most {max_depth}: --queue-max-depth); nothing was stored, submit again later"
+            )));
+        }
 
         let record = CommandRecord {
             command_id: command.command_id.to_string(),
@@ -172,7 +174,8 @@ impl SubmittedQueue {
             .await
             .map_err(unavailable)?
         {
-            self.push(priority, command);
+            self.inner.depth.fetch_add(1, Ordering::Relaxed);
+            self.inner.ready.notify_one();
             return Ok(pb::SubmitCommandResponse {
                 command_id,
                 state: pb::CommandState::Pending as i32,
@@ -188,100 +191,123 @@ impl SubmittedQueue {
                 existing.kind
             )));
         }
-        let state = match existing.state.as_str() {
-            command_log::PENDING => pb::CommandState::Pending,
-            command_log::SUCCEEDED => pb::CommandState::Succeeded,
-            _ => pb::CommandState::Failed,
-        };
         Ok(pb::SubmitCommandResponse {
             command_id,
-            state: state as i32,
+            state: state_of(&existing.state) as i32,
         })
     }
 }
 
-async fn dispatch(
-    queue: SubmittedQueue,
-    writer: Writer,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    loop {
-        let Some(next) = queue.pop() else {
-            tokio::select! {
-                _ = queue.inner.ready.notified() => continue,
-                _ = shutdown.changed() => return,
-            }
-        };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let writer = writer.clone();
-        let queue = queue.clone();
-        tokio::spawn(async move {
-            let id = next.command.command_id;
-            if let Err(error) = writer.execute_submitted(next.command, next.priority).await
-                && !error.is_outcome()
-            {
-                // Still PENDING in MySQL: the sweeper will try again.
-                tracing::warn!(command_id = %id, %error, "submitted command not run");
-            }
-            queue.finished(id);
-            drop(slot);
-        });
+/// The API's state of a stored command.
+pub fn state_of(state: &str) -> pb::CommandState {
+    match state {
+        command_log::PENDING => pb::CommandState::Pending,
+        command_log::RUNNING => pb::CommandState::Running,
+        command_log::SUCCEEDED => pb::CommandState::Succeeded,
+        _ => pb::CommandState::Failed,
     }
 }
 
-async fn sweep(
+/// Claims queued commands whenever a slot is free and runs them.
+async fn dispatch(
     queue: SubmittedQueue,
+    writer: Writer,
     pool: MySqlPool,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut every = tokio::time::interval(ORPHAN_AFTER / 2);
+    let settings = &queue.inner.settings;
+    let slots = Arc::new(Semaphore::new(settings.in_flight.max(1)));
+    let mut poll = tokio::time::interval(settings.poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let free = slots.available_permits().min(MAX_CLAIM);
+        if free > 0 {
+            let claimed = command_log::claim(
+                &pool,
+                &queue.inner.claimant,
+                now_ms(),
+                settings.order,
+                free as i64,
+            )
+            .await;
+            match claimed {
+                Ok(claimed) => {
+                    let full = claimed.len() == free;
+                    for record in claimed {
+                        let Ok(slot) = slots.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        tokio::spawn(run_claimed(
+                            queue.clone(),
+                            writer.clone(),
+                            pool.clone(),
+                            record,
+                            slot,
+                        ));
+                    }
+                    // A full claim: more may wait, claim again while slots last.
+                    if full && slots.available_permits() > 0 {
+                        continue;
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "could not claim queued commands"),
+            }
+        }
         tokio::select! {
-            _ = every.tick() => {}
+            _ = queue.inner.ready.notified() => {}
+            _ = poll.tick() => match command_log::queued(&pool).await {
+                Ok(depth) => {
+                    queue.inner.depth.store(depth, Ordering::Relaxed);
+                    metrics::gauge!("submitted_queue_depth").set(depth as f64);
+                }
+                Err(error) => tracing::debug!(%error, "could not count queued commands"),
+            },
             _ = shutdown.changed() => return,
         }
-        let before = now_ms() - ORPHAN_AFTER.as_millis() as i64;
-        let pending = match command_log::pending(&pool, before, 500).await {
-            Ok(pending) => pending,
-            Err(error) => {
-                tracing::warn!(%error, "could not look for pending commands");
-                continue;
-            }
-        };
-        for record in pending {
-            let Some(kind) = CommandKind::parse(&record.kind) else {
-                continue;
-            };
-            match decode_stored(kind, &record.request) {
-                Ok(command) => queue.push(record.priority, command),
-                // It can no longer run (e.g. its stay has started since it
-                // was accepted): it fails with the reason, once, instead of
-                // waiting forever.
-                Err(status) => {
-                    let failed = command_log::fail_pending(
-                        &pool,
-                        &record.command_id,
-                        status.code() as i32,
-                        status.message(),
-                    )
-                    .await;
-                    match failed {
-                        Ok(_) => tracing::warn!(
-                            command_id = %record.command_id,
-                            %status,
-                            "a pending command can no longer run: recorded as failed"
-                        ),
-                        Err(error) => tracing::warn!(
-                            command_id = %record.command_id,
-                            %error,
-                            "could not record a pending command as failed"
-                        ),
+    }
+}
+
+/// Runs one claimed command; the writer records its outcome.
+async fn run_claimed(
+    queue: SubmittedQueue,
+    writer: Writer,
+    pool: MySqlPool,
+    record: CommandRecord,
+    slot: OwnedSemaphorePermit,
+) {
+    let claimant = &queue.inner.claimant;
+    let decoded = CommandKind::parse(&record.kind)
+        .ok_or_else(|| Status::internal(format!("unknown command kind {}", record.kind)))
+        .and_then(|kind| decode_stored(kind, &record.request));
+    match decoded {
+        Ok(command) => {
+            let id = command.command_id;
+            match writer.execute_submitted(command, record.priority).await {
+                Ok(_) => {}
+                Err(error) if error.is_outcome() => {}
+                Err(error) => {
+                    // Not run, or its outcome unknown: the next claim runs it
+                    // (a replay if it did commit).
+                    tracing::warn!(command_id = %id, %error, "submitted command not run; released");
+                    if let Err(error) = command_log::release(&pool, &record.command_id, claimant).await {
+                        tracing::warn!(command_id = %id, %error, "could not release a claim; it lapses");
                     }
                 }
             }
         }
+        // It can never run: it fails with the reason, once.
+        Err(status) => {
+            let failed = command_log::fail_undecodable(
+                &pool,
+                &record.command_id,
+                status.code() as i32,
+                status.message(),
+            )
+            .await;
+            tracing::warn!(command_id = %record.command_id, %status, ?failed, "a queued command cannot be decoded: recorded as failed");
+        }
     }
+    queue.inner.depth.fetch_sub(1, Ordering::Relaxed);
+    drop(slot);
+    queue.inner.ready.notify_one();
 }

@@ -2,6 +2,7 @@
 //! gRPC. The store loads state, asks these functions what to do, and writes
 //! what they decide.
 
+pub mod command;
 pub mod rules;
 pub mod waitlist;
 

@@ -18,6 +18,13 @@ pub const MAX_PRIORITY: i32 = 100;
 /// The problems with a requested stay, as (field, reason); empty when it is
 /// bookable on `today`.
 pub fn stay_violations(stay: &Stay, today: Date) -> Vec<(&'static str, String)> {
+    let mut problems = stay_length_violations(stay);
+    problems.extend(stay_date_violations(stay, today));
+    problems
+}
+
+/// The problems with a stay's length, whatever the date.
+pub fn stay_length_violations(stay: &Stay) -> Vec<(&'static str, String)> {
     let mut problems = Vec::new();
     let nights = stay.night_count();
     if nights < 1 {
@@ -28,6 +35,13 @@ pub fn stay_violations(stay: &Stay, today: Date) -> Vec<(&'static str, String)> 
             format!("a stay is 1 to {MAX_NIGHTS} nights, this one is {nights}"),
         ));
     }
+    problems
+}
+
+/// The problems with a stay's dates as seen on `today`: a queued booking is
+/// judged on the day it runs.
+pub fn stay_date_violations(stay: &Stay, today: Date) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
     if stay.check_in < today {
         problems.push((
             "check_in",

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use sqlx::{MySqlConnection, MySqlPool, Row};
 
 pub const PENDING: &str = "PENDING";
+pub const RUNNING: &str = "RUNNING";
 pub const SUCCEEDED: &str = "SUCCEEDED";
 pub const FAILED: &str = "FAILED";
 
@@ -16,7 +17,7 @@ pub struct CommandRecord {
     pub kind: String,
     /// The request, protobuf-encoded.
     pub request: Vec<u8>,
-    /// PENDING, SUCCEEDED or FAILED.
+    /// PENDING, RUNNING, SUCCEEDED or FAILED.
     pub state: String,
     pub priority: i32,
     /// The reply, protobuf-encoded, when SUCCEEDED.
@@ -113,10 +114,12 @@ pub async fn upsert(conn: &mut MySqlConnection, records: &[CommandRecord]) -> sq
     Ok(())
 }
 
-/// Stores a submitted command as PENDING; `false` when the id is known.
+/// Stores a submitted command as PENDING; `false` when the id is known
+/// (the row already there is left as it is). A plain insert: any other
+/// refusal (a value too long) is an error, never a silently cut row.
 pub async fn insert_pending(pool: &MySqlPool, record: &CommandRecord) -> sqlx::Result<bool> {
     let insert = format!(
-        "INSERT IGNORE INTO commands ({COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, 0, ?, NULL)"
+        "INSERT INTO commands ({COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, 0, ?, NULL)"
     );
     let done = sqlx::query(sqlx::AssertSqlSafe(insert))
         .bind(&record.command_id)
@@ -126,15 +129,98 @@ pub async fn insert_pending(pool: &MySqlPool, record: &CommandRecord) -> sqlx::R
         .bind(record.priority)
         .bind(record.accepted_at_ms)
         .execute(pool)
-        .await?;
-    Ok(done.rows_affected() == 1)
+        .await;
+    match done {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
-/// Pending commands accepted before `accepted_before_ms`, highest priority
-/// and oldest first.
-/// Records a PENDING command as FAILED with `code` and `message`, unless
-/// it has finished meanwhile; `false` when it had.
-pub async fn fail_pending(
+/// How the queue picks what runs next.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimOrder {
+    /// A waiting command gains one priority point per this many
+    /// milliseconds (ageing), up to [`crate::domain::rules::MAX_PRIORITY`].
+    pub ageing_ms: i64,
+    /// How long a claim holds before another instance may take it over.
+    pub lease_ms: i64,
+}
+
+/// Claims up to `limit` queued commands for `claimant`: PENDING ones and
+/// RUNNING ones whose claim lapsed, highest effective priority first
+/// (priority plus one point per `ageing_ms` waited, capped at the highest
+/// priority), oldest first among equals. Rows another instance is claiming
+/// at this moment are skipped, never waited for. The claimed rows are
+/// RUNNING, held until `now + lease_ms`.
+pub async fn claim(
+    pool: &MySqlPool,
+    claimant: &str,
+    now: i64,
+    order: ClaimOrder,
+    limit: i64,
+) -> sqlx::Result<Vec<CommandRecord>> {
+    let mut tx = pool.begin().await?;
+    let select = format!(
+        "SELECT {COLUMNS} FROM commands \
+         WHERE state IN ('PENDING', 'RUNNING') AND (state = 'PENDING' OR claim_until_ms < ?) \
+         ORDER BY LEAST(?, priority + FLOOR((? - accepted_at_ms) / ?)) DESC, accepted_at_ms, arrival \
+         LIMIT ? FOR UPDATE SKIP LOCKED"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(select))
+        .bind(now)
+        .bind(crate::domain::rules::MAX_PRIORITY)
+        .bind(now)
+        .bind(order.ageing_ms.max(1))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+    let claimed: Vec<CommandRecord> = rows.iter().map(from_row).collect::<sqlx::Result<_>>()?;
+    if claimed.is_empty() {
+        tx.rollback().await?;
+        return Ok(claimed);
+    }
+    let mut update = sqlx::QueryBuilder::<sqlx::MySql>::new("UPDATE commands SET state = 'RUNNING', claimed_by = ");
+    update
+        .push_bind(claimant)
+        .push(", claim_until_ms = ")
+        .push_bind(now + order.lease_ms)
+        .push(" WHERE command_id IN (");
+    let mut ids = update.separated(", ");
+    for record in &claimed {
+        ids.push_bind(&record.command_id);
+    }
+    update.push(")");
+    update.build().execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+/// Lets another instance (or this one) take a RUNNING command over at
+/// once: its run here ended without an outcome. The state stays RUNNING
+/// (states never go back).
+pub async fn release(pool: &MySqlPool, command_id: &str, claimant: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE commands SET claim_until_ms = 0 \
+         WHERE command_id = ? AND state = 'RUNNING' AND claimed_by = ?",
+    )
+    .bind(command_id)
+    .bind(claimant)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Commands queued (PENDING or RUNNING) on the whole database.
+pub async fn queued(pool: &MySqlPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM commands WHERE state IN ('PENDING', 'RUNNING')")
+        .fetch_one(pool)
+        .await
+}
+
+/// Records a queued command that can never run (its stored request no
+/// longer decodes) as FAILED, unless it finished meanwhile.
+pub async fn fail_undecodable(
     pool: &MySqlPool,
     command_id: &str,
     code: i32,
@@ -142,7 +228,7 @@ pub async fn fail_pending(
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE commands SET state = 'FAILED', error_code = ?, error_message = ?, finished_at_ms = ? \
-         WHERE command_id = ? AND state = 'PENDING'",
+         WHERE command_id = ? AND state IN ('PENDING', 'RUNNING')",
     )
     .bind(code)
     .bind(message)
@@ -153,19 +239,16 @@ pub async fn fail_pending(
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn pending(
-    pool: &MySqlPool,
-    accepted_before_ms: i64,
-    limit: i64,
-) -> sqlx::Result<Vec<CommandRecord>> {
-    let select = format!(
-        "SELECT {COLUMNS} FROM commands WHERE state = 'PENDING' AND accepted_at_ms < ? \
-         ORDER BY priority DESC, accepted_at_ms LIMIT ?"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(select))
-        .bind(accepted_before_ms)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
-    rows.iter().map(from_row).collect()
+/// Deletes up to `limit` finished commands that finished before
+/// `finished_before_ms`, oldest first; how many it deleted.
+pub async fn prune(pool: &MySqlPool, finished_before_ms: i64, limit: i64) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM commands WHERE state IN ('SUCCEEDED', 'FAILED') AND finished_at_ms < ? \
+         ORDER BY arrival LIMIT ?",
+    )
+    .bind(finished_before_ms)
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }

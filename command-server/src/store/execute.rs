@@ -16,7 +16,7 @@ use super::{
     working_set::{self, NewReservation, Reservation, RoomKey, RoomType, WorkingSet},
 };
 use crate::{
-    commands::{Command, Reply, ValidCommand},
+    domain::command::{Command, Reply, ValidCommand},
     domain::{
         ReservationStatus, Stay, rules,
         waitlist::{NightLedger, Waiting, promote_waitlist},
@@ -196,15 +196,12 @@ async fn register_hotel(
     name: &str,
     city: &str,
 ) -> Result<Reply, CommandError> {
-    let inserted = sqlx::query(
-        "INSERT IGNORE INTO hotels (hotel_id, name, city, version) VALUES (?, ?, ?, 1)",
-    )
-    .bind(hotel_id)
-    .bind(name)
-    .bind(city)
-    .execute(&mut *conn)
-    .await?;
-    if inserted.rows_affected() == 0 {
+    let insert =
+        sqlx::query("INSERT INTO hotels (hotel_id, name, city, version) VALUES (?, ?, ?, 1)")
+            .bind(hotel_id)
+            .bind(name)
+            .bind(city);
+    if !insert_new(conn, insert).await? {
         return Err(CommandError::AlreadyExists(format!(
             "hotel {hotel_id} already exists"
         )));
@@ -227,6 +224,20 @@ async fn register_hotel(
         position,
         replayed: false,
     }))
+}
+
+/// Runs an insert of a new row; `false` when its key exists. A plain
+/// insert, not `INSERT IGNORE`, which would also turn a value too long into
+/// a silently cut row.
+async fn insert_new(
+    conn: &mut MySqlConnection,
+    insert: sqlx::query::Query<'_, sqlx::MySql, sqlx::mysql::MySqlArguments>,
+) -> Result<bool, CommandError> {
+    match insert.execute(&mut *conn).await {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Ok(false),
+        Err(error) => Err(error.into()),
+    }
 }
 
 async fn hotel_version(conn: &mut MySqlConnection, hotel_id: &str) -> Result<i64, CommandError> {
@@ -266,8 +277,8 @@ async fn add_room_type(
     } = room_type;
     let (max_guests, inventory) = (*max_guests, *inventory);
     let version = hotel_version(conn, hotel_id).await? + 1;
-    let inserted = sqlx::query(
-        "INSERT IGNORE INTO room_types (hotel_id, code, name, max_guests, inventory, rate_minor, currency) \
+    let insert = sqlx::query(
+        "INSERT INTO room_types (hotel_id, code, name, max_guests, inventory, rate_minor, currency) \
          VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(hotel_id)
@@ -276,10 +287,8 @@ async fn add_room_type(
     .bind(max_guests)
     .bind(inventory)
     .bind(rate.amount_minor)
-    .bind(&rate.currency)
-    .execute(&mut *conn)
-    .await?;
-    if inserted.rows_affected() == 0 {
+    .bind(&rate.currency);
+    if !insert_new(conn, insert).await? {
         return Err(CommandError::AlreadyExists(format!(
             "hotel {hotel_id} already has a room type {code}"
         )));
@@ -392,6 +401,14 @@ async fn book_room(
         priority,
     } = booking;
     let (hotel_id, code) = (&key.0, &key.1);
+    // Judged on the day it runs: a queued booking may have waited past
+    // midnight since it was accepted.
+    if let Some((field, reason)) = rules::stay_date_violations(&stay, batch.today).into_iter().next() {
+        return Err(CommandError::InvalidField {
+            field: field.to_owned(),
+            reason,
+        });
+    }
     let room_type = rows.room_type(conn, hotel_id, code).await?;
     if guests > room_type.max_guests {
         return Err(CommandError::InvalidField {

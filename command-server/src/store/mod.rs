@@ -7,10 +7,14 @@
 //!   read and written in multi-row statements.
 //! - [`events`]: the event log: appending, reading, the head.
 //! - [`command_log`]: stored command outcomes (idempotency, the async queue).
+//! - [`fence`]: ends a session that holds the write lock past its lease.
+//! - [`retention`]: prunes command outcomes older than the retention window.
 
 pub mod command_log;
 pub mod events;
 pub mod execute;
+pub mod fence;
+pub mod retention;
 pub mod working_set;
 pub mod writer;
 
@@ -21,6 +25,14 @@ use sqlx::{
     ConnectOptions, Connection, Executor, MySqlConnection, MySqlPool,
     mysql::{MySqlConnectOptions, MySqlPoolOptions},
 };
+
+/// Told of every commit of this process's writer, once it is durable: the
+/// narrow interface through which the store publishes (the event stream
+/// implements it), so that the store never reaches up into the stream.
+pub trait CommitListener: Send + Sync + 'static {
+    /// The events of one commit, in position order (never empty).
+    fn committed(&self, events: Vec<hotel_common::pb::EventEnvelope>);
+}
 
 /// Migrations of the MySQL schema, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

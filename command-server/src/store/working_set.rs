@@ -21,7 +21,7 @@ use time::Date;
 
 use super::{ROWS_PER_STATEMENT, padded_chunks};
 use crate::{
-    commands::{Command, ValidCommand},
+    domain::command::{Command, ValidCommand},
     domain::{Rate, ReservationStatus, Stay, waitlist::Waiting},
     error::CommandError,
 };

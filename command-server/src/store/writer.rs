@@ -6,31 +6,77 @@
 //! out in commit order without gaps, and no two transactions can book the
 //! same last room. Commands that queue up while a batch runs share the next
 //! commit (group commit in the application), which is what makes this fast.
+//!
+//! Every wait is bounded ([`Limits`], ADR 0008): connecting, the wait for the
+//! lock (with fencing of a holder past its lease, [`super::fence`]), the
+//! batch itself, and the time a command may wait in the queue. A command
+//! never starts after its caller's deadline or after its caller went away:
+//! jobs are checked once the lock is held, just before they run.
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use sqlx::{Connection, Executor, MySqlConnection, Row, mysql::MySqlConnectOptions};
+use sqlx::{Connection, Executor, MySqlConnection, MySqlPool, Row, mysql::MySqlConnectOptions};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
 
 use super::{
+    CommitListener,
     command_log::{self, CommandRecord},
     events,
     execute::{Batch, execute},
-    now_ms,
+    fence, now_ms,
     working_set::{KnownRoomTypes, WorkingSet},
 };
 use crate::{
-    commands::{CommandKind, Reply, ValidCommand},
+    domain::command::{CommandKind, Reply, ValidCommand},
     error::CommandError,
-    stream::{
-        head::{HeadSender, raise},
-        recent::Recent,
-    },
 };
 
 /// Most commands in one transaction.
 pub const MAX_BATCH: usize = 64;
+
+/// Batches that committed nothing a command may go through before its
+/// caller is told `UNAVAILABLE` (each also bounded by the command's time).
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Pause before a batch that committed nothing runs again.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// The bounds of every wait on the write path (flags in `Config`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connecting to MySQL, session set-up included.
+    pub connect_timeout: Duration,
+    /// The longest a batch waits for the write lock.
+    pub lock_wait: Duration,
+    /// The longest a batch runs once it holds the lock, commit included;
+    /// past it the writer drops its connection (MySQL rolls back).
+    pub batch_timeout: Duration,
+    /// A session holding the write lock this long is ended (fencing);
+    /// longer than `batch_timeout`, so a live writer gives up first.
+    pub fence_after: Duration,
+    /// The longest a command waits for the writer before it is shed.
+    pub queue_timeout: Duration,
+    /// MySQL's `wait_timeout` for the writer's idle session.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            lock_wait: Duration::from_secs(5),
+            batch_timeout: Duration::from_secs(2),
+            fence_after: Duration::from_secs(3),
+            queue_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
 
 /// One command waiting for the writer.
 struct Job {
@@ -38,28 +84,80 @@ struct Job {
     /// Queue priority when it came through SubmitCommand (its outcome is
     /// recorded even when it fails); `None` for a direct call.
     submitted_priority: Option<i32>,
+    /// Not started after this instant: the caller's deadline or the queue
+    /// bound, whichever comes first.
+    start_by: Instant,
+    /// Whether `start_by` is the caller's own deadline.
+    caller_deadline: bool,
+    /// When it was handed to the writer.
+    queued_at: Instant,
+    /// Batches this job was in that committed nothing.
+    attempts: u32,
     reply: oneshot::Sender<Result<Reply, CommandError>>,
+}
+
+impl Job {
+    /// Why this job must not start now, if it must not.
+    fn must_not_start(&self, now: Instant) -> Option<CommandError> {
+        if self.reply.is_closed() {
+            Some(CommandError::Cancelled)
+        } else if now < self.start_by {
+            None
+        } else if self.caller_deadline {
+            Some(CommandError::DeadlineExceeded)
+        } else {
+            Some(CommandError::Shed(now - self.queued_at))
+        }
+    }
+
+    fn answer(self, outcome: Result<Reply, CommandError>) {
+        // The caller may have gone; a committed outcome is stored anyway.
+        let _ = self.reply.send(outcome);
+    }
 }
 
 /// Handle to the writer task.
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    queue_timeout: Duration,
 }
 
 impl Writer {
-    /// Starts the writer task. `head` is told the last position after every
-    /// commit. The task ends when every `Writer` handle is dropped.
-    /// `recent` gets each commit's events before the head moves.
-    pub fn spawn(options: MySqlConnectOptions, head: HeadSender, recent: Recent) -> Self {
+    /// Starts the writer task. `listener` is told of every commit. `pool`
+    /// is used to watch (and fence) whoever blocks the write lock. The task
+    /// ends when every `Writer` handle is dropped.
+    pub fn spawn(
+        options: MySqlConnectOptions,
+        pool: MySqlPool,
+        limits: Limits,
+        listener: Arc<dyn CommitListener>,
+    ) -> Self {
         let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(options, queue, head, recent));
-        Self { jobs }
+        let queue_timeout = limits.queue_timeout;
+        let task = Task {
+            options,
+            pool,
+            limits,
+            listener,
+            session: None,
+            retry: VecDeque::new(),
+        };
+        tokio::spawn(task.run(queue));
+        Self {
+            jobs,
+            queue_timeout,
+        }
     }
 
     /// Runs a command and returns its reply (or the stored first reply).
-    pub async fn execute(&self, command: ValidCommand) -> Result<Reply, CommandError> {
-        self.submit(command, None).await
+    /// `deadline` is the caller's: the command does not start after it.
+    pub async fn execute(
+        &self,
+        command: ValidCommand,
+        deadline: Option<Instant>,
+    ) -> Result<Reply, CommandError> {
+        self.submit(command, None, deadline).await
     }
 
     /// Runs a submitted (asynchronous) command; its outcome is recorded
@@ -69,83 +167,291 @@ impl Writer {
         command: ValidCommand,
         priority: i32,
     ) -> Result<Reply, CommandError> {
-        self.submit(command, Some(priority)).await
+        self.submit(command, Some(priority), None).await
     }
 
     async fn submit(
         &self,
         command: ValidCommand,
         submitted_priority: Option<i32>,
+        deadline: Option<Instant>,
     ) -> Result<Reply, CommandError> {
+        let queued_at = Instant::now();
+        let queue_bound = queued_at + self.queue_timeout;
+        let (start_by, caller_deadline) = match deadline {
+            Some(deadline) if deadline < queue_bound => (deadline, true),
+            _ => (queue_bound, false),
+        };
         let (reply, outcome) = oneshot::channel();
         let job = Job {
             command,
             submitted_priority,
+            start_by,
+            caller_deadline,
+            queued_at,
+            attempts: 0,
             reply,
         };
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| CommandError::ShuttingDown)?;
+        match tokio::time::timeout_at(start_by.into(), self.jobs.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(CommandError::ShuttingDown),
+            Err(_) if caller_deadline => return Err(CommandError::DeadlineExceeded),
+            Err(_) => return Err(CommandError::Shed(queued_at.elapsed())),
+        }
         outcome.await.map_err(|_| CommandError::ShuttingDown)?
     }
 }
 
-async fn run(
-    options: MySqlConnectOptions,
-    mut queue: mpsc::Receiver<Job>,
-    head: HeadSender,
-    recent: Recent,
-) {
-    let mut conn: Option<Session> = None;
-    while let Some(first) = queue.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
+/// Why a batch did not commit.
+#[derive(Debug)]
+enum BatchError {
+    /// Nothing committed (the lock was not free in time, the connection
+    /// was lost or the batch ran out of time before its commit): the same
+    /// commands may run again.
+    NotRun(String),
+    /// A statement failed for a reason that may belong to one command
+    /// (the server refused what it was asked to write): the commands run
+    /// again one by one, so that only the culprit fails.
+    Statement(String),
+    /// The connection was lost while the commit was under way.
+    Unknown(String),
+}
+
+/// MySQL errors that say nothing about the statement's content: the batch
+/// may run again as it is. Lock wait timeout, deadlock, query interrupted,
+/// connection killed, statement time exceeded, server shutting down.
+const TRANSIENT_MYSQL_ERRORS: [&str; 7] = ["1205", "1213", "1317", "1927", "1969", "3024", "1053"];
+
+/// How a failed statement (before the commit) is treated.
+fn classify(error: &sqlx::Error) -> BatchError {
+    match error {
+        sqlx::Error::Database(db)
+            if !db
+                .code()
+                .is_some_and(|code| TRANSIENT_MYSQL_ERRORS.contains(&code.as_ref())) =>
+        {
+            BatchError::Statement(error.to_string())
         }
-        let commands: Vec<&ValidCommand> = jobs.iter().map(|job| &job.command).collect();
-        let priorities: Vec<Option<i32>> = jobs.iter().map(|job| job.submitted_priority).collect();
-        let outcomes = match run_batch(&options, &mut conn, &recent, &commands, &priorities).await {
-            Ok((outcomes, last)) => {
-                raise(&head, last);
-                outcomes
-            }
-            Err(error) if jobs.len() == 1 => {
-                tracing::warn!(%error, "command transaction failed");
-                vec![Err(CommandError::Database(error))]
-            }
-            Err(error) => {
-                // One command may be at fault: run each alone so the others
-                // still succeed and the culprit gets its own error.
-                tracing::warn!(%error, batch = jobs.len(), "batch failed; running its commands one by one");
-                let mut outcomes = Vec::with_capacity(jobs.len());
-                for (command, priority) in commands.iter().zip(&priorities) {
-                    match run_batch(&options, &mut conn, &recent, &[command], &[*priority]).await {
-                        Ok((mut single, last)) => {
-                            raise(&head, last);
-                            outcomes.push(single.pop().unwrap_or(Err(CommandError::Internal(
-                                "a batch of one gave no outcome".to_owned(),
-                            ))));
-                        }
-                        Err(error) => {
-                            outcomes.push(Err(CommandError::Database(error)));
-                        }
-                    }
-                }
-                outcomes
-            }
-        };
-        for (job, outcome) in jobs.into_iter().zip(outcomes) {
-            // The caller may have gone (deadline); the outcome is stored anyway.
-            let _ = job.reply.send(outcome);
-        }
+        other => BatchError::NotRun(other.to_string()),
     }
 }
 
-async fn connect(options: &MySqlConnectOptions) -> sqlx::Result<MySqlConnection> {
+/// A command's failure that is not a verdict on it, as a batch failure.
+fn batch_error(error: CommandError) -> BatchError {
+    match error {
+        CommandError::Database(error) => classify(&error),
+        other => BatchError::Statement(other.to_string()),
+    }
+}
+
+/// The writer's task: its connection and the jobs it owes another try.
+struct Task {
+    options: MySqlConnectOptions,
+    pool: MySqlPool,
+    limits: Limits,
+    listener: Arc<dyn CommitListener>,
+    session: Option<Session>,
+    /// Jobs of a batch that committed nothing, run first in the next one.
+    retry: VecDeque<Job>,
+}
+
+type Outcome = Result<Reply, CommandError>;
+
+impl Task {
+    async fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        loop {
+            let mut jobs: Vec<Job> = self.retry.drain(..).collect();
+            if jobs.is_empty() {
+                match queue.recv().await {
+                    Some(job) => jobs.push(job),
+                    None => return,
+                }
+            }
+            while jobs.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let jobs = drop_expired(jobs);
+            if jobs.is_empty() {
+                continue;
+            }
+            let (jobs, result) = self.run_batch(jobs).await;
+            match result {
+                Ok(outcomes) => answer_all(jobs, outcomes),
+                Err(BatchError::Statement(error)) if jobs.len() > 1 => {
+                    // One command may be at fault: run each alone so the
+                    // others still succeed and the culprit gets its own
+                    // error. Each caller hears as soon as its own is done.
+                    tracing::warn!(%error, batch = jobs.len(), "batch failed on a statement; running its commands one by one");
+                    for job in jobs {
+                        let (alone, result) = self.run_batch(vec![job]).await;
+                        self.settle(alone, result);
+                    }
+                }
+                Err(error) => self.settle(jobs, Err(error)),
+            }
+            if !self.retry.is_empty() {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+
+    /// Answers the jobs of a batch of one or more after its end; jobs of a
+    /// batch that committed nothing get another try while they may.
+    fn settle(&mut self, jobs: Vec<Job>, result: Result<Vec<Outcome>, BatchError>) {
+        match result {
+            Ok(outcomes) => answer_all(jobs, outcomes),
+            Err(BatchError::NotRun(reason)) => {
+                tracing::warn!(%reason, batch = jobs.len(), "batch committed nothing");
+                for mut job in jobs {
+                    job.attempts += 1;
+                    if job.attempts < MAX_ATTEMPTS {
+                        self.retry.push_back(job);
+                    } else {
+                        job.answer(Err(CommandError::NotRun(reason.clone())));
+                    }
+                }
+            }
+            Err(BatchError::Statement(error)) => {
+                tracing::warn!(%error, "command transaction failed on a statement");
+                for job in jobs {
+                    job.answer(Err(CommandError::Internal(format!(
+                        "MySQL refused a statement of this command: {error}"
+                    ))));
+                }
+            }
+            Err(BatchError::Unknown(reason)) => {
+                tracing::warn!(%reason, batch = jobs.len(), "commit outcome unknown");
+                for job in jobs {
+                    job.answer(Err(CommandError::OutcomeUnknown(reason.clone())));
+                }
+            }
+        }
+    }
+
+    /// Runs `jobs` in one transaction. Jobs that may no longer start once
+    /// the lock is held are answered and left out; the rest come back with
+    /// their outcomes (in order) or the batch's failure. On any failure
+    /// the connection is dropped, which rolls back what the batch had
+    /// written, and the next batch connects afresh.
+    async fn run_batch(&mut self, jobs: Vec<Job>) -> (Vec<Job>, Result<Vec<Outcome>, BatchError>) {
+        let limits = &self.limits;
+        if self.session.is_none() {
+            match tokio::time::timeout(limits.connect_timeout, connect(&self.options, limits)).await
+            {
+                Ok(Ok(session)) => self.session = Some(session),
+                Ok(Err(error)) => {
+                    return (jobs, Err(BatchError::NotRun(format!("cannot connect to MySQL: {error}"))));
+                }
+                Err(_) => {
+                    return (
+                        jobs,
+                        Err(BatchError::NotRun(format!(
+                            "connecting to MySQL took longer than {:?}",
+                            limits.connect_timeout
+                        ))),
+                    );
+                }
+            }
+        }
+        let session = self.session.as_mut().expect("connected above");
+        let head = match lock_head(session, &self.pool, limits).await {
+            Ok(head) => head,
+            Err(reason) => {
+                self.session = None;
+                return (jobs, Err(BatchError::NotRun(reason)));
+            }
+        };
+
+        // The lock may have taken a while: nothing starts past its time.
+        let jobs = drop_expired(jobs);
+        if jobs.is_empty() {
+            if session.conn.execute("ROLLBACK").await.is_err() {
+                self.session = None;
+            }
+            return (jobs, Ok(Vec::new()));
+        }
+
+        session.committing = false;
+        let ran = tokio::time::timeout(
+            limits.batch_timeout,
+            run_transaction(session, head, &jobs, self.listener.as_ref()),
+        )
+        .await;
+        let result = match ran {
+            Ok(Ok(outcomes)) => Ok(outcomes),
+            Ok(Err(error)) => Err(error),
+            Err(_) if session.committing => Err(BatchError::Unknown(format!(
+                "the commit took longer than the batch deadline ({:?})",
+                limits.batch_timeout
+            ))),
+            Err(_) => Err(BatchError::NotRun(format!(
+                "the batch took longer than its deadline ({:?}) and was rolled back",
+                limits.batch_timeout
+            ))),
+        };
+        if result.is_err() {
+            self.session = None;
+        }
+        (jobs, result)
+    }
+}
+
+/// Answers and removes the jobs that may no longer start.
+fn drop_expired(jobs: Vec<Job>) -> Vec<Job> {
+    let now = Instant::now();
+    let mut keep = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match job.must_not_start(now) {
+            None => keep.push(job),
+            Some(error) => {
+                metrics::counter!("writer_jobs_not_started_total", "reason" => not_started_reason(&error))
+                    .increment(1);
+                job.answer(Err(error));
+            }
+        }
+    }
+    keep
+}
+
+fn not_started_reason(error: &CommandError) -> &'static str {
+    match error {
+        CommandError::Cancelled => "cancelled",
+        CommandError::DeadlineExceeded => "deadline",
+        _ => "queue_timeout",
+    }
+}
+
+fn answer_all(jobs: Vec<Job>, outcomes: Vec<Outcome>) {
+    for (job, outcome) in jobs.into_iter().zip(outcomes) {
+        job.answer(outcome);
+    }
+}
+
+/// Takes the write lock: waits at most `lock_wait`, fencing a holder past
+/// its lease meanwhile. Returns the head.
+async fn lock_head(session: &mut Session, pool: &MySqlPool, limits: &Limits) -> Result<i64, String> {
+    let waiter = session.thread_id;
+    // The session has autocommit off: this statement opens the transaction.
+    let lock = sqlx::query("SELECT position FROM event_head WHERE id = 1 FOR UPDATE")
+        .fetch_one(&mut session.conn);
+    let started = Instant::now();
+    tokio::select! {
+        locked = tokio::time::timeout(limits.lock_wait, lock) => {
+            metrics::histogram!("writer_lock_wait_seconds").record(started.elapsed().as_secs_f64());
+            match locked {
+                Ok(Ok(row)) => row.try_get("position").map_err(|e| e.to_string()),
+                Ok(Err(error)) => Err(format!("waiting for the write lock failed: {error}")),
+                Err(_) => Err(format!("the write lock was not free within {:?}", limits.lock_wait)),
+            }
+        }
+        never = fence::fence_blockers(pool, waiter, limits.fence_after) => match never {},
+    }
+}
+
+async fn connect(options: &MySqlConnectOptions, limits: &Limits) -> sqlx::Result<Session> {
     let options = options
         .clone()
         .statement_cache_capacity(super::WRITER_STATEMENT_CACHE);
@@ -156,40 +462,48 @@ async fn connect(options: &MySqlConnectOptions) -> sqlx::Result<MySqlConnection>
     // BEGIN round trip.
     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         .await?;
-    conn.execute("SET SESSION autocommit = 0").await?;
-    Ok(conn)
+    let lock_secs = whole_seconds(limits.lock_wait);
+    let settings = format!(
+        "SET SESSION autocommit = 0, SESSION innodb_lock_wait_timeout = {lock_secs}, \
+         SESSION lock_wait_timeout = {lock_secs}, SESSION wait_timeout = {}",
+        whole_seconds(limits.idle_timeout)
+    );
+    conn.execute(sqlx::AssertSqlSafe(settings)).await?;
+    // MariaDB only: the server ends a writer that goes quiet inside its
+    // transaction (a paused process), and a statement that runs away.
+    let mariadb = format!(
+        "SET SESSION idle_transaction_timeout = {}, SESSION max_statement_time = {}",
+        whole_seconds(limits.fence_after),
+        (limits.lock_wait + limits.batch_timeout).as_secs_f64()
+    );
+    if let Err(error) = conn.execute(sqlx::AssertSqlSafe(mariadb)).await {
+        tracing::warn!(%error, "no idle_transaction_timeout (not MariaDB?): a paused writer is fenced by its peers only");
+    }
+    let thread_id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+        .fetch_one(&mut conn)
+        .await?;
+    Ok(Session {
+        conn,
+        thread_id,
+        committing: false,
+        known: None,
+    })
 }
 
-/// Runs commands in one transaction; per-command outcomes and the head after
-/// commit. An `Err` means the transaction did not commit and nothing
-/// happened: the connection is dropped, which rolls back what the batch had
-/// written (with autocommit off, the next batch would otherwise carry it on
-/// and commit it), and the next batch connects afresh.
-async fn run_batch(
-    options: &MySqlConnectOptions,
-    slot: &mut Option<Session>,
-    recent: &Recent,
-    commands: &[&ValidCommand],
-    submitted: &[Option<i32>],
-) -> sqlx::Result<(Vec<Result<Reply, CommandError>>, i64)> {
-    let session = match slot {
-        Some(session) => session,
-        None => slot.insert(Session {
-            conn: connect(options).await?,
-            known: None,
-        }),
-    };
-    let done = run_transaction(session, recent, commands, submitted).await;
-    if done.is_err() {
-        *slot = None;
-    }
-    done
+/// A duration in whole seconds, at least one (MySQL's timeouts).
+fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs_f64().ceil().max(1.0) as u64
 }
 
 /// The writer's connection, and what it knows of the write model as of
 /// its last commit.
 struct Session {
     conn: MySqlConnection,
+    /// MySQL's id of this session (`CONNECTION_ID()`), for fencing.
+    thread_id: u64,
+    /// Set once the current batch's COMMIT is sent: a failure after it
+    /// leaves the outcome unknown.
+    committing: bool,
     known: Option<Known>,
 }
 
@@ -202,23 +516,22 @@ struct Known {
     room_types: KnownRoomTypes,
 }
 
+/// Runs the jobs' commands in the open transaction (the lock is held, the
+/// head is `head`) and commits; per-command outcomes.
 async fn run_transaction(
     session: &mut Session,
-    recent: &Recent,
-    commands: &[&ValidCommand],
-    submitted: &[Option<i32>],
-) -> sqlx::Result<(Vec<Result<Reply, CommandError>>, i64)> {
+    head: i64,
+    jobs: &[Job],
+    listener: &dyn CommitListener,
+) -> Result<Vec<Outcome>, BatchError> {
     let carried = session.known.take();
-    // The session has autocommit off: this statement opens the transaction.
     let tx = &mut session.conn;
-    let head: i64 = sqlx::query("SELECT position FROM event_head WHERE id = 1 FOR UPDATE")
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("position")?;
+    let sql = |error: sqlx::Error| classify(&error);
 
-    let ids: Vec<String> = commands.iter().map(|c| c.command_id.to_string()).collect();
+    let ids: Vec<String> = jobs.iter().map(|j| j.command.command_id.to_string()).collect();
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let mut known: HashMap<String, CommandRecord> = command_log::load_many(tx, &id_refs).await?;
+    let mut known: HashMap<String, CommandRecord> =
+        command_log::load_many(tx, &id_refs).await.map_err(sql)?;
 
     let now = now_ms();
     let mut batch = Batch::new(head, now);
@@ -228,10 +541,13 @@ async fn run_transaction(
             .map(|carried| carried.room_types)
             .unwrap_or_default(),
     );
-    rows.prefetch(tx, commands).await.map_err(into_sqlx)?;
+    let commands: Vec<&ValidCommand> = jobs.iter().map(|job| &job.command).collect();
+    rows.prefetch(tx, &commands).await.map_err(batch_error)?;
     let mut records: Vec<CommandRecord> = Vec::new();
-    let mut outcomes = Vec::with_capacity(commands.len());
-    for ((command, id), priority) in commands.iter().zip(&ids).zip(submitted) {
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for (job, id) in jobs.iter().zip(&ids) {
+        let command = &job.command;
+        let priority = job.submitted_priority;
         if let Some(replay) = known.get(id).and_then(|previous| replay(previous, command)) {
             outcomes.push(replay);
             continue;
@@ -256,13 +572,13 @@ async fn run_transaction(
             Err(error) if !error.is_outcome() => {
                 // Not a verdict on the command: roll the whole batch back.
                 return Err(match outcome {
-                    Err(error) => into_sqlx(error),
-                    Ok(_) => sqlx::Error::Protocol(format!("command {id}: {error}")),
+                    Err(error) => batch_error(error),
+                    Ok(_) => BatchError::Statement(format!("command {id}: {error}")),
                 });
             }
             Err(error) => {
                 if batch.events.len() != events_before {
-                    return Err(sqlx::Error::Protocol(format!(
+                    return Err(BatchError::Statement(format!(
                         "command {id} failed after emitting events: {error}"
                     )));
                 }
@@ -290,32 +606,38 @@ async fn run_transaction(
         outcomes.push(outcome);
     }
 
-    rows.flush(tx).await.map_err(into_sqlx)?;
+    rows.flush(tx).await.map_err(batch_error)?;
     if !batch.events.is_empty() {
-        events::append(tx, &batch.events).await?;
+        events::append(tx, &batch.events).await.map_err(sql)?;
         sqlx::query("UPDATE event_head SET position = ? WHERE id = 1")
             .bind(batch.head())
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(sql)?;
     }
-    command_log::upsert(tx, &records).await?;
-    tx.execute("COMMIT").await?;
+    command_log::upsert(tx, &records).await.map_err(sql)?;
+    session.committing = true;
+    if let Err(error) = session.conn.execute("COMMIT").await {
+        return Err(BatchError::Unknown(format!("the commit failed: {error}")));
+    }
     let last = batch.head();
-    recent.append(batch.events.into_iter().map(events::envelope).collect());
+    if !batch.events.is_empty() {
+        listener.committed(batch.events.into_iter().map(events::envelope).collect());
+    }
     session.known = Some(Known {
         head: last,
         room_types: rows.into_room_types(),
     });
     for (command, outcome) in commands.iter().zip(&outcomes) {
         match outcome {
-            Ok(reply) => tracing::info!(
+            Ok(reply) => tracing::debug!(
                 command_id = %command.command_id,
                 correlation_id = %command.correlation_id,
                 kind = command.kind().as_str(),
                 position = reply.position(),
                 "command committed"
             ),
-            Err(error) => tracing::info!(
+            Err(error) => tracing::debug!(
                 command_id = %command.command_id,
                 kind = command.kind().as_str(),
                 %error,
@@ -324,21 +646,12 @@ async fn run_transaction(
         }
     }
     metrics::counter!("command_batches_total").increment(1);
-    metrics::histogram!("command_batch_size").record(commands.len() as f64);
-    Ok((outcomes, last))
-}
-
-/// A failure that is not a verdict on a command, as the error that rolls
-/// the batch back.
-fn into_sqlx(error: CommandError) -> sqlx::Error {
-    match error {
-        CommandError::Database(error) => error,
-        other => sqlx::Error::Protocol(other.to_string()),
-    }
+    metrics::histogram!("command_batch_size").record(jobs.len() as f64);
+    Ok(outcomes)
 }
 
 /// The stored outcome of an earlier run of this command id, if it has one.
-fn replay(previous: &CommandRecord, command: &ValidCommand) -> Option<Result<Reply, CommandError>> {
+fn replay(previous: &CommandRecord, command: &ValidCommand) -> Option<Outcome> {
     if previous.kind != command.kind().as_str() || previous.request != command.request {
         return Some(Err(CommandError::CommandIdReused(format!(
             "command_id {} was already used for a different {} command",
@@ -361,7 +674,7 @@ fn replay(previous: &CommandRecord, command: &ValidCommand) -> Option<Result<Rep
             code: Code::from_i32(previous.error_code.unwrap_or(Code::Unknown as i32)),
             message: previous.error_message.clone().unwrap_or_default(),
         })),
-        // Pending: this run executes it.
+        // Pending or running: this run executes it.
         _ => None,
     }
 }

@@ -1,0 +1,8 @@
+-- The asynchronous queue shared by every command server on the database
+-- (issue 11): a queued command is claimed by one instance at a time
+-- (SELECT ... FOR UPDATE SKIP LOCKED, then RUNNING with a lease), and a
+-- claim that lapses (its instance stopped) is taken over by another.
+-- States only move forward: PENDING -> RUNNING -> SUCCEEDED | FAILED.
+ALTER TABLE commands
+    ADD COLUMN claimed_by     VARCHAR(64) NULL,
+    ADD COLUMN claim_until_ms BIGINT      NULL;
