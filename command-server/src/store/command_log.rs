@@ -121,19 +121,27 @@ pub async fn insert_pending(pool: &MySqlPool, record: &CommandRecord) -> sqlx::R
     let insert = format!(
         "INSERT INTO commands ({COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, 0, ?, NULL)"
     );
-    let done = sqlx::query(sqlx::AssertSqlSafe(insert))
-        .bind(&record.command_id)
-        .bind(&record.kind)
-        .bind(&record.request)
-        .bind(PENDING)
-        .bind(record.priority)
-        .bind(record.accepted_at_ms)
-        .execute(pool)
-        .await;
-    match done {
-        Ok(_) => Ok(true),
-        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Ok(false),
-        Err(error) => Err(error),
+    // A claim running at the same moment can make InnoDB pick this insert
+    // as a deadlock victim; inserting a new row again is safe.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let done = sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+            .bind(&record.command_id)
+            .bind(&record.kind)
+            .bind(&record.request)
+            .bind(PENDING)
+            .bind(record.priority)
+            .bind(record.accepted_at_ms)
+            .execute(pool)
+            .await;
+        match done {
+            Ok(_) => return Ok(true),
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => return Ok(false),
+            Err(sqlx::Error::Database(error))
+                if attempt < 5 && error.code().as_deref() == Some("1213") => {}
+            Err(error) => return Err(error),
+        }
     }
 }
 
@@ -150,8 +158,9 @@ pub struct ClaimOrder {
 /// Claims up to `limit` queued commands for `claimant`: PENDING ones and
 /// RUNNING ones whose claim lapsed, highest effective priority first
 /// (priority plus one point per `ageing_ms` waited, capped at the highest
-/// priority), oldest first among equals. Rows another instance is claiming
-/// at this moment are skipped, never waited for. The claimed rows are
+/// priority), oldest first among equals. Claims of all instances take
+/// turns (the `queue_claim` row); rows a writer is completing right now are
+/// skipped, never waited for. The claimed rows are
 /// RUNNING, held until `now + lease_ms`.
 pub async fn claim(
     pool: &MySqlPool,
@@ -161,6 +170,9 @@ pub async fn claim(
     limit: i64,
 ) -> sqlx::Result<Vec<CommandRecord>> {
     let mut tx = pool.begin().await?;
+    sqlx::query("SELECT id FROM queue_claim WHERE id = 1 FOR UPDATE")
+        .execute(&mut *tx)
+        .await?;
     let select = format!(
         "SELECT {COLUMNS} FROM commands \
          WHERE state IN ('PENDING', 'RUNNING') AND (state = 'PENDING' OR claim_until_ms < ?) \
