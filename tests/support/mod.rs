@@ -169,20 +169,32 @@ pub fn command_server(db: &TestDb, log_dir: &Path) -> Process {
 
 /// A command server on a given address (to restart one where it was).
 pub fn command_server_on(db: &TestDb, listen: &str, log_dir: &Path) -> Process {
-    Process::start(
-        "command-server",
-        &[
-            "--listen-addr".into(),
-            listen.into(),
-            "--database-url".into(),
-            db.url.clone(),
-            "--metrics-addr".into(),
-            "off".into(),
-            "--heartbeat-ms".into(),
-            "200".into(),
-        ],
-        log_dir,
-    )
+    command_server_with(db, listen, &[], log_dir)
+}
+
+/// A command server on `listen` with `extra` flags.
+pub fn command_server_with(db: &TestDb, listen: &str, extra: &[&str], log_dir: &Path) -> Process {
+    let mut args: Vec<String> = vec![
+        "--listen-addr".into(),
+        listen.into(),
+        "--database-url".into(),
+        db.url.clone(),
+        "--metrics-addr".into(),
+        "off".into(),
+        "--heartbeat-ms".into(),
+        "200".into(),
+    ];
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    Process::start("command-server", &args, log_dir)
+}
+
+/// Sends `signal` (e.g. "STOP", "CONT") to the process.
+pub fn signal(process: &Process, signal: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{signal}"), process.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -{signal} {}", process.pid());
 }
 
 /// A query server following `command_url`, with its read model in `path`.
