@@ -20,7 +20,14 @@ use support::*;
 use tokio::sync::Mutex;
 use tonic::Code;
 
-type Calls = Arc<Mutex<Vec<(pb::BookRoomRequest, Result<pb::BookRoomResponse, tonic::Status>)>>>;
+type Calls = Arc<
+    Mutex<
+        Vec<(
+            pb::BookRoomRequest,
+            Result<pb::BookRoomResponse, tonic::Status>,
+        )>,
+    >,
+>;
 
 async fn events_of(db: &TestDb, command_id: &str) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE command_id = ?")
@@ -64,7 +71,10 @@ async fn a_paused_command_server_stalls_the_others_at_most_the_fence_bound() {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 let request = booking("h1", "DBL", 5, 7, &format!("p{c}-{i}"));
-                let outcome = client.book_room(request.clone()).await.map(|r| r.into_inner());
+                let outcome = client
+                    .book_room(request.clone())
+                    .await
+                    .map(|r| r.into_inner());
                 calls.lock().await.push((request, outcome));
                 i += 1;
             }
@@ -96,7 +106,10 @@ async fn a_paused_command_server_stalls_the_others_at_most_the_fence_bound() {
             for i in 0..3 {
                 let request = booking("h1", "DBL", 5, 7, &format!("o{c}-{i}"));
                 let sent = Instant::now();
-                let outcome = client.book_room(request.clone()).await.map(|r| r.into_inner());
+                let outcome = client
+                    .book_room(request.clone())
+                    .await
+                    .map(|r| r.into_inner());
                 slowest = slowest.max(sent.elapsed());
                 if let Err(status) = &outcome {
                     assert_eq!(status.code(), Code::Unavailable, "{status}");
@@ -134,14 +147,21 @@ async fn a_paused_command_server_stalls_the_others_at_most_the_fence_bound() {
             Ok(reply) => {
                 acknowledged += 1;
                 assert_eq!(events_of(&db, &request.command_id).await, 1);
-                let again = client.book_room(request.clone()).await.expect("retry").into_inner();
+                let again = client
+                    .book_room(request.clone())
+                    .await
+                    .expect("retry")
+                    .into_inner();
                 assert!(again.replayed);
                 assert_eq!(again.reservation_id, reply.reservation_id);
             }
             Err(status) => {
                 assert_eq!(status.code(), Code::Unavailable, "{status}");
                 retried += 1;
-                client.book_room(request.clone()).await.expect("a retry runs or replays");
+                client
+                    .book_room(request.clone())
+                    .await
+                    .expect("a retry runs or replays");
                 assert_eq!(events_of(&db, &request.command_id).await, 1);
             }
         }
@@ -178,7 +198,10 @@ async fn a_killed_instances_claimed_commands_run_once_on_another() {
     // A backlog submitted to the doomed instance while writes are stalled:
     // both instances claim part of it and wait for the lock.
     let mut stuck = MySqlConnection::connect(&db.url).await.expect("connect");
-    stuck.execute("SET SESSION autocommit = 0").await.expect("autocommit off");
+    stuck
+        .execute("SET SESSION autocommit = 0")
+        .await
+        .expect("autocommit off");
     stuck
         .execute("SELECT position FROM event_head WHERE id = 1 FOR UPDATE")
         .await
@@ -190,7 +213,9 @@ async fn a_killed_instances_claimed_commands_run_once_on_another() {
         client
             .submit_command(pb::SubmitCommandRequest {
                 priority: (i % 3) as i32 * 50,
-                command: Some(pb::submit_command_request::Command::BookRoom(request.clone())),
+                command: Some(pb::submit_command_request::Command::BookRoom(
+                    request.clone(),
+                )),
             })
             .await
             .expect("submitted");
@@ -198,12 +223,11 @@ async fn a_killed_instances_claimed_commands_run_once_on_another() {
     }
     // Wait until the doomed instance holds claims, then kill it.
     let claimed_by_doomed: Vec<String> = eventually(Duration::from_secs(10), || async {
-        let claimed: Vec<(String, String)> = sqlx::query_as(
-            "SELECT command_id, claimed_by FROM commands WHERE state = 'RUNNING'",
-        )
-        .fetch_all(&db.pool)
-        .await
-        .expect("claims");
+        let claimed: Vec<(String, String)> =
+            sqlx::query_as("SELECT command_id, claimed_by FROM commands WHERE state = 'RUNNING'")
+                .fetch_all(&db.pool)
+                .await
+                .expect("claims");
         let doomed_pid = format!("{}-", doomed.pid());
         let mine: Vec<String> = claimed
             .into_iter()

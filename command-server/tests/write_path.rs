@@ -153,7 +153,9 @@ async fn no_command_starts_after_its_callers_deadline() {
 
     let mut late = 0;
     for (command_id, outcome) in &outcomes {
-        let status = outcome.as_ref().expect_err("every call outlived its deadline");
+        let status = outcome
+            .as_ref()
+            .expect_err("every call outlived its deadline");
         // CANCELLED is how tonic's own timeout answers (issue 12).
         assert!(
             [Code::DeadlineExceeded, Code::Cancelled].contains(&status.code()),
@@ -180,10 +182,7 @@ async fn oversized_requests_are_refused_at_once_and_accepted_ones_stored_whole()
         let guest = big.guest.as_mut().expect("a guest");
         guest.name = format!("Big {}", " ".repeat(size));
         let started = Instant::now();
-        let direct = client
-            .book_room(big.clone())
-            .await
-            .expect_err("refused");
+        let direct = client.book_room(big.clone()).await.expect_err("refused");
         let submitted = client
             .submit_command(pb::SubmitCommandRequest {
                 priority: 0,
@@ -198,14 +197,20 @@ async fn oversized_requests_are_refused_at_once_and_accepted_ones_stored_whole()
             } else {
                 [Code::InvalidArgument, Code::InvalidArgument]
             };
-            assert!(expected.contains(&status.code()), "{size} bytes: {status:?}");
+            assert!(
+                expected.contains(&status.code()),
+                "{size} bytes: {status:?}"
+            );
             if status.code() == Code::InvalidArgument {
                 let fields = hotel_common::validate::field_violations(&status);
                 assert_eq!(fields[0].0, "request", "{fields:?}");
                 assert!(fields[0].1.contains("at most 16384 bytes"), "{fields:?}");
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(2), "refused at once");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "refused at once"
+        );
     }
     assert_eq!(
         db.count("SELECT COUNT(*) FROM commands").await,
@@ -296,17 +301,29 @@ async fn claims_follow_priority_with_ageing_and_skip_claimed_rows() {
     let mut ids = Vec::new();
     for (priority, waited) in rows {
         let record = pending(priority, now - waited);
-        assert!(command_log::insert_pending(&db.pool, &record).await.expect("insert"));
+        assert!(
+            command_log::insert_pending(&db.pool, &record)
+                .await
+                .expect("insert")
+        );
         // The same id again is refused, not stored twice.
-        assert!(!command_log::insert_pending(&db.pool, &record).await.expect("insert"));
+        assert!(
+            !command_log::insert_pending(&db.pool, &record)
+                .await
+                .expect("insert")
+        );
         ids.push(record.command_id);
     }
     let order = ClaimOrder {
         ageing_ms: 100,
         lease_ms: 1_000,
     };
-    let first = command_log::claim(&db.pool, "a", now, order, 3).await.expect("claim");
-    let second = command_log::claim(&db.pool, "b", now, order, 10).await.expect("claim");
+    let first = command_log::claim(&db.pool, "a", now, order, 3)
+        .await
+        .expect("claim");
+    let second = command_log::claim(&db.pool, "b", now, order, 10)
+        .await
+        .expect("claim");
     let claimed: Vec<&str> = first
         .iter()
         .chain(&second)
@@ -316,7 +333,12 @@ async fn claims_follow_priority_with_ageing_and_skip_claimed_rows() {
     let expected = [&ids[4], &ids[2], &ids[1], &ids[5], &ids[0], &ids[3]];
     assert_eq!(claimed, expected.map(String::as_str));
     // Nothing is left to claim until a claim lapses; then it is taken over.
-    assert!(command_log::claim(&db.pool, "c", now, order, 10).await.expect("claim").is_empty());
+    assert!(
+        command_log::claim(&db.pool, "c", now, order, 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
     let lapsed = command_log::claim(&db.pool, "c", now + 1_001, order, 10)
         .await
         .expect("claim");
@@ -455,7 +477,9 @@ async fn a_full_queue_refuses_submissions_and_stores_nothing() {
         let outcome = client
             .submit_command(pb::SubmitCommandRequest {
                 priority: 0,
-                command: Some(pb::submit_command_request::Command::BookRoom(request.clone())),
+                command: Some(pb::submit_command_request::Command::BookRoom(
+                    request.clone(),
+                )),
             })
             .await;
         match outcome {
@@ -492,7 +516,11 @@ async fn command_records_are_pruned_after_the_retention_window() {
     let mut client = server.commands().await;
     let old = booking("h1", "DBL", 10, 12, "old");
     client.book_room(old.clone()).await.expect("booked");
-    let replayed = client.book_room(old.clone()).await.expect("retry").into_inner();
+    let replayed = client
+        .book_room(old.clone())
+        .await
+        .expect("retry")
+        .into_inner();
     assert!(replayed.replayed, "a retry inside the window replays");
 
     tokio::time::sleep(Duration::from_millis(2_600)).await;
@@ -509,8 +537,16 @@ async fn command_records_are_pruned_after_the_retention_window() {
                 .expect("count")
         }
     };
-    assert_eq!(kept(old.command_id.clone()).await, 0, "pruned after the window");
-    assert_eq!(kept(recent.command_id.clone()).await, 1, "kept inside the window");
+    assert_eq!(
+        kept(old.command_id.clone()).await,
+        0,
+        "pruned after the window"
+    );
+    assert_eq!(
+        kept(recent.command_id.clone()).await,
+        1,
+        "kept inside the window"
+    );
     let again = client.book_room(recent).await.expect("retry").into_inner();
     assert!(again.replayed, "a retry inside the window still replays");
     server.stop().await;

@@ -43,7 +43,10 @@ pub fn validate<R: CommandRequest>(request: &R) -> Result<ValidCommand, Status> 
 }
 
 /// Validates a request, judging date rules against `today` when given.
-fn validate_on<R: CommandRequest>(request: &R, today: Option<Date>) -> Result<ValidCommand, Status> {
+fn validate_on<R: CommandRequest>(
+    request: &R,
+    today: Option<Date>,
+) -> Result<ValidCommand, Status> {
     let mut violations = Violations::new();
     let command_id = violations.uuid("command_id", request.command_id());
     let correlation_id = violations.correlation_id("correlation_id", request.correlation_id());
@@ -72,8 +75,8 @@ fn validate_on<R: CommandRequest>(request: &R, today: Option<Date>) -> Result<Va
 /// judged when it runs, under the write lock, not here.
 pub fn decode_stored(kind: CommandKind, request: &[u8]) -> Result<ValidCommand, Status> {
     fn stored<R: CommandRequest + Default>(request: &[u8]) -> Result<ValidCommand, Status> {
-        let request = R::decode(request)
-            .map_err(|e| Status::internal(format!("stored request: {e}")))?;
+        let request =
+            R::decode(request).map_err(|e| Status::internal(format!("stored request: {e}")))?;
         validate_on(&request, None)
     }
     match kind {

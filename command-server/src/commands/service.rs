@@ -34,7 +34,10 @@ impl CommandApi {
         let started = Instant::now();
         let deadline = deadline(&request);
         let outcome = async {
-            check_size(request.get_ref().encoded_len(), self.queue.max_command_bytes())?;
+            check_size(
+                request.get_ref().encoded_len(),
+                self.queue.max_command_bytes(),
+            )?;
             let command = validate(request.get_ref())?;
             let reply = self.writer.execute(command, deadline).await?;
             pick(reply).ok_or_else(|| Status::internal("the writer answered another command"))
@@ -240,7 +243,10 @@ mod tests {
         assert_eq!(parse_grpc_timeout("200m"), Some(Duration::from_millis(200)));
         assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
         assert_eq!(parse_grpc_timeout("123456789S"), None);
         assert_eq!(parse_grpc_timeout("S"), None);
         assert_eq!(parse_grpc_timeout("5x"), None);

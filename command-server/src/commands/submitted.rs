@@ -289,7 +289,9 @@ async fn run_claimed(
                     // Not run, or its outcome unknown: the next claim runs it
                     // (a replay if it did commit).
                     tracing::warn!(command_id = %id, %error, "submitted command not run; released");
-                    if let Err(error) = command_log::release(&pool, &record.command_id, claimant).await {
+                    if let Err(error) =
+                        command_log::release(&pool, &record.command_id, claimant).await
+                    {
                         tracing::warn!(command_id = %id, %error, "could not release a claim; it lapses");
                     }
                 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{MySqlConnection, MySqlPool, Row};
+use sqlx::{Acquire, Executor, MySqlConnection, MySqlPool, Row};
 
 pub const PENDING: &str = "PENDING";
 pub const RUNNING: &str = "RUNNING";
@@ -139,7 +139,10 @@ pub async fn insert_pending(pool: &MySqlPool, record: &CommandRecord) -> sqlx::R
             Ok(_) => return Ok(true),
             Err(sqlx::Error::Database(error)) if error.is_unique_violation() => return Ok(false),
             Err(sqlx::Error::Database(error))
-                if attempt < 5 && error.code().as_deref() == Some("1213") => {}
+                if attempt < 5 && error.code().as_deref() == Some("1213") =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+            }
             Err(error) => return Err(error),
         }
     }
@@ -169,7 +172,12 @@ pub async fn claim(
     order: ClaimOrder,
     limit: i64,
 ) -> sqlx::Result<Vec<CommandRecord>> {
-    let mut tx = pool.begin().await?;
+    // READ COMMITTED: the scan locks the rows it claims, not the gaps
+    // between them, so submissions inserting meanwhile are not blocked.
+    let mut conn = pool.acquire().await?;
+    conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await?;
+    let mut tx = conn.begin().await?;
     sqlx::query("SELECT id FROM queue_claim WHERE id = 1 FOR UPDATE")
         .execute(&mut *tx)
         .await?;
@@ -192,7 +200,9 @@ pub async fn claim(
         tx.rollback().await?;
         return Ok(claimed);
     }
-    let mut update = sqlx::QueryBuilder::<sqlx::MySql>::new("UPDATE commands SET state = 'RUNNING', claimed_by = ");
+    let mut update = sqlx::QueryBuilder::<sqlx::MySql>::new(
+        "UPDATE commands SET state = 'RUNNING', claimed_by = ",
+    );
     update
         .push_bind(claimant)
         .push(", claim_until_ms = ")

@@ -403,7 +403,10 @@ async fn book_room(
     let (hotel_id, code) = (&key.0, &key.1);
     // Judged on the day it runs: a queued booking may have waited past
     // midnight since it was accepted.
-    if let Some((field, reason)) = rules::stay_date_violations(&stay, batch.today).into_iter().next() {
+    if let Some((field, reason)) = rules::stay_date_violations(&stay, batch.today)
+        .into_iter()
+        .next()
+    {
         return Err(CommandError::InvalidField {
             field: field.to_owned(),
             reason,

@@ -343,7 +343,12 @@ impl Task {
             {
                 Ok(Ok(session)) => self.session = Some(session),
                 Ok(Err(error)) => {
-                    return (jobs, Err(BatchError::NotRun(format!("cannot connect to MySQL: {error}"))));
+                    return (
+                        jobs,
+                        Err(BatchError::NotRun(format!(
+                            "cannot connect to MySQL: {error}"
+                        ))),
+                    );
                 }
                 Err(_) => {
                     return (
@@ -432,7 +437,11 @@ fn answer_all(jobs: Vec<Job>, outcomes: Vec<Outcome>) {
 
 /// Takes the write lock: waits at most `lock_wait`, fencing a holder past
 /// its lease meanwhile. Returns the head.
-async fn lock_head(session: &mut Session, pool: &MySqlPool, limits: &Limits) -> Result<i64, String> {
+async fn lock_head(
+    session: &mut Session,
+    pool: &MySqlPool,
+    limits: &Limits,
+) -> Result<i64, String> {
     let waiter = session.thread_id;
     // The session has autocommit off: this statement opens the transaction.
     let lock = sqlx::query("SELECT position FROM event_head WHERE id = 1 FOR UPDATE")
@@ -528,7 +537,10 @@ async fn run_transaction(
     let tx = &mut session.conn;
     let sql = |error: sqlx::Error| classify(&error);
 
-    let ids: Vec<String> = jobs.iter().map(|j| j.command.command_id.to_string()).collect();
+    let ids: Vec<String> = jobs
+        .iter()
+        .map(|j| j.command.command_id.to_string())
+        .collect();
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let mut known: HashMap<String, CommandRecord> =
         command_log::load_many(tx, &id_refs).await.map_err(sql)?;
