@@ -212,7 +212,7 @@ async fn a_killed_instances_claimed_commands_run_once_on_another() {
         let request = booking("h1", "DBL", 5, 7, &format!("k{i}"));
         client
             .submit_command(pb::SubmitCommandRequest {
-                priority: (i % 3) as i32 * 50,
+                priority: (i % 3) * 50,
                 command: Some(pb::submit_command_request::Command::BookRoom(
                     request.clone(),
                 )),
