@@ -77,6 +77,11 @@ pub struct Config {
     )]
     pub auth_tokens: Tokens,
 
+    /// TLS: --tls-cert, --tls-key, --tls-client-ca (mutual TLS), and the
+    /// handshake timeout.
+    #[command(flatten)]
+    pub tls: hotel_common::tls::ServerArgs,
+
     /// Log one JSON object per line instead of text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,
