@@ -353,6 +353,42 @@ async fn grpcurl_and_loadgen_speak_mutual_tls() {
         !refused.status.success() && !stderr.contains("--tls"),
         "loadgen without a client certificate must be refused by the server: {stderr}"
     );
+
+    // catchup hands its TLS files to the query server it starts, which
+    // follows over mutual TLS and serves plain text to it, whatever TLS
+    // settings of the servers sit in loadgen's environment.
+    let query_server_bin = binary("query-server").display().to_string();
+    let catchup = [
+        "catchup",
+        "--command-url",
+        &url,
+        "--hotels",
+        "1",
+        "--room-types",
+        "1",
+        "--prefix",
+        "tls",
+        "--events",
+        "40",
+        "--concurrency",
+        "2",
+        "--query-server-bin",
+        &query_server_bin,
+        "--timeout",
+        "60s",
+        "--json",
+    ];
+    let mut env = with_files.to_vec();
+    env.extend([
+        ("HOTEL_TLS_CERT", "/nonexistent.pem"),
+        ("HOTEL_TLS_KEY", "/nonexistent.key"),
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_str(&loadgen(&catchup, &env)).expect("JSON report");
+    assert!(
+        report["events"].as_i64().expect("a count") >= 40,
+        "{report:#}"
+    );
     db.cleanup().await;
 }
 
