@@ -15,9 +15,8 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Args;
-use hotel_common::{
-    auth::CallCredentials,
-    pb::{self, event_stream_client::EventStreamClient, query_service_client::QueryServiceClient},
+use hotel_common::pb::{
+    self, event_stream_client::EventStreamClient, query_service_client::QueryServiceClient,
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -26,7 +25,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::{self, Conn, TokenArgs, parse_duration},
+    cli::{self, AuthArgs, Conn, parse_duration},
     driver::{self, Load, Stop},
     hotels::{HotelArgs, Hotels},
     mix::Mix,
@@ -46,7 +45,7 @@ pub struct CatchupArgs {
     pub command_url: String,
 
     #[command(flatten)]
-    pub auth: TokenArgs,
+    pub auth: AuthArgs,
 
     /// Events the log must hold before the replay; bookings and
     /// cancellations are written until it does.
@@ -123,7 +122,7 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
     }
 
     let fill = fill(&args).await?;
-    let mut events = EventStreamClient::new(connect(&args.command_url, &args.auth.token).await?);
+    let mut events = EventStreamClient::new(connect(&args.command_url, &args.auth).await?);
     let head = events
         .get_head(pb::GetHeadRequest {})
         .await
@@ -170,8 +169,8 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(url: &str, token: &CallCredentials) -> anyhow::Result<Conn> {
-    Ok(cli::connect(url, 1, Duration::from_secs(30), token)
+async fn connect(url: &str, auth: &AuthArgs) -> anyhow::Result<Conn> {
+    Ok(cli::connect(url, 1, Duration::from_secs(30), auth)
         .await?
         .remove(0))
 }
@@ -188,7 +187,7 @@ async fn fill(args: &CatchupArgs) -> anyhow::Result<Option<RunReport>> {
         .await
         .context("setup before filling the log")?;
 
-    let mut events = EventStreamClient::new(connect(&args.command_url, &args.auth.token).await?);
+    let mut events = EventStreamClient::new(connect(&args.command_url, &args.auth).await?);
     let head = events
         .get_head(pb::GetHeadRequest {})
         .await?
@@ -215,7 +214,7 @@ async fn fill(args: &CatchupArgs) -> anyhow::Result<Option<RunReport>> {
         None,
         cli::channel_count(workers, 16),
         Duration::from_secs(30),
-        &args.auth.token,
+        &args.auth,
     )
     .await?;
     let fillers = (0..workers)
@@ -264,14 +263,34 @@ async fn replay(
     let log = std::fs::File::create(dir.join("query-server.log"))?;
     let started = Instant::now();
     let mut command = Command::new(binary);
-    // It checks no tokens itself, whatever this shell's environment says,
-    // and subscribes with loadgen's token, which it takes from its
-    // environment (not its command line, which `ps` shows).
-    command
-        .env_remove("HOTEL_AUTH_TOKENS")
-        .env_remove("HOTEL_COMMAND_SERVER_TOKEN");
+    // It checks no tokens and serves plain text itself, whatever this
+    // shell's environment says, and subscribes with loadgen's token and TLS
+    // files, which it takes from its environment (not its command line,
+    // which `ps` shows).
+    for name in [
+        "HOTEL_AUTH_TOKENS",
+        "HOTEL_COMMAND_SERVER_TOKEN",
+        "HOTEL_TLS_CERT",
+        "HOTEL_TLS_KEY",
+        "HOTEL_TLS_CLIENT_CA",
+        "HOTEL_COMMAND_SERVER_CA",
+        "HOTEL_COMMAND_SERVER_CLIENT_CERT",
+        "HOTEL_COMMAND_SERVER_CLIENT_KEY",
+    ] {
+        command.env_remove(name);
+    }
     if let Some(token) = args.auth.token.token() {
         command.env("HOTEL_COMMAND_SERVER_TOKEN", token);
+    }
+    let tls = [
+        ("HOTEL_COMMAND_SERVER_CA", &args.auth.tls_ca),
+        ("HOTEL_COMMAND_SERVER_CLIENT_CERT", &args.auth.tls_cert),
+        ("HOTEL_COMMAND_SERVER_CLIENT_KEY", &args.auth.tls_key),
+    ];
+    for (name, file) in tls {
+        if let Some(file) = file {
+            command.env(name, file);
+        }
     }
     let mut child = command
         .args(["--listen-addr", "127.0.0.1:0", "--metrics-addr", "off"])
@@ -314,10 +333,9 @@ async fn follow(
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
     let pid = child.id();
-    // The replaying server checks no tokens (no --auth-tokens).
-    let mut queries = QueryServiceClient::new(
-        connect(&format!("http://{addr}"), &CallCredentials::default()).await?,
-    );
+    // The replaying server checks no tokens and serves plain text.
+    let mut queries =
+        QueryServiceClient::new(connect(&format!("http://{addr}"), &AuthArgs::default()).await?);
     let mut first: Option<(Instant, i64)> = None;
     loop {
         if started.elapsed() > args.timeout {

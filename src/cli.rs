@@ -1,17 +1,20 @@
 //! Flag types the subcommands share: durations, server addresses, and the
 //! gRPC channels built from them.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
-use hotel_common::auth::{self, CallCredentials};
-use tonic::{
-    service::interceptor::InterceptedService,
-    transport::{Channel, Endpoint},
+use hotel_common::{
+    auth::{self, CallCredentials},
+    tls::ClientFiles,
 };
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 use crate::driver::{Load, Stop};
+
+/// How long connecting may take: TCP, and the TLS handshake again.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How hard and how long to load: the flags `run` and `echo` share.
 #[derive(Debug, Clone, Args)]
@@ -106,9 +109,9 @@ pub fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
-/// The token flag of the subcommands that call the servers.
+/// The token and TLS flags of the subcommands that call the servers.
 #[derive(Debug, Clone, Default, Args)]
-pub struct TokenArgs {
+pub struct AuthArgs {
     /// Bearer token sent with every call, for servers started with
     /// --auth-tokens: the command server must give it the writer role
     /// (commands, `setup`) and, for `catchup`, subscriber; the query server
@@ -122,24 +125,50 @@ pub struct TokenArgs {
         value_parser = auth::secret::<CallCredentials>()
     )]
     pub token: CallCredentials,
+
+    /// PEM certificate(s) of the CA that signed the servers' certificates,
+    /// for https:// URLs (servers started with --tls-cert).
+    #[arg(long, env = "LOADGEN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate, for servers that require one
+    /// (--tls-client-ca); needs --tls-key.
+    #[arg(long, env = "LOADGEN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "LOADGEN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl AuthArgs {
+    /// The TLS files, named by their flags in errors.
+    pub fn tls(&self) -> ClientFiles {
+        ClientFiles {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            flags: ["the URL", "--tls-ca", "--tls-cert", "--tls-key"],
+        }
+    }
 }
 
 /// A connection whose calls carry the token, if any.
 pub type Conn = InterceptedService<Channel, CallCredentials>;
 
-/// `n` separate HTTP/2 connections to `url`, each call with `token`.
-/// Workers share them round robin: HTTP/2 multiplexes calls, so a few
-/// connections carry many workers.
+/// `n` separate HTTP/2 connections to `url` (TLS for https://), each call
+/// with the token of `auth`. Workers share them round robin: HTTP/2
+/// multiplexes calls, so a few connections carry many workers.
 pub async fn connect(
     url: &str,
     n: usize,
     timeout: Duration,
-    token: &CallCredentials,
+    auth: &AuthArgs,
 ) -> anyhow::Result<Vec<Conn>> {
-    Ok(connect_channels(url, n, timeout)
+    Ok(connect_channels(url, n, timeout, &auth.tls())
         .await?
         .into_iter()
-        .map(|channel| InterceptedService::new(channel, token.clone()))
+        .map(|channel| InterceptedService::new(channel, auth.token.clone()))
         .collect())
 }
 
@@ -148,11 +177,12 @@ pub async fn connect_channels(
     url: &str,
     n: usize,
     timeout: Duration,
+    tls: &ClientFiles,
 ) -> anyhow::Result<Vec<Channel>> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("'{url}' is not a valid server URL"))?
+    let endpoint = tls
+        .endpoint(url, CONNECT_TIMEOUT)?
         .timeout(timeout)
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
     let mut channels = Vec::with_capacity(n);
     for _ in 0..n.max(1) {

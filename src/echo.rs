@@ -53,8 +53,13 @@ pub async fn serve(args: EchoServerArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
-    let channels =
-        cli::connect_channels(&args.url, args.load.channels(), args.load.timeout).await?;
+    let channels = cli::connect_channels(
+        &args.url,
+        args.load.channels(),
+        args.load.timeout,
+        &Default::default(),
+    )
+    .await?;
     let workers = (0..args.load.workers())
         .map(|i| Echo {
             client: HealthClient::new(channels[i % channels.len()].clone()),

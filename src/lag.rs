@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration, time::Instant};
 use clap::Args;
 
 use crate::{
-    cli::{TokenArgs, parse_duration, parse_rate},
+    cli::{AuthArgs, parse_duration, parse_rate},
     driver::{self, Load, Stop, Worker},
     hotels::{HotelArgs, Hotels},
     mix::Mix,
@@ -38,7 +38,7 @@ pub struct LagArgs {
     pub query_url: String,
 
     #[command(flatten)]
-    pub auth: TokenArgs,
+    pub auth: AuthArgs,
 
     #[command(flatten)]
     pub hotels: HotelArgs,
@@ -82,7 +82,7 @@ pub async fn run(args: LagArgs) -> anyhow::Result<()> {
         Some(&args.query_url),
         crate::cli::channel_count(workers, 16).min(8),
         args.timeout,
-        &args.auth.token,
+        &args.auth,
     )
     .await?;
     let lag_workers = (0..workers)

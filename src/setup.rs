@@ -9,7 +9,7 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::{
-    cli::{self, Conn, TokenArgs},
+    cli::{self, AuthArgs, Conn},
     hotels::{HotelArgs, Hotels},
 };
 
@@ -24,7 +24,7 @@ pub struct SetupArgs {
     pub command_url: String,
 
     #[command(flatten)]
-    pub auth: TokenArgs,
+    pub auth: AuthArgs,
 
     #[command(flatten)]
     pub hotels: HotelArgs,
@@ -46,14 +46,9 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<()> {
 /// Registers every hotel and room type; returns how many were new.
 pub async fn setup(args: &SetupArgs) -> anyhow::Result<usize> {
     let hotels = Hotels::new(&args.hotels);
-    let channel = cli::connect(
-        &args.command_url,
-        1,
-        Duration::from_secs(30),
-        &args.auth.token,
-    )
-    .await?
-    .remove(0);
+    let channel = cli::connect(&args.command_url, 1, Duration::from_secs(30), &args.auth)
+        .await?
+        .remove(0);
     let mut client = CommandServiceClient::new(channel);
     let mut created = 0;
     for hotel in 0..hotels.hotels {

@@ -15,7 +15,6 @@ use std::{
 use anyhow::Context;
 use clap::Args;
 use hotel_common::{
-    auth::CallCredentials,
     dates,
     pb::{
         self, command_service_client::CommandServiceClient,
@@ -27,7 +26,7 @@ use time::Date;
 use uuid::Uuid;
 
 use crate::{
-    cli::{self, Conn, LoadArgs, TokenArgs},
+    cli::{self, AuthArgs, Conn, LoadArgs},
     driver::{self, Load, Stop, Worker},
     hotels::{HotelArgs, Hotels, Stay},
     mix::{Mix, Op},
@@ -58,7 +57,7 @@ pub struct RunArgs {
     pub query_url: String,
 
     #[command(flatten)]
-    pub auth: TokenArgs,
+    pub auth: AuthArgs,
 
     #[command(flatten)]
     pub hotels: HotelArgs,
@@ -110,7 +109,7 @@ pub async fn run_load(args: &RunArgs) -> anyhow::Result<RunReport> {
         args.mix.has_queries().then_some(args.query_url.as_str()),
         args.load.channels(),
         args.load.timeout,
-        &args.auth.token,
+        &args.auth,
     )
     .await?;
     let workers = args.load.workers();
@@ -202,11 +201,11 @@ impl Clients {
         query_url: Option<&str>,
         n: usize,
         timeout: Duration,
-        token: &CallCredentials,
+        auth: &AuthArgs,
     ) -> anyhow::Result<Self> {
-        let commands = cli::connect(command_url, n, timeout, token).await?;
+        let commands = cli::connect(command_url, n, timeout, auth).await?;
         let queries = match query_url {
-            Some(url) => cli::connect(url, n, timeout, token).await?,
+            Some(url) => cli::connect(url, n, timeout, auth).await?,
             None => Vec::new(),
         };
         Ok(Self { commands, queries })

@@ -158,6 +158,11 @@ pub struct Config {
     #[arg(long, env = "HOTEL_PRUNE_INTERVAL_MS", default_value_t = 60_000)]
     pub prune_interval_ms: u64,
 
+    /// TLS: --tls-cert, --tls-key, --tls-client-ca (mutual TLS), and the
+    /// handshake timeout.
+    #[command(flatten)]
+    pub tls: hotel_common::tls::ServerArgs,
+
     /// Log one JSON object per line instead of text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,

@@ -22,10 +22,10 @@ pub mod testing;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use hotel_common::{auth::Role, pb, server};
+use hotel_common::{auth::Role, pb, server, tls};
 use sqlx::MySqlPool;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::service::interceptor::InterceptedService;
+use tonic::{service::interceptor::InterceptedService, transport::ServerTlsConfig};
 
 pub use config::Config;
 
@@ -40,6 +40,8 @@ const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 pub struct CommandServer {
     listener: TcpListener,
     config: Config,
+    /// TLS settings read at build (`None`: plain text).
+    tls: Option<ServerTlsConfig>,
     pool: MySqlPool,
     head: HeadSender,
     recent: Recent,
@@ -51,6 +53,7 @@ impl CommandServer {
     /// binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let limits = config.writer_limits()?;
+        let tls = config.tls.load()?;
         let pool = store::prepare(&config.database_url, config.db_pool_size).await?;
         let head_now = store::events::head(&pool).await?;
         let head: HeadSender = Arc::new(watch::channel(head_now).0);
@@ -72,6 +75,7 @@ impl CommandServer {
         Ok(Self {
             listener,
             config,
+            tls,
             pool,
             head,
             recent,
@@ -133,9 +137,10 @@ impl CommandServer {
         } else {
             tracing::info!(tokens = tokens.len(), "bearer-token authentication is on");
         }
+        self.config.tls.log_mode();
 
         let mut signal = stopping.clone();
-        let serve = tonic::transport::Server::builder()
+        let serve = tls::server(self.tls)?
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .concurrency_limit_per_connection(1024)
             .add_service(health_service)

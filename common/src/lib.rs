@@ -8,12 +8,14 @@
 //! - [`server`]: health, reflection, metrics and shutdown plumbing for tonic.
 //! - [`auth`]: bearer tokens mapped to roles; the interceptors that check
 //!   them on a server and attach one to our own outgoing calls.
+//! - [`tls`]: TLS and mutual TLS settings of the servers and our clients.
 //! - [`telemetry`]: structured logs.
 
 pub mod auth;
 pub mod dates;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod validate;
 
 /// Generated code for package `hotel.v1`.

@@ -78,6 +78,34 @@ pub struct Config {
     )]
     pub command_server_token: CallCredentials,
 
+    /// TLS of this server: --tls-cert, --tls-key, --tls-client-ca (mutual
+    /// TLS), and the handshake timeout.
+    #[command(flatten)]
+    pub tls: hotel_common::tls::ServerArgs,
+
+    /// PEM certificate(s) of the CA that signed the command server's
+    /// certificate; needed for an https:// --command-server-url (for a public
+    /// CA, the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt).
+    #[arg(long, env = "HOTEL_COMMAND_SERVER_CA")]
+    pub command_server_ca: Option<PathBuf>,
+
+    /// PEM certificate presented to a command server that requires client
+    /// certificates (its --tls-client-ca); needs --command-server-client-key.
+    #[arg(
+        long,
+        env = "HOTEL_COMMAND_SERVER_CLIENT_CERT",
+        requires = "command_server_client_key"
+    )]
+    pub command_server_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --command-server-client-cert.
+    #[arg(
+        long,
+        env = "HOTEL_COMMAND_SERVER_CLIENT_KEY",
+        requires = "command_server_client_cert"
+    )]
+    pub command_server_client_key: Option<PathBuf>,
+
     /// Write logs as JSON lines (on stderr) instead of human-readable text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,
@@ -107,7 +135,26 @@ impl Config {
             metrics_addr: None,
             auth_tokens: Tokens::default(),
             command_server_token: CallCredentials::default(),
+            tls: hotel_common::tls::ServerArgs::default(),
+            command_server_ca: None,
+            command_server_client_cert: None,
+            command_server_client_key: None,
             log_json: false,
+        }
+    }
+
+    /// The TLS files of the connection to the command server.
+    pub fn command_server_tls(&self) -> hotel_common::tls::ClientFiles {
+        hotel_common::tls::ClientFiles {
+            ca: self.command_server_ca.clone(),
+            cert: self.command_server_client_cert.clone(),
+            key: self.command_server_client_key.clone(),
+            flags: [
+                "--command-server-url",
+                "--command-server-ca",
+                "--command-server-client-cert",
+                "--command-server-client-key",
+            ],
         }
     }
 }

@@ -33,12 +33,10 @@ use hotel_common::{
         query_service_server::QueryServiceServer,
     },
     server::{self, install_metrics, reflection_services},
+    tls,
 };
 use tokio::{net::TcpListener, sync::watch};
-use tonic::{
-    service::interceptor::InterceptedService,
-    transport::{Endpoint, Server},
-};
+use tonic::{service::interceptor::InterceptedService, transport::ServerTlsConfig};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 pub use config::Config;
@@ -53,6 +51,10 @@ use crate::{
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How long connecting to the command server may take: TCP, and the TLS
+/// handshake again.
+const COMMAND_SERVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A query server, bound and ready to serve.
 pub struct QueryServer {
     /// The bound gRPC listener.
@@ -64,6 +66,8 @@ pub struct QueryServer {
     channel: CommandServerChannel,
     /// The tokens this server accepts (empty: authentication off).
     tokens: Tokens,
+    /// TLS settings of this server, read at build (`None`: plain text).
+    tls: Option<ServerTlsConfig>,
     /// The writer of the read model, handed to the projector at start.
     writer: Writer,
     /// Readers of the read model.
@@ -81,6 +85,10 @@ impl QueryServer {
     /// Opens (or creates) the read model, binds the listener and prepares
     /// everything; nothing is served until [`QueryServer::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let tls = config.tls.load()?;
+        let command_server = config
+            .command_server_tls()
+            .endpoint(&config.command_server_url, COMMAND_SERVER_CONNECT_TIMEOUT)?;
         if let Some(addr) = config.metrics_addr {
             install_metrics(addr).with_context(|| format!("serving metrics on {addr}"))?;
         }
@@ -98,9 +106,8 @@ impl QueryServer {
         );
         let projection = Arc::new(Projection::new(checkpoint, Some(health.clone())));
         projection.init_health().await;
-        let channel = Endpoint::from_shared(config.command_server_url.clone())
-            .with_context(|| format!("bad command server URL {}", config.command_server_url))?
-            .connect_timeout(Duration::from_secs(2))
+        let channel = command_server
+            .connect_timeout(COMMAND_SERVER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
@@ -119,11 +126,13 @@ impl QueryServer {
             sends_token = config.command_server_token.has_token(),
             "query server ready"
         );
+        config.tls.log_mode();
         Ok(Self {
             listener,
             local_addr,
             channel,
             tokens: config.auth_tokens,
+            tls,
             writer,
             read_model,
             projection,
@@ -167,7 +176,7 @@ impl QueryServer {
         let (reflection_v1, reflection_v1alpha) =
             reflection_services(&["hotel.v1.QueryService", "hotel.v1.QueryAdminService"])?;
         let mut stopped = stopping.clone();
-        let serve = Server::builder()
+        let serve = tls::server(self.tls)?
             .add_service(self.health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
