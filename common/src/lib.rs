@@ -6,12 +6,15 @@
 //!   problem into one `INVALID_ARGUMENT` with `google.rpc.BadRequest` details.
 //! - [`dates`]: the calendar-date format of the API (`YYYY-MM-DD`).
 //! - [`server`]: health, reflection, metrics and shutdown plumbing for tonic.
+//! - [`limits`]: the flags every server shares for message sizes, timeouts,
+//!   streams and connections, and the tonic server they configure.
 //! - [`auth`]: bearer tokens mapped to roles; the interceptors that check
 //!   them on a server and attach one to our own outgoing calls.
 //! - [`telemetry`]: structured logs.
 
 pub mod auth;
 pub mod dates;
+pub mod limits;
 pub mod server;
 pub mod telemetry;
 pub mod validate;

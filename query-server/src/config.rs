@@ -81,6 +81,10 @@ pub struct Config {
     /// Write logs as JSON lines (on stderr) instead of human-readable text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,
+
+    /// Message sizes, timeouts, streams and connections.
+    #[command(flatten)]
+    pub limits: hotel_common::limits::ServerLimits,
 }
 
 /// An address to serve metrics on, or none (named so clap takes "off" as a
@@ -108,6 +112,7 @@ impl Config {
             auth_tokens: Tokens::default(),
             command_server_token: CallCredentials::default(),
             log_json: false,
+            limits: hotel_common::limits::ServerLimits::default(),
         }
     }
 }

@@ -28,17 +28,15 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use hotel_common::{
     auth::{Role, Tokens},
+    limits::{MessageLimits, ServerLimits},
     pb::{
         query_admin_service_server::QueryAdminServiceServer,
         query_service_server::QueryServiceServer,
     },
-    server::{self, install_metrics, reflection_services},
+    server::{install_metrics, reflection_services},
 };
 use tokio::{net::TcpListener, sync::watch};
-use tonic::{
-    service::interceptor::InterceptedService,
-    transport::{Endpoint, Server},
-};
+use tonic::{service::interceptor::InterceptedService, transport::Endpoint};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 pub use config::Config;
@@ -75,6 +73,8 @@ pub struct QueryServer {
     /// The health service to serve.
     health_service:
         tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    /// Message sizes, timeouts, streams and connections.
+    limits: ServerLimits,
 }
 
 impl QueryServer {
@@ -82,7 +82,8 @@ impl QueryServer {
     /// everything; nothing is served until [`QueryServer::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         if let Some(addr) = config.metrics_addr {
-            install_metrics(addr).with_context(|| format!("serving metrics on {addr}"))?;
+            install_metrics(addr, config.limits.metrics_request_timeout())
+                .with_context(|| format!("serving metrics on {addr}"))?;
         }
         let path = config.database_path.clone();
         let writer = tokio::task::spawn_blocking(move || {
@@ -129,6 +130,7 @@ impl QueryServer {
             projection,
             health,
             health_service,
+            limits: config.limits,
         })
     }
 
@@ -167,19 +169,21 @@ impl QueryServer {
         let (reflection_v1, reflection_v1alpha) =
             reflection_services(&["hotel.v1.QueryService", "hotel.v1.QueryAdminService"])?;
         let mut stopped = stopping.clone();
-        let serve = Server::builder()
-            .add_service(self.health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+        let limits = &self.limits;
+        let serve = limits
+            .server()
+            .add_service(self.health_service.with_message_limits(limits))
+            .add_service(reflection_v1.with_message_limits(limits))
+            .add_service(reflection_v1alpha.with_message_limits(limits))
             .add_service(InterceptedService::new(
-                QueryServiceServer::new(queries),
+                QueryServiceServer::new(queries).with_message_limits(limits),
                 self.tokens.interceptor(Role::Reader),
             ))
             .add_service(InterceptedService::new(
-                QueryAdminServiceServer::new(admin),
+                QueryAdminServiceServer::new(admin).with_message_limits(limits),
                 self.tokens.interceptor(Role::Admin),
             ))
-            .serve_with_incoming_shutdown(server::incoming(self.listener), async move {
+            .serve_with_incoming_shutdown(limits.incoming(self.listener), async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             });
         tokio::pin!(serve);
