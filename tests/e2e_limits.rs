@@ -14,7 +14,7 @@ use std::{
 };
 
 use hotel_common::{pb, validate::field_violations};
-use support::Process;
+use support::{Process, eventually};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -340,4 +340,38 @@ async fn metrics_answer_get_metrics_only_and_drop_slow_requests() {
     assert!(!reply.contains("200 OK"), "{reply}");
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(server.terminate().success());
+}
+
+/// The kernel's timer on the server's end of `client`'s connection to
+/// `server`, from /proc/net/tcp: 2 means a keepalive timer is armed.
+fn server_side_timer(server: SocketAddr, client: SocketAddr) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port = |address: &str| {
+        address
+            .rsplit(':')
+            .next()
+            .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+    };
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let matches =
+            port(fields.get(1)?)? == server.port() && port(fields.get(2)?)? == client.port();
+        matches
+            .then(|| fields.get(5)?.split(':').next()?.parse().ok())
+            .flatten()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_connections_have_tcp_keepalive() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = query_server(dir.path(), &["--tcp-keepalive-secs", "1"]);
+    let connection = TcpStream::connect(server.addr).await.expect("connect");
+    let client = connection.local_addr().expect("our address");
+    // Once the server's first bytes are acknowledged, only keepalive times it.
+    let timer = eventually(Duration::from_secs(3), || async {
+        server_side_timer(server.addr, client).filter(|timer| *timer == 2)
+    })
+    .await;
+    assert_eq!(timer, 2);
 }

@@ -40,8 +40,9 @@ pub struct ServerLimits {
     pub max_request_bytes: usize,
 
     /// Largest reply message sent, in bytes; a larger one fails the call
-    /// with RESOURCE_EXHAUSTED (most gRPC clients refuse over 4 MiB anyway).
-    #[arg(long, env = "HOTEL_MAX_REPLY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    /// with RESOURCE_EXHAUSTED. Room for an event stream batch of 5,000
+    /// events of the largest kind (query servers accept up to 64 MiB).
+    #[arg(long, env = "HOTEL_MAX_REPLY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_reply_bytes: usize,
 
     /// Milliseconds a call may take to answer (a unary call, or a stream to
