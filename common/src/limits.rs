@@ -89,8 +89,8 @@ pub struct ServerLimits {
     #[arg(long, env = "HOTEL_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
 
-    /// Milliseconds a metrics scrape may take to send its request; slower
-    /// ones are dropped.
+    /// Milliseconds a metrics scrape may take to send its request and read
+    /// the reply; slower ones are dropped.
     #[arg(
         long,
         env = "HOTEL_METRICS_REQUEST_TIMEOUT_MS",
@@ -99,6 +99,8 @@ pub struct ServerLimits {
     pub metrics_request_timeout_ms: u64,
 }
 
+/// The flags' defaults, or the `HOTEL_*` variables where set (for tests and
+/// tools that build a `Config` by hand).
 impl Default for ServerLimits {
     fn default() -> Self {
         <Self as clap::FromArgMatches>::from_arg_matches(
