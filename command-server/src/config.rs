@@ -166,6 +166,10 @@ pub struct Config {
     /// Log one JSON object per line instead of text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,
+
+    /// Message sizes, timeouts, streams and connections.
+    #[command(flatten)]
+    pub limits: hotel_common::limits::ServerLimits,
 }
 
 impl Config {

@@ -22,7 +22,7 @@ pub mod testing;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use hotel_common::{auth::Role, pb, server, tls};
+use hotel_common::{auth::Role, limits::MessageLimits, pb, server, tls};
 use sqlx::MySqlPool;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::{service::interceptor::InterceptedService, transport::ServerTlsConfig};
@@ -32,9 +32,6 @@ pub use config::Config;
 use commands::{service::CommandApi, submitted::SubmittedQueue};
 use store::writer::Writer;
 use stream::{Publisher, head::HeadSender, recent::Recent, service::EventStreamApi};
-
-/// Largest request accepted, in bytes.
-const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// A command server, bound and connected, not yet serving.
 pub struct CommandServer {
@@ -70,7 +67,7 @@ impl CommandServer {
         );
         let listener = TcpListener::bind(config.listen_addr).await?;
         if let Some(addr) = config.metrics_addr()? {
-            server::install_metrics(addr)?;
+            server::install_metrics(addr, config.limits.metrics_request_timeout())?;
         }
         Ok(Self {
             listener,
@@ -140,23 +137,21 @@ impl CommandServer {
         self.config.tls.log_mode();
 
         let mut signal = stopping.clone();
-        let serve = tls::server(self.tls)?
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .concurrency_limit_per_connection(1024)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+        let limits = &self.config.limits;
+        let serve = tls::server(limits.server(), self.tls)?
+            .add_service(health_service.with_message_limits(limits))
+            .add_service(reflection_v1.with_message_limits(limits))
+            .add_service(reflection_v1alpha.with_message_limits(limits))
             .add_service(InterceptedService::new(
                 pb::command_service_server::CommandServiceServer::new(commands)
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+                    .with_message_limits(limits),
                 tokens.interceptor(Role::Writer),
             ))
             .add_service(InterceptedService::new(
-                pb::event_stream_server::EventStreamServer::new(events)
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+                pb::event_stream_server::EventStreamServer::new(events).with_message_limits(limits),
                 tokens.interceptor(Role::Subscriber),
             ))
-            .serve_with_incoming_shutdown(server::incoming(self.listener), async move {
+            .serve_with_incoming_shutdown(limits.incoming(self.listener), async move {
                 let _ = signal.wait_for(|stop| *stop).await;
             });
         tokio::pin!(serve);

@@ -274,3 +274,48 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
     server.stop().await;
     db.cleanup().await;
 }
+
+/// Every bad field is named, even when one of the dates is not a date: a
+/// check-in 8,000 years ahead is wrong on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_far_check_in_and_an_unparsable_check_out_are_both_named() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut client = server.commands().await;
+    let mut request = booking("h1", "DBL", 1, 3, "ana");
+    request.check_in = "9999-12-31".into();
+    request.check_out = "10000-01-01".into();
+    let status = client.book_room(request).await.expect_err("invalid dates");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let mut fields: Vec<String> = field_violations(&status)
+        .into_iter()
+        .map(|(field, _)| field)
+        .collect();
+    fields.sort();
+    assert_eq!(fields, ["check_in", "check_out"], "{}", status.message());
+    server.stop().await;
+    db.cleanup().await;
+}
+
+/// An over-size request is RESOURCE_EXHAUSTED (OUT_OF_RANGE is for
+/// subscribing beyond the head), and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_size_request_is_resource_exhausted() {
+    let db = TestDb::create().await;
+    let mut config = command_server::Config::for_tests(&db.url);
+    config.limits.max_request_bytes = 4 * 1024;
+    let server = TestServer::start_with(config).await;
+    let mut client = server.commands().await;
+    let mut request = booking("h1", "DBL", 1, 3, "ana");
+    request.guest.as_mut().expect("a guest").name = "x".repeat(10_000);
+    let status = client.book_room(request).await.expect_err("too large");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+    // Under the limit, the same request is only invalid.
+    let mut request = booking("h1", "DBL", 1, 3, "ana");
+    request.guest.as_mut().expect("a guest").name = "x".repeat(1_000);
+    let status = client.book_room(request).await.expect_err("invalid");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    server.stop().await;
+    db.cleanup().await;
+}

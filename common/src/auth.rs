@@ -60,17 +60,46 @@ impl FromStr for Role {
     type Err = UnknownRole;
 
     fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let name = name.trim();
         Role::ALL
             .into_iter()
-            .find(|role| role.name().eq_ignore_ascii_case(name.trim()))
-            .ok_or_else(|| UnknownRole(name.trim().to_owned()))
+            .find(|role| role.name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| UnknownRole::of(name))
     }
 }
 
 /// A role name that is none of ours.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role {0:?}; roles are writer, reader, subscriber and admin")]
-pub struct UnknownRole(pub String);
+#[error("unknown role {}; roles are writer, reader, subscriber and admin", .0.as_deref().map_or_else(|| "(not shown)".to_owned(), |name| format!("{name:?}")))]
+pub struct UnknownRole(pub Option<String>);
+
+impl UnknownRole {
+    /// The error for `name`, shown only when it is a misspelt role (at most
+    /// two edits from one): anything else may be part of a token, e.g. when
+    /// a comma between two entries was mistyped.
+    fn of(name: &str) -> Self {
+        let misspelt = name.is_empty()
+            || (name.len() <= 12
+                && Role::ALL
+                    .iter()
+                    .any(|role| edit_distance(&name.to_ascii_lowercase(), role.name()) <= 2));
+        Self(misspelt.then(|| name.to_owned()))
+    }
+}
+
+/// Levenshtein distance between two short strings, by bytes.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, a_byte) in a.bytes().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, b_byte) in b.bytes().enumerate() {
+            let substitute = previous[j] + usize::from(a_byte != b_byte);
+            current.push(substitute.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
 
 /// What is wrong with a token spec. Entries are named by their number
 /// (from 1), never by their token.
@@ -87,6 +116,16 @@ pub enum SpecError {
     BadToken { entry: usize },
     #[error("auth token entry {entry}: no role after '='")]
     NoRole { entry: usize },
+    #[error(
+        "auth token entry {entry}: more than one '='; entries are separated by ',' \
+         (is a comma missing?)"
+    )]
+    SeveralEquals { entry: usize },
+    #[error(
+        "the auth token spec holds no entry; leave it empty (unset) to turn \
+         authentication off"
+    )]
+    NoEntries,
     #[error("auth token entry {entry}: {source}")]
     Role { entry: usize, source: UnknownRole },
     #[error("auth token entry {entry} repeats the token of entry {first}")]
@@ -117,8 +156,13 @@ pub struct Tokens {
 
 impl Tokens {
     /// Parses `TOKEN=ROLE[+ROLE...][,TOKEN=ROLE...]`. Spaces around the
-    /// separators and empty entries are ignored; an empty spec is auth off.
+    /// separators and empty entries are ignored; only an empty spec is auth
+    /// off, and one with no entry at all (`","`, `" "`) is refused, so a
+    /// botched value never starts a server open to everyone.
     pub fn parse(spec: &str) -> Result<Self, SpecError> {
+        if spec.is_empty() {
+            return Ok(Self::default());
+        }
         let mut grants: Vec<Grant> = Vec::new();
         // Entry number and token of each grant, to name a repeated token.
         let mut seen: Vec<(usize, &str)> = Vec::new();
@@ -141,6 +185,11 @@ impl Tokens {
             }
             if !is_token_text(token) {
                 return Err(SpecError::BadToken {
+                    entry: entry_number,
+                });
+            }
+            if roles.contains('=') {
+                return Err(SpecError::SeveralEquals {
                     entry: entry_number,
                 });
             }
@@ -168,6 +217,9 @@ impl Tokens {
                 token: token.as_bytes().into(),
                 roles,
             });
+        }
+        if grants.is_empty() {
+            return Err(SpecError::NoEntries);
         }
         Ok(Self {
             grants: grants.into(),
@@ -470,7 +522,7 @@ mod tests {
 
     #[test]
     fn an_empty_spec_turns_auth_off() {
-        for spec in ["", "  ", ","] {
+        for spec in [""] {
             let tokens = Tokens::parse(spec).expect("empty is valid");
             assert!(tokens.is_empty());
             for role in Role::ALL {
@@ -505,6 +557,43 @@ mod tests {
                 assert!(!error.contains(secret), "{spec:?}: {error}");
             }
         }
+    }
+
+    #[test]
+    fn a_spec_without_entries_refuses_to_start() {
+        for spec in ["  ", ",", " , ,", ",,,"] {
+            let error = Tokens::parse(spec)
+                .err()
+                .unwrap_or_else(|| panic!("{spec:?} must not turn auth off"));
+            assert_eq!(error, SpecError::NoEntries, "{spec:?}");
+            assert!(error.to_string().contains("no entry"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_missing_comma_never_echoes_the_next_token() {
+        for spec in [
+            "a=writer;Second-Secret=reader",
+            "a=writer Second-Secret=reader",
+        ] {
+            let error = Tokens::parse(spec).expect_err("a bad spec").to_string();
+            assert!(error.contains("entry 1"), "{spec:?}: {error}");
+            assert!(error.contains("comma missing"), "{spec:?}: {error}");
+            assert!(!error.contains("Second-Secret"), "{spec:?}: {error}");
+            assert!(!error.contains("Secret"), "{spec:?}: {error}");
+        }
+        // A role that is not a near miss may be a token: it is not shown.
+        for spec in ["reader=Second-Secret", "a=writer+topsecretvalue"] {
+            let error = Tokens::parse(spec).expect_err("a bad spec").to_string();
+            assert!(error.contains("entry 1"), "{spec:?}: {error}");
+            assert!(error.contains("(not shown)"), "{spec:?}: {error}");
+            assert!(!error.to_ascii_lowercase().contains("secret"), "{error}");
+        }
+        // A misspelt role is shown, to help fix it.
+        let error = Tokens::parse("a=subscirber")
+            .expect_err("a typo")
+            .to_string();
+        assert!(error.contains("\"subscirber\""), "{error}");
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //!   problem into one `INVALID_ARGUMENT` with `google.rpc.BadRequest` details.
 //! - [`dates`]: the calendar-date format of the API (`YYYY-MM-DD`).
 //! - [`server`]: health, reflection, metrics and shutdown plumbing for tonic.
+//! - [`limits`]: the flags every server shares for message sizes, timeouts,
+//!   streams and connections, and the tonic server they configure.
 //! - [`auth`]: bearer tokens mapped to roles; the interceptors that check
 //!   them on a server and attach one to our own outgoing calls.
 //! - [`tls`]: TLS and mutual TLS settings of the servers and our clients.
@@ -13,6 +15,7 @@
 
 pub mod auth;
 pub mod dates;
+pub mod limits;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

@@ -1,9 +1,14 @@
 //! Plumbing every gRPC server of the project shares: reflection, metrics,
 //! and the shutdown signal.
 
-use std::{net::SocketAddr, time::Instant};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
-use tonic::Code;
+use http_body_util::Full;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tonic::{Code, codegen::Bytes};
 
 use crate::pb::FILE_DESCRIPTOR_SET;
 
@@ -56,12 +61,78 @@ pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// Serves Prometheus metrics at `http://{addr}/metrics`.
-pub fn install_metrics(addr: SocketAddr) -> anyhow::Result<()> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()?;
-    Ok(())
+/// Installs the Prometheus recorder and serves its metrics at
+/// `http://{addr}/metrics` (404 for any other request); a connection that
+/// has not sent its request and read the reply within `request_timeout` is
+/// dropped. Returns the bound address. Our own small server rather than the
+/// exporter's listener, which answers any path and waits on slow requests.
+pub fn install_metrics(addr: SocketAddr, request_timeout: Duration) -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let bound = listener.local_addr()?;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        // Drains histograms, as the exporter's own listener would.
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    tokio::spawn(serve_metrics(listener, handle, request_timeout));
+    Ok(bound)
+}
+
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    request_timeout: Duration,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors, say: wait rather than spin.
+                tracing::warn!(%error, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let reply = metrics_reply(&request, &handle);
+                async move { Ok::<_, std::convert::Infallible>(reply) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(request_timeout)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            // Bounds the whole exchange, a slow reader of the reply included.
+            let _ = tokio::time::timeout(request_timeout, connection).await;
+        });
+    }
+}
+
+/// The rendered metrics for `GET /metrics`, 404 for anything else.
+fn metrics_reply<B>(
+    request: &hyper::Request<B>,
+    handle: &PrometheusHandle,
+) -> hyper::Response<Full<Bytes>> {
+    let mut reply = hyper::Response::new(Full::default());
+    if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
+        *reply.body_mut() = Full::new(Bytes::from(handle.render()));
+        reply.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+    } else {
+        *reply.status_mut() = hyper::StatusCode::NOT_FOUND;
+        *reply.body_mut() = Full::new(Bytes::from_static(b"not found: try GET /metrics\n"));
+    }
+    reply
 }
 
 /// Counts one finished RPC by method and status code, and its latency.

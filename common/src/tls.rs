@@ -93,9 +93,8 @@ impl ServerArgs {
     }
 }
 
-/// A server builder serving `tls`, or plain text for `None`.
-pub fn server(tls: Option<ServerTlsConfig>) -> anyhow::Result<Server> {
-    let builder = Server::builder();
+/// `builder` serving `tls`, or plain text for `None`.
+pub fn server<L>(builder: Server<L>, tls: Option<ServerTlsConfig>) -> anyhow::Result<Server<L>> {
     Ok(match tls {
         Some(tls) => builder.tls_config(tls).context("TLS settings")?,
         None => builder,

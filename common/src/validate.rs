@@ -13,12 +13,31 @@ use crate::dates;
 pub const MAX_ID_LEN: usize = 64;
 /// Longest display name.
 pub const MAX_NAME_LEN: usize = 200;
+/// Most items a repeated field of any request may hold.
+pub const MAX_REPEATED_ITEMS: usize = 100;
+/// Most violations one reply lists; the rest are counted in one last
+/// "and N more" entry, so a request full of bad items gets a small reply.
+pub const MAX_REPORTED_VIOLATIONS: usize = 8;
+/// Longest field name a violation shows, in bytes.
+const MAX_FIELD_BYTES: usize = 64;
+/// Longest reason a violation shows, in bytes: a reason that echoes a huge
+/// value is cut here.
+const MAX_REASON_BYTES: usize = 200;
+/// Most bytes of field names and reasons one reply lists. The message
+/// repeats them (percent-encoded: up to 3 bytes each) and the details hold
+/// them again (base64), so the whole status stays under 6 KiB of metadata,
+/// inside the 8 KiB that clients and proxies accept.
+const MAX_LISTED_BYTES: usize = 1280;
 
 /// Collects field violations while a request is parsed.
 #[derive(Debug, Default)]
 pub struct Violations {
-    /// (field, reason) in the order found.
+    /// (field, reason) in the order found, at most [`MAX_REPORTED_VIOLATIONS`].
     list: Vec<(String, String)>,
+    /// Bytes of field names and reasons listed so far.
+    listed_bytes: usize,
+    /// Violations found beyond those listed.
+    more: usize,
 }
 
 impl Violations {
@@ -26,19 +45,52 @@ impl Violations {
         Self::default()
     }
 
-    /// Records that `field` is invalid because of `reason`.
+    /// Records that `field` is invalid because of `reason`. Beyond
+    /// [`MAX_REPORTED_VIOLATIONS`] only counts; long texts are cut short.
     pub fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
-        self.list.push((field.into(), reason.into()));
+        if self.list.len() >= MAX_REPORTED_VIOLATIONS || self.listed_bytes >= MAX_LISTED_BYTES {
+            self.more += 1;
+            return;
+        }
+        let room = MAX_LISTED_BYTES - self.listed_bytes;
+        let field = shorten(field.into(), MAX_FIELD_BYTES.min(room));
+        let reason = shorten(
+            reason.into(),
+            MAX_REASON_BYTES.min(room.saturating_sub(field.len()).max(8)),
+        );
+        self.listed_bytes += field.len() + reason.len();
+        self.list.push((field, reason));
     }
 
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
 
-    /// `Ok` when nothing was recorded, else `INVALID_ARGUMENT` naming every field.
-    pub fn finish(self) -> Result<(), Status> {
+    /// A repeated field of `len` items: `false` (and a violation) when it
+    /// holds more than [`MAX_REPEATED_ITEMS`], so the caller skips checking
+    /// each item.
+    pub fn item_count(&mut self, field: &str, len: usize) -> bool {
+        if len > MAX_REPEATED_ITEMS {
+            self.add(
+                field,
+                format!("may hold at most {MAX_REPEATED_ITEMS} items, got {len}"),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// `Ok` when nothing was recorded, else `INVALID_ARGUMENT` naming every
+    /// field (the first [`MAX_REPORTED_VIOLATIONS`] of them, then a count).
+    pub fn finish(mut self) -> Result<(), Status> {
         if self.list.is_empty() {
             return Ok(());
+        }
+        if self.more > 0 {
+            self.list.push((
+                "...".to_owned(),
+                format!("and {} more violations", self.more),
+            ));
         }
         let message = self
             .list
@@ -200,6 +252,21 @@ impl Violations {
     }
 }
 
+/// `text` cut to at most `max` bytes (on a character boundary), with an
+/// ellipsis when something was cut.
+fn shorten(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+    text
+}
+
 /// The field violations of an `INVALID_ARGUMENT` status, for tests and clients.
 pub fn field_violations(status: &Status) -> Vec<(String, String)> {
     status
@@ -273,5 +340,78 @@ mod tests {
         assert!(v.email("email", "a@b@c.com").is_none());
         assert!(v.uuid("id", "7f3e9c1a0b5d4e2a9c612d8f4b7a1e05").is_none());
         assert_eq!(field_violations(&v.finish().expect_err("invalid")).len(), 7);
+    }
+
+    /// The size of the status as a server sends it: every metadata entry.
+    fn metadata_bytes(status: &Status) -> usize {
+        let mut headers = tonic::codegen::http::HeaderMap::new();
+        status.add_header(&mut headers).expect("valid headers");
+        headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum()
+    }
+
+    #[test]
+    fn many_violations_are_listed_up_to_a_cap_then_counted() {
+        let mut v = Violations::new();
+        for index in 0..1_000_000 {
+            v.add(
+                format!("statuses[{index}]"),
+                "99 is not a reservation status",
+            );
+        }
+        let status = v.finish().expect_err("invalid");
+        let violations = field_violations(&status);
+        assert_eq!(violations.len(), MAX_REPORTED_VIOLATIONS + 1);
+        assert_eq!(violations[0].0, "statuses[0]");
+        let (_, last) = violations.last().expect("a summary");
+        assert!(
+            last.contains(&format!("and {} more", 1_000_000 - MAX_REPORTED_VIOLATIONS)),
+            "{last}"
+        );
+        assert!(metadata_bytes(&status) < 8 * 1024);
+    }
+
+    #[test]
+    fn echoed_values_are_cut_short_and_the_reply_stays_small() {
+        let mut v = Violations::new();
+        // Multi-byte characters percent-encode to three times their size.
+        let huge = "é".repeat(450_000);
+        for index in 0..20 {
+            v.add(
+                format!("filter.event_types[{index}]{huge}"),
+                format!("unknown event type {huge:?}"),
+            );
+        }
+        let status = v.finish().expect_err("invalid");
+        for (field, reason) in field_violations(&status) {
+            assert!(field.len() <= MAX_FIELD_BYTES, "{field}");
+            assert!(reason.len() <= MAX_REASON_BYTES, "{reason}");
+        }
+        assert!(status.message().len() < 4 * 1024);
+        let bytes = metadata_bytes(&status);
+        assert!(bytes < 8 * 1024, "{bytes} bytes of metadata");
+    }
+
+    #[test]
+    fn a_repeated_field_over_the_cap_is_one_violation() {
+        let mut v = Violations::new();
+        assert!(v.item_count("statuses", MAX_REPEATED_ITEMS));
+        assert!(!v.item_count("statuses", 1_000_000));
+        let violations = field_violations(&v.finish().expect_err("invalid"));
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].0, "statuses");
+        assert!(
+            violations[0].1.contains("at most 100 items"),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn shorten_respects_character_boundaries() {
+        assert_eq!(shorten("abc".to_owned(), 3), "abc");
+        let cut = shorten("ééééé".to_owned(), 6);
+        assert!(cut.len() <= 6 && cut.ends_with('…'), "{cut}");
     }
 }

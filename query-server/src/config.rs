@@ -109,6 +109,10 @@ pub struct Config {
     /// Write logs as JSON lines (on stderr) instead of human-readable text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,
+
+    /// Message sizes, timeouts, streams and connections.
+    #[command(flatten)]
+    pub limits: hotel_common::limits::ServerLimits,
 }
 
 /// An address to serve metrics on, or none (named so clap takes "off" as a
@@ -140,6 +144,7 @@ impl Config {
             command_server_client_cert: None,
             command_server_client_key: None,
             log_json: false,
+            limits: hotel_common::limits::ServerLimits::default(),
         }
     }
 

@@ -28,11 +28,12 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use hotel_common::{
     auth::{Role, Tokens},
+    limits::{MessageLimits, ServerLimits},
     pb::{
         query_admin_service_server::QueryAdminServiceServer,
         query_service_server::QueryServiceServer,
     },
-    server::{self, install_metrics, reflection_services},
+    server::{install_metrics, reflection_services},
     tls,
 };
 use tokio::{net::TcpListener, sync::watch};
@@ -79,6 +80,8 @@ pub struct QueryServer {
     /// The health service to serve.
     health_service:
         tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    /// Message sizes, timeouts, streams and connections.
+    limits: ServerLimits,
 }
 
 impl QueryServer {
@@ -90,7 +93,8 @@ impl QueryServer {
             .command_server_tls()
             .endpoint(&config.command_server_url, COMMAND_SERVER_CONNECT_TIMEOUT)?;
         if let Some(addr) = config.metrics_addr {
-            install_metrics(addr).with_context(|| format!("serving metrics on {addr}"))?;
+            install_metrics(addr, config.limits.metrics_request_timeout())
+                .with_context(|| format!("serving metrics on {addr}"))?;
         }
         let path = config.database_path.clone();
         let writer = tokio::task::spawn_blocking(move || {
@@ -138,6 +142,7 @@ impl QueryServer {
             projection,
             health,
             health_service,
+            limits: config.limits,
         })
     }
 
@@ -176,19 +181,20 @@ impl QueryServer {
         let (reflection_v1, reflection_v1alpha) =
             reflection_services(&["hotel.v1.QueryService", "hotel.v1.QueryAdminService"])?;
         let mut stopped = stopping.clone();
-        let serve = tls::server(self.tls)?
-            .add_service(self.health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+        let limits = &self.limits;
+        let serve = tls::server(limits.server(), self.tls)?
+            .add_service(self.health_service.with_message_limits(limits))
+            .add_service(reflection_v1.with_message_limits(limits))
+            .add_service(reflection_v1alpha.with_message_limits(limits))
             .add_service(InterceptedService::new(
-                QueryServiceServer::new(queries),
+                QueryServiceServer::new(queries).with_message_limits(limits),
                 self.tokens.interceptor(Role::Reader),
             ))
             .add_service(InterceptedService::new(
-                QueryAdminServiceServer::new(admin),
+                QueryAdminServiceServer::new(admin).with_message_limits(limits),
                 self.tokens.interceptor(Role::Admin),
             ))
-            .serve_with_incoming_shutdown(server::incoming(self.listener), async move {
+            .serve_with_incoming_shutdown(limits.incoming(self.listener), async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             });
         tokio::pin!(serve);

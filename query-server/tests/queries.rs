@@ -238,6 +238,34 @@ async fn list_reservations_pages_newest_first_without_gaps_or_repeats() {
             },
             vec!["statuses[1]", "statuses[2]", "page_size", "page_token"],
         ),
+        // Over the cap of items, the field is refused whole, items unchecked.
+        (
+            pb::ListReservationsRequest {
+                hotel_id: "h1".into(),
+                statuses: vec![42; 101],
+                ..Default::default()
+            },
+            vec!["statuses"],
+        ),
+        // Many bad items: the first eight, then how many more.
+        (
+            pb::ListReservationsRequest {
+                hotel_id: "h1".into(),
+                statuses: vec![42; 100],
+                ..Default::default()
+            },
+            vec![
+                "statuses[0]",
+                "statuses[1]",
+                "statuses[2]",
+                "statuses[3]",
+                "statuses[4]",
+                "statuses[5]",
+                "statuses[6]",
+                "statuses[7]",
+                "...",
+            ],
+        ),
     ] {
         let status = client
             .list_reservations(request)

@@ -176,6 +176,19 @@ impl CommandRequest for pb::BookRoomRequest {
                 }
                 ok.then_some(stay)
             }
+            (Some(check_in), None) => {
+                // check_out is reported already; check_in's own rules still apply.
+                let alone = Stay {
+                    check_in,
+                    check_out: check_in,
+                };
+                for (field, reason) in rules::stay_violations(&alone, dates::today_utc()) {
+                    if field == "check_in" {
+                        v.add(field, reason);
+                    }
+                }
+                None
+            }
             _ => None,
         };
         let guest = match &self.guest {

@@ -153,7 +153,7 @@ pub fn list_reservations(
         ]) {
             *slot = Some(status_name(status));
         }
-    } else {
+    } else if v.item_count("statuses", request.statuses.len()) {
         for (index, value) in request.statuses.iter().enumerate() {
             match pb::ReservationStatus::try_from(*value) {
                 Ok(status) if status != pb::ReservationStatus::Unspecified => {
