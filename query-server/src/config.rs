@@ -78,6 +78,30 @@ pub struct Config {
     )]
     pub command_server_token: CallCredentials,
 
+    // Caps on live queries and long reads.
+    /// Most watch streams (WatchReservation, WatchAvailability) open at once;
+    /// one more gets RESOURCE_EXHAUSTED. Watchers of the same reservation or
+    /// availability request share one read per commit.
+    #[arg(
+        long,
+        env = "HOTEL_QUERY_MAX_WATCHERS",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_watchers: u32,
+
+    /// Most room types one SearchAvailability page examines (each costs a
+    /// read of its nights). A city whose room types are mostly full then
+    /// gets a short (even empty) page with a next_page_token instead of
+    /// holding a worker for the whole city.
+    #[arg(
+        long,
+        env = "HOTEL_QUERY_SEARCH_SCAN_LIMIT",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub search_scan_limit: u32,
+
     /// Write logs as JSON lines (on stderr) instead of human-readable text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,
@@ -107,6 +131,8 @@ impl Config {
             metrics_addr: None,
             auth_tokens: Tokens::default(),
             command_server_token: CallCredentials::default(),
+            max_watchers: 4096,
+            search_scan_limit: 1000,
             log_json: false,
         }
     }

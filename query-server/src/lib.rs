@@ -45,7 +45,7 @@ pub use config::Config;
 
 use crate::{
     projector::{CommandServerChannel, Projection, ProjectorHandle},
-    queries::{Admin, Queries},
+    queries::{Admin, Queries, Watches},
     read_model::{ReadModel, Writer},
     rebuild::{LiveProjector, Rebuilder},
 };
@@ -70,6 +70,10 @@ pub struct QueryServer {
     read_model: Arc<ReadModel>,
     /// The live projection's checkpoint and status.
     projection: Arc<Projection>,
+    /// Open live queries (capped by `--max-watchers`) and their shared feeds.
+    watches: Arc<Watches>,
+    /// Most room types one search page examines.
+    search_scan_limit: u32,
     /// Health of the gRPC services.
     health: HealthReporter,
     /// The health service to serve.
@@ -127,6 +131,8 @@ impl QueryServer {
             writer,
             read_model,
             projection,
+            watches: Arc::new(Watches::new(config.max_watchers as usize)),
+            search_scan_limit: config.search_scan_limit,
             health,
             health_service,
         })
@@ -140,6 +146,11 @@ impl QueryServer {
     /// The live projection (checkpoint and status), for tests and tools.
     pub fn projection(&self) -> Arc<Projection> {
         self.projection.clone()
+    }
+
+    /// The open live queries, for tests and tools.
+    pub fn watches(&self) -> Arc<Watches> {
+        self.watches.clone()
     }
 
     /// Runs the projector and serves until `shutdown` resolves; then ends
@@ -156,6 +167,8 @@ impl QueryServer {
             self.read_model.clone(),
             self.projection.clone(),
             stopping.clone(),
+            self.watches.clone(),
+            self.search_scan_limit,
         );
         let admin = Admin::new(Arc::new(Rebuilder::new(
             self.channel.clone(),

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 pub use admin::Admin;
 pub use error::QueryError;
+pub use watch::Watches;
 
 use crate::{
     freshness::{wait_budget, wait_for_position},
@@ -37,6 +38,10 @@ pub struct Queries {
     projection: Arc<Projection>,
     /// Turns true when the server shuts down; live queries end then.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// Open live queries and their shared feeds.
+    watches: Arc<Watches>,
+    /// Most room types one search page examines (`--search-scan-limit`).
+    search_scan_limit: i64,
 }
 
 impl Queries {
@@ -44,11 +49,15 @@ impl Queries {
         read_model: Arc<ReadModel>,
         projection: Arc<Projection>,
         stopping: tokio::sync::watch::Receiver<bool>,
+        watches: Arc<Watches>,
+        search_scan_limit: u32,
     ) -> Self {
         Self {
             read_model,
             projection,
             stopping,
+            watches,
+            search_scan_limit: i64::from(search_scan_limit),
         }
     }
 
@@ -258,8 +267,10 @@ impl pb::query_service_server::QueryService for Queries {
                 guests: query.guests,
                 after: query.after.clone(),
                 limit: query.page_size + 1,
+                max_examined: self.search_scan_limit,
             };
-            let (mut results, as_of_position) = self.read(|tx| reads::search(tx, &search))?;
+            let (found, as_of_position) = self.read(|tx| reads::search(tx, &search))?;
+            let mut results = found.results;
             let mut next_page_token = String::new();
             if results.len() as i64 > query.page_size {
                 results.truncate(query.page_size as usize);
@@ -269,6 +280,10 @@ impl pb::query_service_server::QueryService for Queries {
                     hotel_id: last.hotel_id.clone(),
                     room_type_code: last.room_type_code.clone(),
                 });
+            } else if let Some(stopped_at) = found.stopped_at {
+                // The scan cap ended this page early: it may be short, even
+                // empty, and the next one goes on from where it stopped.
+                next_page_token = paging::search_token(&stopped_at);
             }
             Ok(pb::SearchAvailabilityResponse {
                 results,

@@ -256,6 +256,19 @@ pub struct Search<'a> {
     /// Results strictly after this sort key (the page token).
     pub after: Option<SearchKey>,
     pub limit: i64,
+    /// Most candidate room types examined (each costs a read of its nights),
+    /// so that a city of full hotels cannot hold a worker for long.
+    pub max_examined: i64,
+}
+
+/// What a search found, and where it stopped early.
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    /// Up to `limit` results, in order.
+    pub results: Vec<pb::SearchResult>,
+    /// The key of the last room type examined when `max_examined` ended the
+    /// walk before `limit` results: the next page continues after it.
+    pub stopped_at: Option<SearchKey>,
 }
 
 /// The sort order of search results: total price, hotel, room type.
@@ -272,8 +285,9 @@ pub struct SearchKey {
 /// `search_room_types` hands out a city's room types already in result
 /// order (by nightly rate, which orders the stays' totals the same way), so
 /// the fewest free rooms are computed once per candidate, full ones are
-/// skipped here, and the walk stops once `limit` results are found.
-pub fn search(tx: &Snapshot<'_>, search: &Search<'_>) -> rusqlite::Result<Vec<pb::SearchResult>> {
+/// skipped here, and the walk stops once `limit` results are found, or
+/// after `max_examined` candidates.
+pub fn search(tx: &Snapshot<'_>, search: &Search<'_>) -> rusqlite::Result<Found> {
     let (after_total, after_hotel, after_code) = match &search.after {
         Some(key) => (
             Some(key.total_minor),
@@ -283,10 +297,15 @@ pub fn search(tx: &Snapshot<'_>, search: &Search<'_>) -> rusqlite::Result<Vec<pb
         None => (None, None, None),
     };
     let limit = usize::try_from(search.limit).unwrap_or(0);
-    let mut results = Vec::with_capacity(limit.min(64));
+    let max_examined = usize::try_from(search.max_examined).unwrap_or(0);
+    let mut found = Found {
+        results: Vec::with_capacity(limit.min(64)),
+        stopped_at: None,
+    };
     if limit == 0 {
-        return Ok(results);
+        return Ok(found);
     }
+    let mut examined = 0;
     let mut statement = tx.prepare_cached(
         "SELECT hotel_id, hotel_name, city, code, room_type_name, max_guests,
                 inventory - COALESCE(
@@ -311,12 +330,21 @@ pub fn search(tx: &Snapshot<'_>, search: &Search<'_>) -> rusqlite::Result<Vec<pb
         after_code,
     ])?;
     while let Some(row) = rows.next()? {
+        examined += 1;
         let free_rooms: i32 = row.get(6)?;
         if free_rooms < 1 {
+            if examined >= max_examined {
+                found.stopped_at = Some(SearchKey {
+                    total_minor: row.get(9)?,
+                    hotel_id: row.get(0)?,
+                    room_type_code: row.get(3)?,
+                });
+                break;
+            }
             continue;
         }
         let currency: String = row.get(8)?;
-        results.push(pb::SearchResult {
+        found.results.push(pb::SearchResult {
             hotel_id: row.get(0)?,
             hotel_name: row.get(1)?,
             city: row.get(2)?,
@@ -333,11 +361,20 @@ pub fn search(tx: &Snapshot<'_>, search: &Search<'_>) -> rusqlite::Result<Vec<pb
                 currency,
             }),
         });
-        if results.len() == limit {
+        if found.results.len() == limit {
+            break;
+        }
+        if examined >= max_examined {
+            // Continue after this result: it is the last one examined.
+            found.stopped_at = found.results.last().map(|last| SearchKey {
+                total_minor: last.total_price.as_ref().map_or(0, |m| m.amount_minor),
+                hotel_id: last.hotel_id.clone(),
+                room_type_code: last.room_type_code.clone(),
+            });
             break;
         }
     }
-    Ok(results)
+    Ok(found)
 }
 
 /// The waiting list of a room type in the command server's promotion order:
