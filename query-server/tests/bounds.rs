@@ -10,9 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hotel_common::pb::{self, ReservationStatus as S, query_service_client::QueryServiceClient};
+use hotel_common::pb::{self, ReservationStatus as S};
 use support::{App, Events, ScriptedStream, Stay, TempDir, eventually};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 /// A hotel with one big room type, then `count` confirmed one-night stays.
 fn busy_hotel(events: &mut Events, count: usize) -> (Vec<pb::EventEnvelope>, Vec<Stay>) {
@@ -202,6 +202,344 @@ async fn a_rebuild_swap_stalls_no_query() {
         during.len() >= 64,
         "only {} queries during the swap",
         during.len()
+    );
+    app.stop().await;
+}
+
+/// A night's free rooms in an availability answer.
+fn free(reply: &pb::GetAvailabilityResponse) -> i32 {
+    reply.room_types[0].nights[0].free
+}
+
+fn watch_night(night: &str, next: &str) -> pb::WatchAvailabilityRequest {
+    pb::WatchAvailabilityRequest {
+        hotel_id: "h1".into(),
+        room_type_code: "DBL".into(),
+        from_date: night.into(),
+        to_date: next.into(),
+        min_position: 0,
+    }
+}
+
+/// Reads a stream until `done` holds for a message; returns them all.
+async fn read_until<T>(
+    stream: &mut tonic::Streaming<T>,
+    mut done: impl FnMut(&T) -> bool,
+) -> Vec<T> {
+    let mut seen = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a message in time")
+            .expect("the stream stays open")
+            .expect("a message");
+        let last = done(&message);
+        seen.push(message);
+        if last {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_of_one_key_share_one_read_per_commit() {
+    let dir = TempDir::new();
+    let mut events = Events::new();
+    let stream = ScriptedStream::new();
+    let watched = Stay::new("h1", "DBL", "ana", "2030-10-01", "2030-10-02");
+    let other = Stay::new("h1", "DBL", "bo", "2030-10-03", "2030-10-04");
+    stream.append([
+        events.hotel("h1", "Hotel One", "Lisboa"),
+        events.room_type("h1", "DBL", 2, 10, 10_000),
+        events.confirmed(&watched),
+        events.confirmed(&other),
+    ]);
+    let app = App::spawn(&dir, stream.clone()).await;
+    app.wait_for(stream.head()).await;
+    let mut client = app.client().await;
+
+    // 30 watchers of one night, 30 of one reservation; one each of another
+    // night and another reservation: four keys.
+    let mut night_a = Vec::new();
+    let mut reservation_a = Vec::new();
+    for _ in 0..30 {
+        let mut updates = client
+            .watch_availability(watch_night("2030-09-01", "2030-09-02"))
+            .await
+            .expect("watch")
+            .into_inner();
+        assert_eq!(
+            free(&updates.message().await.expect("ok").expect("first")),
+            10
+        );
+        night_a.push(updates);
+        let mut updates = client
+            .watch_reservation(pb::WatchReservationRequest {
+                reservation_id: watched.reservation_id.clone(),
+                min_position: 0,
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        updates.message().await.expect("ok").expect("first");
+        reservation_a.push(updates);
+    }
+    let mut night_b = client
+        .watch_availability(watch_night("2030-09-05", "2030-09-06"))
+        .await
+        .expect("watch")
+        .into_inner();
+    night_b.message().await.expect("ok").expect("first");
+    let mut reservation_b = client
+        .watch_reservation(pb::WatchReservationRequest {
+            reservation_id: other.reservation_id.clone(),
+            min_position: 0,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    reservation_b.message().await.expect("ok").expect("first");
+    assert_eq!(app.watches.open(), 62);
+    assert_eq!(app.watches.feeds(), 4);
+
+    // Eight commits, one at a time: four bookings of night A, two of night
+    // B, the watched stay's check-in and check-out, and a cancellation.
+    let rereads_before = app.watches.rereads();
+    let mut commits = 0;
+    let mut commit = |event: pb::EventEnvelope| {
+        let position = event.position;
+        stream.append([event]);
+        commits += 1;
+        position
+    };
+    let mut batches = Vec::new();
+    for guest in ["c", "d", "e", "f"] {
+        batches.push(events.confirmed(&Stay::new("h1", "DBL", guest, "2030-09-01", "2030-09-02")));
+    }
+    for guest in ["g", "h"] {
+        batches.push(events.confirmed(&Stay::new("h1", "DBL", guest, "2030-09-05", "2030-09-06")));
+    }
+    batches.push(events.checked_in(&watched));
+    batches.push(events.checked_out(&watched));
+    batches.push(events.cancelled(&other, S::Confirmed));
+    for event in batches {
+        let position = commit(event);
+        app.wait_for(position).await;
+    }
+
+    for updates in &mut night_a {
+        let seen = read_until(updates, |reply| free(reply) == 6).await;
+        assert!(
+            seen.windows(2)
+                .all(|w| w[0].as_of_position < w[1].as_of_position)
+        );
+    }
+    for updates in &mut reservation_a {
+        let seen = read_until(updates, |reply| {
+            reply.reservation.as_ref().map(|r| r.status()) == Some(S::CheckedOut)
+        })
+        .await;
+        let statuses: Vec<_> = seen
+            .iter()
+            .map(|reply| reply.reservation.as_ref().map(|r| r.status()))
+            .collect();
+        assert_eq!(statuses, [Some(S::CheckedIn), Some(S::CheckedOut)]);
+    }
+    read_until(&mut night_b, |reply| free(reply) == 8).await;
+    let seen = read_until(&mut reservation_b, |reply| {
+        reply.reservation.as_ref().map(|r| r.status()) == Some(S::Cancelled)
+    })
+    .await;
+    assert_eq!(seen.len(), 1);
+
+    // One read per key per commit at most, not one per watcher (62 per commit).
+    let rereads = app.watches.rereads() - rereads_before;
+    eprintln!("{rereads} reads for {commits} commits and 62 watchers of 4 keys");
+    assert!(
+        rereads <= 4 * commits,
+        "{rereads} reads for {commits} commits of 4 watched keys"
+    );
+    assert!(
+        rereads >= commits,
+        "the feeds read on every commit: {rereads}"
+    );
+
+    // Watchers that leave end their feeds.
+    drop(night_a);
+    drop(reservation_a);
+    drop(night_b);
+    drop(reservation_b);
+    assert!(
+        eventually(Duration::from_secs(5), || app.watches.open() == 0
+            && app.watches.feeds() == 0)
+        .await,
+        "{:?}",
+        app.watches
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn open_watches_are_capped() {
+    let dir = TempDir::new();
+    let mut events = Events::new();
+    let stream = ScriptedStream::new();
+    let stay = Stay::new("h1", "DBL", "ana", "2030-10-01", "2030-10-02");
+    stream.append([
+        events.hotel("h1", "Hotel One", "Lisboa"),
+        events.room_type("h1", "DBL", 2, 10, 10_000),
+        events.confirmed(&stay),
+    ]);
+    let app = App::spawn_configured(&dir, stream.clone(), |config| config.max_watchers = 3).await;
+    app.wait_for(stream.head()).await;
+    let mut client = app.client().await;
+
+    let watch_stay = || pb::WatchReservationRequest {
+        reservation_id: stay.reservation_id.clone(),
+        min_position: 0,
+    };
+    let first = client
+        .watch_availability(watch_night("2030-09-01", "2030-09-02"))
+        .await
+        .expect("first watch");
+    let _second = client
+        .watch_availability(watch_night("2030-09-01", "2030-09-02"))
+        .await
+        .expect("second watch");
+    let _third = client
+        .watch_reservation(watch_stay())
+        .await
+        .expect("third watch");
+    for refused in [
+        client.watch_reservation(watch_stay()).await.map(drop),
+        client
+            .watch_availability(watch_night("2030-09-03", "2030-09-04"))
+            .await
+            .map(drop),
+    ] {
+        let status = refused.expect_err("past the cap");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("--max-watchers"), "{status:?}");
+    }
+    // Unary queries are not watches.
+    client
+        .get_reservation(pb::GetReservationRequest {
+            reservation_id: stay.reservation_id.clone(),
+            min_position: 0,
+        })
+        .await
+        .expect("a query past the cap");
+
+    // A watcher that leaves makes room.
+    drop(first);
+    assert!(eventually(Duration::from_secs(5), || app.watches.open() == 2).await);
+    client
+        .watch_reservation(watch_stay())
+        .await
+        .expect("room again");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn watches_end_unavailable_at_shutdown() {
+    let dir = TempDir::new();
+    let mut events = Events::new();
+    let stream = ScriptedStream::new();
+    let stay = Stay::new("h1", "DBL", "ana", "2030-10-01", "2030-10-02");
+    stream.append([
+        events.hotel("h1", "Hotel One", "Lisboa"),
+        events.room_type("h1", "DBL", 2, 10, 10_000),
+        events.confirmed(&stay),
+    ]);
+    let app = App::spawn(&dir, stream.clone()).await;
+    app.wait_for(stream.head()).await;
+    let mut client = app.client().await;
+    let mut reservation = client
+        .watch_reservation(pb::WatchReservationRequest {
+            reservation_id: stay.reservation_id.clone(),
+            min_position: 0,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    reservation.message().await.expect("ok").expect("first");
+    let mut availability = client
+        .watch_availability(watch_night("2030-10-01", "2030-10-02"))
+        .await
+        .expect("watch")
+        .into_inner();
+    availability.message().await.expect("ok").expect("first");
+
+    let stopped = tokio::spawn(app.stop());
+    let ends = [
+        tokio::time::timeout(Duration::from_secs(5), reservation.message())
+            .await
+            .expect("the reservation watch ends")
+            .map(drop),
+        tokio::time::timeout(Duration::from_secs(5), availability.message())
+            .await
+            .expect("the availability watch ends")
+            .map(drop),
+    ];
+    for end in ends {
+        let status = end.expect_err("a watch does not end OK at shutdown");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("watch again"), "{status:?}");
+    }
+    stopped.await.expect("stopped");
+}
+
+#[tokio::test]
+async fn a_search_page_examines_at_most_the_scan_limit() {
+    let dir = TempDir::new();
+    let mut events = Events::new();
+    let stream = ScriptedStream::new();
+    // Six hotels in Faro, one room each, cheapest first; the four cheapest
+    // are full on the night searched.
+    let mut log = Vec::new();
+    for i in 1..=6 {
+        let hotel = format!("f{i}");
+        log.push(events.hotel(&hotel, &format!("Faro {i}"), "Faro"));
+        log.push(events.room_type(&hotel, "DBL", 2, 1, 1_000 * i));
+        if i <= 4 {
+            log.push(events.confirmed(&Stay::new(&hotel, "DBL", "x", "2030-11-01", "2030-11-02")));
+        }
+    }
+    stream.append(log);
+    let app =
+        App::spawn_configured(&dir, stream.clone(), |config| config.search_scan_limit = 3).await;
+    app.wait_for(stream.head()).await;
+    let mut client = app.client().await;
+
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .search_availability(pb::SearchAvailabilityRequest {
+                city: "faro".into(),
+                check_in: "2030-11-01".into(),
+                check_out: "2030-11-02".into(),
+                guests: 2,
+                page_size: 10,
+                page_token: page_token.clone(),
+                min_position: 0,
+            })
+            .await
+            .expect("search")
+            .into_inner();
+        let hotels: Vec<String> = page.results.iter().map(|r| r.hotel_id.clone()).collect();
+        pages.push(hotels);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+        assert!(pages.len() < 10, "{pages:?}");
+    }
+    // Three full rooms fill the first page's scan; the next finds the two free.
+    assert_eq!(
+        pages,
+        [vec![], vec!["f5".to_owned(), "f6".to_owned()], vec![]],
+        "pages: {pages:?}"
     );
     app.stop().await;
 }
