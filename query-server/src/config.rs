@@ -97,7 +97,7 @@ pub struct Config {
     #[arg(
         long,
         env = "HOTEL_QUERY_SEARCH_SCAN_LIMIT",
-        default_value_t = 1000,
+        default_value_t = 500,
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub search_scan_limit: u32,
@@ -132,7 +132,7 @@ impl Config {
             auth_tokens: Tokens::default(),
             command_server_token: CallCredentials::default(),
             max_watchers: 4096,
-            search_scan_limit: 1000,
+            search_scan_limit: 500,
             log_json: false,
         }
     }
@@ -158,6 +158,24 @@ mod tests {
         assert_eq!(config.metrics_addr, None);
         assert!(config.auth_tokens.is_empty());
         assert!(!config.command_server_token.has_token());
+        assert_eq!(config.max_watchers, 4096);
+        assert_eq!(config.search_scan_limit, 500);
+    }
+
+    #[test]
+    fn caps_parse_and_refuse_zero() {
+        let config = Config::try_parse_from([
+            "query-server",
+            "--max-watchers",
+            "3",
+            "--search-scan-limit",
+            "7",
+        ])
+        .expect("caps parse");
+        assert_eq!((config.max_watchers, config.search_scan_limit), (3, 7));
+        for flag in ["--max-watchers", "--search-scan-limit"] {
+            Config::try_parse_from(["query-server", flag, "0"]).expect_err("0 is refused");
+        }
     }
 
     #[test]
