@@ -244,9 +244,13 @@ pub fn reservation(
 ) -> Result<ReceiverStream<Result<pb::WatchReservationResponse, Status>>, QueryError> {
     let admission = Admission::new(queries.watches.admit()?);
     let mut news = join(&queries.watches.reservations, &reservation_id, |sender| {
+        // Follows commits from now, before this watcher reads its answer.
+        let mut checkpoints = queries.projection.watch_checkpoint();
+        let from = *checkpoints.borrow_and_update();
         tokio::spawn(reservation_feed(
             queries.clone(),
             reservation_id.clone(),
+            (checkpoints, from),
             sender,
         ));
     });
@@ -323,10 +327,10 @@ pub fn reservation(
 async fn reservation_feed(
     queries: Queries,
     reservation_id: String,
+    (mut checkpoints, from): (watch::Receiver<i64>, i64),
     sender: Arc<watch::Sender<ReservationNews>>,
 ) {
-    let mut checkpoints = queries.projection.watch_checkpoint();
-    let mut seen_through = *checkpoints.borrow_and_update();
+    let mut seen_through = from;
     sender.send_modify(|news| news.as_of_position = seen_through);
     let mut stopping = queries.stopping.clone();
     let feeds = &queries.watches.reservations;
@@ -375,7 +379,15 @@ pub fn availability(
         to: query.range.to,
     };
     let mut news = join(&queries.watches.availability, &key, |sender| {
-        tokio::spawn(availability_feed(queries.clone(), key.clone(), sender));
+        // Follows commits from now, before this watcher reads its answer.
+        let mut checkpoints = queries.projection.watch_checkpoint();
+        checkpoints.borrow_and_update();
+        tokio::spawn(availability_feed(
+            queries.clone(),
+            key.clone(),
+            checkpoints,
+            sender,
+        ));
     });
     let first = queries.get_availability_now(&query)?;
     let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
@@ -431,10 +443,9 @@ pub fn availability(
 async fn availability_feed(
     queries: Queries,
     key: AvailabilityKey,
+    mut checkpoints: watch::Receiver<i64>,
     sender: Arc<watch::Sender<AvailabilityNews>>,
 ) {
-    let mut checkpoints = queries.projection.watch_checkpoint();
-    checkpoints.borrow_and_update();
     let mut stopping = queries.stopping.clone();
     let feeds = &queries.watches.availability;
     let query = GetAvailability {
