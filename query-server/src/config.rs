@@ -90,17 +90,17 @@ pub struct Config {
     )]
     pub max_watchers: u32,
 
-    /// Most room types one SearchAvailability page examines (each costs a
-    /// read of its nights). A city whose room types are mostly full then
-    /// gets a short (even empty) page with a next_page_token instead of
-    /// holding a worker for the whole city.
+    /// Most rows one page of ListReservations or SearchAvailability
+    /// examines (reservations, or room types with their nights). A filter
+    /// that matches few of many rows then gets a short (even empty) page
+    /// with a next_page_token instead of holding a worker for all of them.
     #[arg(
         long,
-        env = "HOTEL_QUERY_SEARCH_SCAN_LIMIT",
-        default_value_t = 500,
+        env = "HOTEL_QUERY_SCAN_LIMIT",
+        default_value_t = 1000,
         value_parser = clap::value_parser!(u32).range(1..)
     )]
-    pub search_scan_limit: u32,
+    pub scan_limit: u32,
 
     /// Write logs as JSON lines (on stderr) instead of human-readable text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
@@ -132,7 +132,7 @@ impl Config {
             auth_tokens: Tokens::default(),
             command_server_token: CallCredentials::default(),
             max_watchers: 4096,
-            search_scan_limit: 500,
+            scan_limit: 1000,
             log_json: false,
         }
     }
@@ -159,21 +159,16 @@ mod tests {
         assert!(config.auth_tokens.is_empty());
         assert!(!config.command_server_token.has_token());
         assert_eq!(config.max_watchers, 4096);
-        assert_eq!(config.search_scan_limit, 500);
+        assert_eq!(config.scan_limit, 1000);
     }
 
     #[test]
     fn caps_parse_and_refuse_zero() {
-        let config = Config::try_parse_from([
-            "query-server",
-            "--max-watchers",
-            "3",
-            "--search-scan-limit",
-            "7",
-        ])
-        .expect("caps parse");
-        assert_eq!((config.max_watchers, config.search_scan_limit), (3, 7));
-        for flag in ["--max-watchers", "--search-scan-limit"] {
+        let config =
+            Config::try_parse_from(["query-server", "--max-watchers", "3", "--scan-limit", "7"])
+                .expect("caps parse");
+        assert_eq!((config.max_watchers, config.scan_limit), (3, 7));
+        for flag in ["--max-watchers", "--scan-limit"] {
             Config::try_parse_from(["query-server", flag, "0"]).expect_err("0 is refused");
         }
     }

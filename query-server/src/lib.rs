@@ -72,8 +72,8 @@ pub struct QueryServer {
     projection: Arc<Projection>,
     /// Open live queries (capped by `--max-watchers`) and their shared feeds.
     watches: Arc<Watches>,
-    /// Most room types one search page examines.
-    search_scan_limit: u32,
+    /// Most rows one listing or search page examines.
+    scan_limit: u32,
     /// Health of the gRPC services.
     health: HealthReporter,
     /// The health service to serve.
@@ -132,7 +132,7 @@ impl QueryServer {
             read_model,
             projection,
             watches: Arc::new(Watches::new(config.max_watchers as usize)),
-            search_scan_limit: config.search_scan_limit,
+            scan_limit: config.scan_limit,
             health,
             health_service,
         })
@@ -168,7 +168,7 @@ impl QueryServer {
             self.projection.clone(),
             stopping.clone(),
             self.watches.clone(),
-            self.search_scan_limit,
+            self.scan_limit,
         );
         let admin = Admin::new(Arc::new(Rebuilder::new(
             self.channel.clone(),

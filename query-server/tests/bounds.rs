@@ -506,8 +506,7 @@ async fn a_search_page_examines_at_most_the_scan_limit() {
         }
     }
     stream.append(log);
-    let app =
-        App::spawn_configured(&dir, stream.clone(), |config| config.search_scan_limit = 3).await;
+    let app = App::spawn_configured(&dir, stream.clone(), |config| config.scan_limit = 3).await;
     app.wait_for(stream.head()).await;
     let mut client = app.client().await;
 
@@ -541,5 +540,61 @@ async fn a_search_page_examines_at_most_the_scan_limit() {
         [vec![], vec!["f5".to_owned(), "f6".to_owned()], vec![]],
         "pages: {pages:?}"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_listing_page_examines_at_most_the_scan_limit() {
+    let dir = TempDir::new();
+    let mut events = Events::new();
+    let stream = ScriptedStream::new();
+    // Twelve reservations at h1; only the two oldest are cancelled.
+    let mut log = vec![
+        events.hotel("h1", "Hotel One", "Lisboa"),
+        events.room_type("h1", "DBL", 2, 100, 10_000),
+    ];
+    let stays: Vec<Stay> = (0..12)
+        .map(|i| Stay::new("h1", "DBL", &format!("g{i}"), "2030-12-01", "2030-12-02"))
+        .collect();
+    for stay in &stays {
+        log.push(events.confirmed(stay));
+    }
+    for stay in &stays[..2] {
+        log.push(events.cancelled(stay, S::Confirmed));
+    }
+    stream.append(log);
+    let app = App::spawn_configured(&dir, stream.clone(), |config| config.scan_limit = 4).await;
+    app.wait_for(stream.head()).await;
+    let mut client = app.client().await;
+
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_reservations(pb::ListReservationsRequest {
+                guest_id: String::new(),
+                hotel_id: "h1".into(),
+                statuses: vec![S::Cancelled as i32],
+                page_size: 10,
+                page_token: page_token.clone(),
+                min_position: 0,
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        pages.push(page.reservations.len());
+        for reservation in &page.reservations {
+            assert_eq!(reservation.status(), S::Cancelled);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+        assert!(pages.len() < 10, "{pages:?}");
+    }
+    // Four rows per page, newest first: the ten confirmed fill two pages
+    // and half the third, which finds both cancelled ones; the fourth finds
+    // that nothing is left.
+    assert_eq!(pages, [0, 0, 2, 0], "reservations per page");
     app.stop().await;
 }

@@ -40,8 +40,8 @@ pub struct Queries {
     stopping: tokio::sync::watch::Receiver<bool>,
     /// Open live queries and their shared feeds.
     watches: Arc<Watches>,
-    /// Most room types one search page examines (`--search-scan-limit`).
-    search_scan_limit: i64,
+    /// Most rows one listing or search page examines (`--scan-limit`).
+    scan_limit: i64,
 }
 
 impl Queries {
@@ -50,14 +50,14 @@ impl Queries {
         projection: Arc<Projection>,
         stopping: tokio::sync::watch::Receiver<bool>,
         watches: Arc<Watches>,
-        search_scan_limit: u32,
+        scan_limit: u32,
     ) -> Self {
         Self {
             read_model,
             projection,
             stopping,
             watches,
-            search_scan_limit: i64::from(search_scan_limit),
+            scan_limit: i64::from(scan_limit),
         }
     }
 
@@ -198,9 +198,10 @@ impl pb::query_service_server::QueryService for Queries {
                 before_position: query.before_position,
                 // One more than a page tells whether another page follows.
                 limit: query.page_size + 1,
+                max_examined: self.scan_limit,
                 owner,
             };
-            let ((hotel_known, mut listed), as_of_position) = self.read(|tx| {
+            let ((hotel_known, listing), as_of_position) = self.read(|tx| {
                 if of_hotel {
                     let known = reads::hotel(tx, owner)?.is_some();
                     Ok((known, reads::reservations_of_hotel(tx, &filter)?))
@@ -211,11 +212,16 @@ impl pb::query_service_server::QueryService for Queries {
             if !hotel_known {
                 return Err(QueryError::not_found("hotel", owner));
             }
+            let mut listed = listing.listed;
             let mut next_page_token = String::new();
             if listed.len() as i64 > query.page_size {
                 listed.truncate(query.page_size as usize);
                 let (_, booked_position) = listed.last().expect("a full page is not empty");
                 next_page_token = paging::listing_token(*booked_position);
+            } else if let Some(before) = listing.stopped_before {
+                // The scan cap ended this page early: it may be short, even
+                // empty, and the next one goes on before where it stopped.
+                next_page_token = paging::listing_token(before);
             }
             let reservations = listed
                 .into_iter()
@@ -267,7 +273,7 @@ impl pb::query_service_server::QueryService for Queries {
                 guests: query.guests,
                 after: query.after.clone(),
                 limit: query.page_size + 1,
-                max_examined: self.search_scan_limit,
+                max_examined: self.scan_limit,
             };
             let (found, as_of_position) = self.read(|tx| reads::search(tx, &search))?;
             let mut results = found.results;

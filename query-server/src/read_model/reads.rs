@@ -103,8 +103,21 @@ pub struct ListFilter<'a> {
     pub before_position: i64,
     /// Rows to return.
     pub limit: i64,
+    /// Most rows examined, so that a filter matching few of many
+    /// reservations cannot hold a worker for long.
+    pub max_examined: i64,
     /// The guest or hotel whose reservations are listed.
     pub owner: &'a str,
+}
+
+/// A page of a listing, and where it stopped early.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Up to `limit` reservations, newest first.
+    pub listed: Vec<Listed>,
+    /// The booking position of the last row examined when `max_examined`
+    /// ended the walk before `limit` rows: the next page continues before it.
+    pub stopped_before: Option<i64>,
 }
 
 /// A reservation in a listing, with its sort key (the booking position).
@@ -114,7 +127,7 @@ pub type Listed = (pb::Reservation, i64);
 pub fn reservations_of_guest(
     tx: &Snapshot<'_>,
     filter: &ListFilter<'_>,
-) -> rusqlite::Result<Vec<Listed>> {
+) -> rusqlite::Result<Listing> {
     list(tx, "guest_id", filter)
 }
 
@@ -122,38 +135,54 @@ pub fn reservations_of_guest(
 pub fn reservations_of_hotel(
     tx: &Snapshot<'_>,
     filter: &ListFilter<'_>,
-) -> rusqlite::Result<Vec<Listed>> {
+) -> rusqlite::Result<Listing> {
     list(tx, "hotel_id", filter)
 }
 
+/// Walks the owner's reservations newest first and keeps those whose
+/// status the filter names (in Rust: the walk has to count what it
+/// examines), until `limit` are kept or `max_examined` are seen.
 fn list(
     tx: &Snapshot<'_>,
     owner_column: &str,
     filter: &ListFilter<'_>,
-) -> rusqlite::Result<Vec<Listed>> {
-    let [s1, s2, s3, s4, s5] = filter.statuses;
-    tx.prepare_cached(&format!(
+) -> rusqlite::Result<Listing> {
+    let limit = usize::try_from(filter.limit).unwrap_or(0);
+    let max_examined = usize::try_from(filter.max_examined).unwrap_or(0);
+    let mut listing = Listing::default();
+    if limit == 0 {
+        return Ok(listing);
+    }
+    let mut statement = tx.prepare_cached(&format!(
         "SELECT {RESERVATION_COLUMNS} FROM reservations
-         WHERE {owner_column} = ?1
-           AND booked_position < ?2
-           AND status IN (?3, ?4, ?5, ?6, ?7)
-         ORDER BY booked_position DESC
-         LIMIT ?8"
-    ))?
-    .query_map(
-        params![
-            filter.owner,
-            filter.before_position,
-            s1,
-            s2,
-            s3,
-            s4,
-            s5,
-            filter.limit
-        ],
-        |row| Ok((reservation_from_row(row)?, row.get(17)?)),
-    )?
-    .collect()
+         WHERE {owner_column} = ?1 AND booked_position < ?2
+         ORDER BY booked_position DESC"
+    ))?;
+    let mut rows = statement.query(params![filter.owner, filter.before_position])?;
+    let mut examined = 0;
+    while let Some(row) = rows.next()? {
+        examined += 1;
+        let status: String = row.get(10)?;
+        let booked_position: i64 = row.get(17)?;
+        if filter
+            .statuses
+            .iter()
+            .flatten()
+            .any(|wanted| *wanted == status)
+        {
+            listing
+                .listed
+                .push((reservation_from_row(row)?, booked_position));
+            if listing.listed.len() == limit {
+                break;
+            }
+        }
+        if examined >= max_examined {
+            listing.stopped_before = Some(booked_position);
+            break;
+        }
+    }
+    Ok(listing)
 }
 
 /// A hotel's name and city, if the read model knows it.
