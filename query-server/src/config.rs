@@ -106,6 +106,30 @@ pub struct Config {
     )]
     pub command_server_client_key: Option<PathBuf>,
 
+    // Caps on live queries and long reads.
+    /// Most watch streams (WatchReservation, WatchAvailability) open at once;
+    /// one more gets RESOURCE_EXHAUSTED. Watchers of the same reservation or
+    /// availability request share one read per commit.
+    #[arg(
+        long,
+        env = "HOTEL_QUERY_MAX_WATCHERS",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_watchers: u32,
+
+    /// Most rows one page of ListReservations or SearchAvailability
+    /// examines (reservations, or room types with their nights). A filter
+    /// that matches few of many rows then gets a short (even empty) page
+    /// with a next_page_token instead of holding a worker for all of them.
+    #[arg(
+        long,
+        env = "HOTEL_QUERY_SCAN_LIMIT",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub scan_limit: u32,
+
     /// Write logs as JSON lines (on stderr) instead of human-readable text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,
@@ -143,6 +167,9 @@ impl Config {
             command_server_ca: None,
             command_server_client_cert: None,
             command_server_client_key: None,
+
+            max_watchers: 4096,
+            scan_limit: 1000,
             log_json: false,
             limits: hotel_common::limits::ServerLimits::default(),
         }
@@ -184,6 +211,19 @@ mod tests {
         assert_eq!(config.metrics_addr, None);
         assert!(config.auth_tokens.is_empty());
         assert!(!config.command_server_token.has_token());
+        assert_eq!(config.max_watchers, 4096);
+        assert_eq!(config.scan_limit, 1000);
+    }
+
+    #[test]
+    fn caps_parse_and_refuse_zero() {
+        let config =
+            Config::try_parse_from(["query-server", "--max-watchers", "3", "--scan-limit", "7"])
+                .expect("caps parse");
+        assert_eq!((config.max_watchers, config.scan_limit), (3, 7));
+        for flag in ["--max-watchers", "--scan-limit"] {
+            Config::try_parse_from(["query-server", flag, "0"]).expect_err("0 is refused");
+        }
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub use config::Config;
 
 use crate::{
     projector::{CommandServerChannel, Projection, ProjectorHandle},
-    queries::{Admin, Queries},
+    queries::{Admin, Queries, Watches},
     read_model::{ReadModel, Writer},
     rebuild::{LiveProjector, Rebuilder},
 };
@@ -75,6 +75,10 @@ pub struct QueryServer {
     read_model: Arc<ReadModel>,
     /// The live projection's checkpoint and status.
     projection: Arc<Projection>,
+    /// Open live queries (capped by `--max-watchers`) and their shared feeds.
+    watches: Arc<Watches>,
+    /// Most rows one listing or search page examines.
+    scan_limit: u32,
     /// Health of the gRPC services.
     health: HealthReporter,
     /// The health service to serve.
@@ -140,6 +144,8 @@ impl QueryServer {
             writer,
             read_model,
             projection,
+            watches: Arc::new(Watches::new(config.max_watchers as usize)),
+            scan_limit: config.scan_limit,
             health,
             health_service,
             limits: config.limits,
@@ -156,6 +162,11 @@ impl QueryServer {
         self.projection.clone()
     }
 
+    /// The open live queries, for tests and tools.
+    pub fn watches(&self) -> Arc<Watches> {
+        self.watches.clone()
+    }
+
     /// Runs the projector and serves until `shutdown` resolves; then ends
     /// live queries, gives in-flight requests [`SHUTDOWN_GRACE`], stops the
     /// projector after its current commit and closes the read model.
@@ -170,6 +181,8 @@ impl QueryServer {
             self.read_model.clone(),
             self.projection.clone(),
             stopping.clone(),
+            self.watches.clone(),
+            self.scan_limit,
         );
         let admin = Admin::new(Arc::new(Rebuilder::new(
             self.channel.clone(),

@@ -4,9 +4,10 @@
 //! stream while the live one keeps serving. When it is close to the live
 //! checkpoint, the live projector stops (queries go on reading its file),
 //! the new one catches the last events up to where the live one stopped,
-//! and the new file is renamed over the live path while reads pause for the
-//! milliseconds of the swap ([`ReadModel::swap_in`]). The live projector
-//! then resumes on the new file. Positions reported never go backwards.
+//! and the new file is renamed over the live path ([`ReadModel::swap_in`]);
+//! reads never wait for it, they only change files between two reads. The
+//! live projector then resumes on the new file. Positions reported never go
+//! backwards.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 

@@ -192,12 +192,13 @@ fn a_file_of_the_first_schema_upgrades_in_place() {
         guests: 2,
         after: None,
         limit: 10,
+        max_examined: 1000,
     };
     let (full, free, waitlist, reservation) = readers
         .read(|tx| {
             Ok((
-                reads::search(tx, &search("2030-05-01", "2030-05-02"))?,
-                reads::search(tx, &search("2030-05-02", "2030-05-03"))?,
+                reads::search(tx, &search("2030-05-01", "2030-05-02"))?.results,
+                reads::search(tx, &search("2030-05-02", "2030-05-03"))?.results,
                 reads::waitlist(tx, "h1", "DBL")?,
                 reads::reservation(tx, "r1")?,
             ))

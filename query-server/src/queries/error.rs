@@ -19,6 +19,9 @@ pub enum QueryError {
     /// A rebuild is already running.
     #[error("{0}")]
     Busy(String),
+    /// A cap is reached (open watches); the message names it.
+    #[error("{0}")]
+    Exhausted(String),
     /// The read model could not be read.
     #[error(transparent)]
     Read(#[from] ReadError),
@@ -42,6 +45,7 @@ impl From<QueryError> for Status {
             QueryError::Invalid(status) | QueryError::Stale(status) => status,
             QueryError::NotFound { .. } => Status::not_found(error.to_string()),
             QueryError::Busy(message) => Status::failed_precondition(message),
+            QueryError::Exhausted(message) => Status::resource_exhausted(message),
             QueryError::Read(_) | QueryError::Internal(_) => {
                 tracing::error!(error = format!("{error:#}"), "query failed");
                 Status::internal("the read model could not be read; see the server log")

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 pub use admin::Admin;
 pub use error::QueryError;
+pub use watch::Watches;
 
 use crate::{
     freshness::{wait_budget, wait_for_position},
@@ -37,6 +38,10 @@ pub struct Queries {
     projection: Arc<Projection>,
     /// Turns true when the server shuts down; live queries end then.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// Open live queries and their shared feeds.
+    watches: Arc<Watches>,
+    /// Most rows one listing or search page examines (`--scan-limit`).
+    scan_limit: i64,
 }
 
 impl Queries {
@@ -44,11 +49,15 @@ impl Queries {
         read_model: Arc<ReadModel>,
         projection: Arc<Projection>,
         stopping: tokio::sync::watch::Receiver<bool>,
+        watches: Arc<Watches>,
+        scan_limit: u32,
     ) -> Self {
         Self {
             read_model,
             projection,
             stopping,
+            watches,
+            scan_limit: i64::from(scan_limit),
         }
     }
 
@@ -189,9 +198,10 @@ impl pb::query_service_server::QueryService for Queries {
                 before_position: query.before_position,
                 // One more than a page tells whether another page follows.
                 limit: query.page_size + 1,
+                max_examined: self.scan_limit,
                 owner,
             };
-            let ((hotel_known, mut listed), as_of_position) = self.read(|tx| {
+            let ((hotel_known, listing), as_of_position) = self.read(|tx| {
                 if of_hotel {
                     let known = reads::hotel(tx, owner)?.is_some();
                     Ok((known, reads::reservations_of_hotel(tx, &filter)?))
@@ -202,11 +212,16 @@ impl pb::query_service_server::QueryService for Queries {
             if !hotel_known {
                 return Err(QueryError::not_found("hotel", owner));
             }
+            let mut listed = listing.listed;
             let mut next_page_token = String::new();
             if listed.len() as i64 > query.page_size {
                 listed.truncate(query.page_size as usize);
                 let (_, booked_position) = listed.last().expect("a full page is not empty");
                 next_page_token = paging::listing_token(*booked_position);
+            } else if let Some(before) = listing.stopped_before {
+                // The scan cap ended this page early: it may be short, even
+                // empty, and the next one goes on before where it stopped.
+                next_page_token = paging::listing_token(before);
             }
             let reservations = listed
                 .into_iter()
@@ -258,8 +273,10 @@ impl pb::query_service_server::QueryService for Queries {
                 guests: query.guests,
                 after: query.after.clone(),
                 limit: query.page_size + 1,
+                max_examined: self.scan_limit,
             };
-            let (mut results, as_of_position) = self.read(|tx| reads::search(tx, &search))?;
+            let (found, as_of_position) = self.read(|tx| reads::search(tx, &search))?;
+            let mut results = found.results;
             let mut next_page_token = String::new();
             if results.len() as i64 > query.page_size {
                 results.truncate(query.page_size as usize);
@@ -269,6 +286,10 @@ impl pb::query_service_server::QueryService for Queries {
                     hotel_id: last.hotel_id.clone(),
                     room_type_code: last.room_type_code.clone(),
                 });
+            } else if let Some(stopped_at) = found.stopped_at {
+                // The scan cap ended this page early: it may be short, even
+                // empty, and the next one goes on from where it stopped.
+                next_page_token = paging::search_token(&stopped_at);
             }
             Ok(pb::SearchAvailabilityResponse {
                 results,

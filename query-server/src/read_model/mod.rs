@@ -16,7 +16,7 @@ pub mod reads;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Mutex, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -31,6 +31,10 @@ use checkpointer::Checkpointer;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle read connections kept open; more are opened under load and closed after.
 const MAX_IDLE_READERS: usize = 16;
+/// Read connections opened before a swap hands reads to a new file.
+const PREPARED_READERS: usize = 4;
+/// Longest wait for the reads still running on a file a swap leaves behind.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the projection stands, as stored in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -157,12 +161,15 @@ impl Writer {
 }
 
 /// Read access to the read model for the query handlers.
+///
+/// Reads start on the current [`Readers`]. A swap replaces them under a lock
+/// held only to exchange an `Arc`; reads that started on the old ones finish
+/// on them, and nothing waits for the files to change.
 pub struct ReadModel {
     /// The live file (the configured database path).
     path: PathBuf,
-    /// Idle read-only connections. Every read holds the read lock; a swap
-    /// takes the write lock, so it sees no read in flight and closes them all.
-    readers: RwLock<Mutex<Vec<Connection>>>,
+    /// The readers new reads start on; locked only to clone or replace the `Arc`.
+    current: RwLock<Arc<Readers>>,
 }
 
 impl std::fmt::Debug for ReadModel {
@@ -178,13 +185,75 @@ impl std::fmt::Debug for ReadModel {
 #[error("reading the read model: {0}")]
 pub struct ReadError(#[from] pub rusqlite::Error);
 
+/// Read-only connections to one file.
+struct Readers {
+    /// The file new connections open.
+    path: PathBuf,
+    /// The file is frozen for the length of a swap (closed, no WAL, nothing
+    /// writes it): connections open it `immutable`, without locks, WAL or
+    /// shared memory, so it can be renamed while they read it.
+    frozen: bool,
+    /// Idle connections, reused by the next reads.
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    fn new(path: &Path, frozen: bool) -> Self {
+        Self {
+            path: path.to_owned(),
+            frozen,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Readers with `count` connections already open, so that the reads
+    /// right after a swap do not each open one.
+    fn prepared(path: &Path, frozen: bool, count: usize) -> rusqlite::Result<Self> {
+        let readers = Self::new(path, frozen);
+        for _ in 0..count {
+            let conn = readers.open()?;
+            readers.give_back(conn);
+        }
+        Ok(readers)
+    }
+
+    fn open(&self) -> rusqlite::Result<Connection> {
+        match self.frozen {
+            true => open_frozen_reader(&self.path),
+            false => open_reader(&self.path),
+        }
+    }
+
+    fn take(&self) -> rusqlite::Result<Connection> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => self.open(),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+}
+
 impl ReadModel {
     /// Readers of the file at `path`; a [`Writer`] must have opened it first
     /// (it sets WAL mode and creates the schema).
     pub fn new(path: &Path) -> Self {
         Self {
             path: path.to_owned(),
-            readers: RwLock::new(Mutex::new(Vec::new())),
+            current: RwLock::new(Arc::new(Readers::new(path, false))),
         }
     }
 
@@ -194,33 +263,24 @@ impl ReadModel {
     }
 
     /// Runs `read` in one read transaction on a read-only connection. Reads
-    /// are short (tens of microseconds), so callers run them inline.
+    /// are short (tens of microseconds; the requests' caps bound the long
+    /// ones to milliseconds), so callers run them inline.
     pub fn read<T>(
         &self,
         read: impl FnOnce(&Snapshot<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, ReadError> {
-        let pool = self
-            .readers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let idle = pool
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => open_reader(&self.path)?,
-        };
+        let readers = Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let conn = readers.take()?;
         let outcome = Snapshot::run(&conn, read);
         // A connection that failed is dropped (ending its transaction)
         // rather than reused.
         if outcome.is_ok() {
-            let mut idle = pool
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if idle.len() < MAX_IDLE_READERS {
-                idle.push(conn);
-            }
+            readers.give_back(conn);
         }
         outcome.map_err(ReadError)
     }
@@ -230,38 +290,53 @@ impl ReadModel {
         self.read(|tx| read_checkpoint(tx))
     }
 
-    /// Closes every idle reader (at shutdown, so the writer closes last and
-    /// SQLite removes the WAL). Later reads open new connections.
+    /// Closes every reader once its read is done (at shutdown, so the writer
+    /// closes last and SQLite removes the WAL). Later reads open new
+    /// connections.
     pub fn close_readers(&self) {
-        let pool = self
-            .readers
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        pool.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        let previous = self.install(Readers::new(&self.path, false));
+        if let Err(error) = wait_until_unused(previous) {
+            tracing::warn!(error = format!("{error:#}"), "closing the readers");
+        }
     }
 
-    /// Puts the file written by `rebuilt` at the live path, atomically for
-    /// readers, and returns a writer of the live path.
+    /// Puts the file written by `rebuilt` at the live path and returns a
+    /// writer of it; `live` (the writer of the current file) is closed.
     ///
-    /// `live` (the writer of the current file) is closed first. Reads wait
-    /// for the few milliseconds of the swap; none fails. A rename is only
-    /// safe with no connection open on either file (SQLite names the WAL
-    /// after the path), which the write lock on the readers guarantees.
-    pub fn swap_in(&self, live: Writer, mut rebuilt: Writer) -> anyhow::Result<Writer> {
-        // The bulk of the WAL copy happens before readers are paused.
-        rebuilt.flush_wal()?;
-        let pool = self
-            .readers
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        pool.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
-        live.close()?;
+    /// Reads never wait for the files. A rename is only safe with no
+    /// connection open on either file (SQLite finds the WAL by the path), so
+    /// reads move twice, each time by swapping the [`Readers`]:
+    /// 1. to the rebuilt file, closed and frozen (read `immutable`); once
+    ///    the reads in flight on the live file are done, the live file closes
+    ///    and the rebuilt one is renamed over it, under the frozen readers'
+    ///    open descriptors;
+    /// 2. to ordinary readers of the live path, before anything writes it.
+    pub fn swap_in(&self, live: Writer, rebuilt: Writer) -> anyhow::Result<Writer> {
         let rebuilt_path = rebuilt.path.clone();
+        // The bulk of the work: the WAL is copied into the file and removed.
         rebuilt.close()?;
+        let frozen = Readers::prepared(&rebuilt_path, true, PREPARED_READERS)
+            .with_context(|| format!("opening {} to read", rebuilt_path.display()))?;
+        let swapped = self.swap_files(live, &rebuilt_path, frozen);
+        if swapped.is_err() {
+            // Whichever file is at the live path is a whole read model; its
+            // writer reopens only once no frozen reader reads it.
+            let previous = self.install(Readers::new(&self.path, false));
+            if let Err(error) = wait_until_unused(previous) {
+                tracing::warn!(error = format!("{error:#}"), "after a failed swap");
+            }
+        }
+        swapped
+    }
+
+    fn swap_files(
+        &self,
+        live: Writer,
+        rebuilt_path: &Path,
+        frozen: Readers,
+    ) -> anyhow::Result<Writer> {
+        wait_until_unused(self.install(frozen))?;
+        live.close()?;
         for suffix in ["-wal", "-shm"] {
             let leftover = with_suffix(&self.path, suffix);
             anyhow::ensure!(
@@ -270,18 +345,50 @@ impl ReadModel {
                 leftover.display()
             );
         }
-        std::fs::rename(&rebuilt_path, &self.path).with_context(|| {
-            format!(
-                "renaming {} to {}",
-                rebuilt_path.display(),
-                self.path.display()
-            )
-        })?;
+        // The rebuilt file keeps its own name until its frozen readers are
+        // gone: they open new connections by it.
+        let link = with_suffix(rebuilt_path, "-link");
+        std::fs::hard_link(rebuilt_path, &link)
+            .with_context(|| format!("linking {} to {}", rebuilt_path.display(), link.display()))?;
+        std::fs::rename(&link, &self.path)
+            .with_context(|| format!("renaming {} to {}", link.display(), self.path.display()))?;
         sync_parent_dir(&self.path);
         let writer = Writer::open(&self.path)?;
-        drop(pool);
+        let readers = Readers::prepared(&self.path, false, PREPARED_READERS)
+            .with_context(|| format!("opening {} to read", self.path.display()))?;
+        // Frozen readers read the file without locks: the writer must not
+        // change it until the last of them is done.
+        wait_until_unused(self.install(readers))?;
+        if let Err(error) = std::fs::remove_file(rebuilt_path) {
+            tracing::warn!(file = %rebuilt_path.display(), %error, "could not remove a rebuild file");
+        }
         Ok(writer)
     }
+
+    /// Makes `readers` the ones new reads start on; returns the previous ones.
+    fn install(&self, readers: Readers) -> Arc<Readers> {
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::replace(&mut *current, Arc::new(readers))
+    }
+}
+
+/// Waits until no read uses `readers` any more (reads are bounded, so this
+/// is milliseconds), then closes their connections.
+fn wait_until_unused(readers: Arc<Readers>) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+    while Arc::strong_count(&readers) > 1 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "reads of {} still running after {DRAIN_TIMEOUT:?}",
+            readers.path.display()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(readers);
+    Ok(())
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
@@ -290,6 +397,34 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    keep_plans(&conn)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// A reader of a closed file that nothing writes: `immutable=1` makes SQLite
+/// read the file through its descriptor with no lock, WAL or `-shm` file,
+/// which are found by the path and would not survive a rename.
+fn open_frozen_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let text = path
+        .to_str()
+        .ok_or_else(|| rusqlite::Error::InvalidPath(path.to_owned()))?;
+    let mut uri = String::from("file:");
+    for c in text.chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    let conn = Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
     keep_plans(&conn)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)

@@ -103,8 +103,21 @@ pub struct ListFilter<'a> {
     pub before_position: i64,
     /// Rows to return.
     pub limit: i64,
+    /// Most rows examined, so that a filter matching few of many
+    /// reservations cannot hold a worker for long.
+    pub max_examined: i64,
     /// The guest or hotel whose reservations are listed.
     pub owner: &'a str,
+}
+
+/// A page of a listing, and where it stopped early.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Up to `limit` reservations, newest first.
+    pub listed: Vec<Listed>,
+    /// The booking position of the last row examined when `max_examined`
+    /// ended the walk before `limit` rows: the next page continues before it.
+    pub stopped_before: Option<i64>,
 }
 
 /// A reservation in a listing, with its sort key (the booking position).
@@ -114,7 +127,7 @@ pub type Listed = (pb::Reservation, i64);
 pub fn reservations_of_guest(
     tx: &Snapshot<'_>,
     filter: &ListFilter<'_>,
-) -> rusqlite::Result<Vec<Listed>> {
+) -> rusqlite::Result<Listing> {
     list(tx, "guest_id", filter)
 }
 
@@ -122,38 +135,54 @@ pub fn reservations_of_guest(
 pub fn reservations_of_hotel(
     tx: &Snapshot<'_>,
     filter: &ListFilter<'_>,
-) -> rusqlite::Result<Vec<Listed>> {
+) -> rusqlite::Result<Listing> {
     list(tx, "hotel_id", filter)
 }
 
+/// Walks the owner's reservations newest first and keeps those whose
+/// status the filter names (in Rust: the walk has to count what it
+/// examines), until `limit` are kept or `max_examined` are seen.
 fn list(
     tx: &Snapshot<'_>,
     owner_column: &str,
     filter: &ListFilter<'_>,
-) -> rusqlite::Result<Vec<Listed>> {
-    let [s1, s2, s3, s4, s5] = filter.statuses;
-    tx.prepare_cached(&format!(
+) -> rusqlite::Result<Listing> {
+    let limit = usize::try_from(filter.limit).unwrap_or(0);
+    let max_examined = usize::try_from(filter.max_examined).unwrap_or(0);
+    let mut listing = Listing::default();
+    if limit == 0 {
+        return Ok(listing);
+    }
+    let mut statement = tx.prepare_cached(&format!(
         "SELECT {RESERVATION_COLUMNS} FROM reservations
-         WHERE {owner_column} = ?1
-           AND booked_position < ?2
-           AND status IN (?3, ?4, ?5, ?6, ?7)
-         ORDER BY booked_position DESC
-         LIMIT ?8"
-    ))?
-    .query_map(
-        params![
-            filter.owner,
-            filter.before_position,
-            s1,
-            s2,
-            s3,
-            s4,
-            s5,
-            filter.limit
-        ],
-        |row| Ok((reservation_from_row(row)?, row.get(17)?)),
-    )?
-    .collect()
+         WHERE {owner_column} = ?1 AND booked_position < ?2
+         ORDER BY booked_position DESC"
+    ))?;
+    let mut rows = statement.query(params![filter.owner, filter.before_position])?;
+    let mut examined = 0;
+    while let Some(row) = rows.next()? {
+        examined += 1;
+        let status: String = row.get(10)?;
+        let booked_position: i64 = row.get(17)?;
+        if filter
+            .statuses
+            .iter()
+            .flatten()
+            .any(|wanted| *wanted == status)
+        {
+            listing
+                .listed
+                .push((reservation_from_row(row)?, booked_position));
+            if listing.listed.len() == limit {
+                break;
+            }
+        }
+        if examined >= max_examined {
+            listing.stopped_before = Some(booked_position);
+            break;
+        }
+    }
+    Ok(listing)
 }
 
 /// A hotel's name and city, if the read model knows it.
@@ -256,6 +285,19 @@ pub struct Search<'a> {
     /// Results strictly after this sort key (the page token).
     pub after: Option<SearchKey>,
     pub limit: i64,
+    /// Most candidate room types examined (each costs a read of its nights),
+    /// so that a city of full hotels cannot hold a worker for long.
+    pub max_examined: i64,
+}
+
+/// What a search found, and where it stopped early.
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    /// Up to `limit` results, in order.
+    pub results: Vec<pb::SearchResult>,
+    /// The key of the last room type examined when `max_examined` ended the
+    /// walk before `limit` results: the next page continues after it.
+    pub stopped_at: Option<SearchKey>,
 }
 
 /// The sort order of search results: total price, hotel, room type.
@@ -272,8 +314,9 @@ pub struct SearchKey {
 /// `search_room_types` hands out a city's room types already in result
 /// order (by nightly rate, which orders the stays' totals the same way), so
 /// the fewest free rooms are computed once per candidate, full ones are
-/// skipped here, and the walk stops once `limit` results are found.
-pub fn search(tx: &Snapshot<'_>, search: &Search<'_>) -> rusqlite::Result<Vec<pb::SearchResult>> {
+/// skipped here, and the walk stops once `limit` results are found, or
+/// after `max_examined` candidates.
+pub fn search(tx: &Snapshot<'_>, search: &Search<'_>) -> rusqlite::Result<Found> {
     let (after_total, after_hotel, after_code) = match &search.after {
         Some(key) => (
             Some(key.total_minor),
@@ -283,10 +326,15 @@ pub fn search(tx: &Snapshot<'_>, search: &Search<'_>) -> rusqlite::Result<Vec<pb
         None => (None, None, None),
     };
     let limit = usize::try_from(search.limit).unwrap_or(0);
-    let mut results = Vec::with_capacity(limit.min(64));
+    let max_examined = usize::try_from(search.max_examined).unwrap_or(0);
+    let mut found = Found {
+        results: Vec::with_capacity(limit.min(64)),
+        stopped_at: None,
+    };
     if limit == 0 {
-        return Ok(results);
+        return Ok(found);
     }
+    let mut examined = 0;
     let mut statement = tx.prepare_cached(
         "SELECT hotel_id, hotel_name, city, code, room_type_name, max_guests,
                 inventory - COALESCE(
@@ -311,12 +359,21 @@ pub fn search(tx: &Snapshot<'_>, search: &Search<'_>) -> rusqlite::Result<Vec<pb
         after_code,
     ])?;
     while let Some(row) = rows.next()? {
+        examined += 1;
         let free_rooms: i32 = row.get(6)?;
         if free_rooms < 1 {
+            if examined >= max_examined {
+                found.stopped_at = Some(SearchKey {
+                    total_minor: row.get(9)?,
+                    hotel_id: row.get(0)?,
+                    room_type_code: row.get(3)?,
+                });
+                break;
+            }
             continue;
         }
         let currency: String = row.get(8)?;
-        results.push(pb::SearchResult {
+        found.results.push(pb::SearchResult {
             hotel_id: row.get(0)?,
             hotel_name: row.get(1)?,
             city: row.get(2)?,
@@ -333,11 +390,20 @@ pub fn search(tx: &Snapshot<'_>, search: &Search<'_>) -> rusqlite::Result<Vec<pb
                 currency,
             }),
         });
-        if results.len() == limit {
+        if found.results.len() == limit {
+            break;
+        }
+        if examined >= max_examined {
+            // Continue after this result: it is the last one examined.
+            found.stopped_at = found.results.last().map(|last| SearchKey {
+                total_minor: last.total_price.as_ref().map_or(0, |m| m.amount_minor),
+                hotel_id: last.hotel_id.clone(),
+                room_type_code: last.room_type_code.clone(),
+            });
             break;
         }
     }
-    Ok(results)
+    Ok(found)
 }
 
 /// The waiting list of a room type in the command server's promotion order:

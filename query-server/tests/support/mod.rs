@@ -15,7 +15,7 @@ use hotel_common::pb::{
     self, event::Kind, event_stream_server::EventStream, query_service_client::QueryServiceClient,
     subscribe_response::Message,
 };
-use query_server::{Config, QueryServer, projector::Projection};
+use query_server::{Config, QueryServer, projector::Projection, queries::Watches};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, transport::Channel};
@@ -516,6 +516,8 @@ impl EventStream for ScriptedStream {
 pub struct App {
     pub addr: SocketAddr,
     pub projection: Arc<Projection>,
+    /// The server's open watches and their feeds.
+    pub watches: Arc<Watches>,
     pub stream: ScriptedStream,
     stop_server: Option<oneshot::Sender<()>>,
     stop_stream: Option<oneshot::Sender<()>>,
@@ -529,17 +531,38 @@ impl App {
         Self::spawn_with_url(dir, stream, url, Some(stop_stream)).await
     }
 
+    /// Like [`App::spawn`], with settings changed by `configure`.
+    pub async fn spawn_configured(
+        dir: &TempDir,
+        stream: ScriptedStream,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
+        let (url, stop_stream) = stream.serve().await;
+        let mut config = Config::for_tests(dir.db(), url);
+        configure(&mut config);
+        Self::start(config, stream, Some(stop_stream)).await
+    }
+
     pub async fn spawn_with_url(
         dir: &TempDir,
         stream: ScriptedStream,
         url: String,
         stop_stream: Option<oneshot::Sender<()>>,
     ) -> Self {
-        let server = QueryServer::build(Config::for_tests(dir.db(), url))
+        Self::start(Config::for_tests(dir.db(), url), stream, stop_stream).await
+    }
+
+    async fn start(
+        config: Config,
+        stream: ScriptedStream,
+        stop_stream: Option<oneshot::Sender<()>>,
+    ) -> Self {
+        let server = QueryServer::build(config)
             .await
             .expect("query server builds");
         let addr = server.local_addr();
         let projection = server.projection();
+        let watches = server.watches();
         let (stop_server, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run_until_stopped(async {
             let _ = stopped.await;
@@ -547,6 +570,7 @@ impl App {
         Self {
             addr,
             projection,
+            watches,
             stream,
             stop_server: Some(stop_server),
             stop_stream,
