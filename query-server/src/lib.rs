@@ -184,13 +184,16 @@ impl QueryServer {
             self.watches.clone(),
             self.scan_limit,
         );
-        let admin = Admin::new(Arc::new(Rebuilder::new(
-            self.channel.clone(),
-            self.read_model.clone(),
+        let admin = Admin::new(
+            Arc::new(Rebuilder::new(
+                self.channel.clone(),
+                self.read_model.clone(),
+                self.projection.clone(),
+                live.clone(),
+                stopping.clone(),
+            )),
             self.projection.clone(),
-            live.clone(),
-            stopping.clone(),
-        )));
+        );
         let (reflection_v1, reflection_v1alpha) =
             reflection_services(&["hotel.v1.QueryService", "hotel.v1.QueryAdminService"])?;
         let mut stopped = stopping.clone();

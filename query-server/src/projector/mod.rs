@@ -29,6 +29,11 @@ use crate::read_model::{ApplyError, Writer, apply::millis};
 
 /// Events asked for per stream message (the most the command server sends).
 const MAX_BATCH: i32 = 5000;
+
+/// `ProjectionStop.reason` of an event of a kind this binary does not know.
+pub const UNKNOWN_EVENT_KIND: &str = "UNKNOWN_EVENT_KIND";
+/// `ProjectionStop.reason` of an event the read model refused, after retries.
+pub const EVENT_REFUSED: &str = "EVENT_REFUSED";
 /// Most events committed in one SQLite transaction.
 const MAX_EVENTS_PER_COMMIT: usize = 10_000;
 /// While more events are known to exist than have arrived (catching up),
@@ -92,7 +97,13 @@ enum Ended {
     Disconnected(String),
     /// The stream or the read model refused the order of events.
     OutOfOrder(String),
+    /// The read model cannot apply the event at `stop.position`.
+    Refused(pb::ProjectionStop),
 }
+
+/// Times the read model may refuse the same event (a read model error, a
+/// full disk) before it stops there; an unknown kind stops at once.
+const MAX_REFUSALS: u32 = 3;
 
 /// Follows the stream until `stop` turns true; returns the writer.
 pub async fn run(
@@ -103,6 +114,8 @@ pub async fn run(
 ) -> Writer {
     let mut client = EventStreamClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut backoff = Backoff::default();
+    // The position last refused and how many times in a row.
+    let mut refusals: (i64, u32) = (0, 0);
     loop {
         if *stop.borrow() {
             return writer;
@@ -194,6 +207,29 @@ pub async fn run(
                     "resubscribing from the checkpoint"
                 );
             }
+            Ended::Refused(stop_at) => {
+                refusals = match refusals {
+                    (position, count) if position == stop_at.position => (position, count + 1),
+                    _ => (stop_at.position, 1),
+                };
+                if stop_at.reason == UNKNOWN_EVENT_KIND || refusals.1 >= MAX_REFUSALS {
+                    // Never past it: stopped until an operator resumes it.
+                    projection.stop_before(stop_at).await;
+                    tokio::select! {
+                        () = projection.resumed() => {}
+                        _ = stop.wait_for(|stop| *stop) => return writer,
+                    }
+                    refusals = (0, 0);
+                    backoff.reset();
+                    continue;
+                }
+                tracing::warn!(
+                    position = stop_at.position,
+                    attempt = refusals.1,
+                    message = stop_at.message,
+                    "the read model refused an event; trying again"
+                );
+            }
         }
         let delay = backoff.next_delay();
         tokio::select! {
@@ -281,6 +317,23 @@ async fn follow(
                         let reason = format!("the read model refused a batch: {error}");
                         ended = Some(match error {
                             ApplyError::OutOfOrder { .. } => Ended::OutOfOrder(reason),
+                            ApplyError::Unapplicable {
+                                position,
+                                event_id,
+                                unknown_kind,
+                                message,
+                                checkpoint,
+                            } => {
+                                // The events before it were kept.
+                                projection.committed(checkpoint, last_event_at);
+                                Ended::Refused(pb::ProjectionStop {
+                                    position,
+                                    event_id,
+                                    reason: if unknown_kind { UNKNOWN_EVENT_KIND } else { EVENT_REFUSED }
+                                        .to_owned(),
+                                    message,
+                                })
+                            }
                             _ => {
                                 tracing::error!(%error, "applying events failed");
                                 Ended::Disconnected(reason)

@@ -21,6 +21,8 @@ pub struct Projection {
     status: Mutex<Status>,
     /// Health of the server; `None` for a projection nobody queries (a rebuild).
     health: Option<HealthReporter>,
+    /// Wakes a stopped projector when an operator resumes it.
+    resume: tokio::sync::Notify,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -34,8 +36,13 @@ struct Status {
     last_event_at_ms: Option<i64>,
     /// Commit time of the oldest event received but not yet applied.
     pending_since_ms: Option<i64>,
-    /// Whether the projection has been live once (health stays SERVING after).
+    /// Whether the projection has been live once (health stays SERVING after,
+    /// unless it stops before an event).
     caught_up_once: bool,
+    /// Why it stopped following, while STOPPED.
+    stopped: Option<pb::ProjectionStop>,
+    /// Whether health says SERVING.
+    serving: bool,
 }
 
 impl std::fmt::Debug for Projection {
@@ -58,6 +65,7 @@ impl Projection {
                 ..Status::default()
             }),
             health,
+            resume: tokio::sync::Notify::new(),
         }
     }
 
@@ -130,23 +138,79 @@ impl Projection {
 
     /// Moves to `state`; the first move to LIVE makes the server SERVING.
     pub async fn set_state(&self, state: pb::ProjectionState) {
-        let first_catch_up = self.with_status(|s| {
+        let (first_catch_up, serve) = self.with_status(|s| {
             s.state = state;
             let first = state == pb::ProjectionState::Live && !s.caught_up_once;
             s.caught_up_once |= first;
-            first
+            // Serving again once live after a stop.
+            let serve = state == pb::ProjectionState::Live && !s.serving;
+            s.serving |= serve;
+            (first, serve)
         });
-        if first_catch_up && let Some(health) = &self.health {
-            for service in HEALTH_SERVICES {
-                health
-                    .set_service_status(service, ServingStatus::Serving)
-                    .await;
-            }
+        if serve {
+            self.set_health(ServingStatus::Serving).await;
+        }
+        if first_catch_up {
             tracing::info!(
                 checkpoint = self.checkpoint(),
                 "read model caught up; serving"
             );
         }
+    }
+
+    async fn set_health(&self, status: ServingStatus) {
+        if let Some(health) = &self.health {
+            for service in HEALTH_SERVICES {
+                health.set_service_status(service, status).await;
+            }
+        }
+    }
+
+    /// Stops following before an event that cannot be applied: the state
+    /// says why, health turns NOT_SERVING (queries are still answered, as
+    /// of the checkpoint), and a metric shows it.
+    pub async fn stop_before(&self, stop: pb::ProjectionStop) {
+        tracing::error!(
+            position = stop.position,
+            event_id = stop.event_id,
+            reason = stop.reason,
+            message = stop.message,
+            "the read model stopped before an event it cannot apply; it answers as of its \
+             checkpoint until resumed (QueryAdminService.ResumeProjection), upgraded or rebuilt"
+        );
+        if self.health.is_some() {
+            metrics::gauge!("projection_stopped", "reason" => stop.reason.clone()).set(1.0);
+        }
+        self.with_status(|s| {
+            s.state = pb::ProjectionState::Stopped;
+            s.stopped = Some(stop);
+            s.serving = false;
+        });
+        self.set_health(ServingStatus::NotServing).await;
+    }
+
+    /// Lets a stopped projector try again; `false` when it was not stopped.
+    pub fn resume(&self) -> bool {
+        let stopped = self.with_status(|s| {
+            let stopped = s.stopped.take();
+            if stopped.is_some() {
+                s.state = pb::ProjectionState::Disconnected;
+            }
+            stopped
+        });
+        let Some(stop) = stopped else {
+            return false;
+        };
+        if self.health.is_some() {
+            metrics::gauge!("projection_stopped", "reason" => stop.reason).set(0.0);
+        }
+        self.resume.notify_one();
+        true
+    }
+
+    /// Waits until an operator resumes a stopped projector.
+    pub async fn resumed(&self) {
+        self.resume.notified().await;
     }
 
     /// The current state.
@@ -174,6 +238,7 @@ impl Projection {
             lag_seconds,
             state: status.state as i32,
             last_applied_at: status.last_applied_at_ms.map(timestamp_from_millis),
+            stopped: status.stopped,
         }
     }
 

@@ -6,18 +6,23 @@ use hotel_common::pb;
 use tonic::{Request, Response, Status};
 
 use super::{QueryError, observe};
-use crate::rebuild::Rebuilder;
+use crate::{projector::Projection, rebuild::Rebuilder};
 
 /// The admin handlers.
 #[derive(Clone)]
 pub struct Admin {
     /// Runs the rebuilds.
     rebuilder: Arc<Rebuilder>,
+    /// The live projection, to resume it when it stopped.
+    projection: Arc<Projection>,
 }
 
 impl Admin {
-    pub fn new(rebuilder: Arc<Rebuilder>) -> Self {
-        Self { rebuilder }
+    pub fn new(rebuilder: Arc<Rebuilder>, projection: Arc<Projection>) -> Self {
+        Self {
+            rebuilder,
+            projection,
+        }
     }
 }
 
@@ -39,5 +44,25 @@ impl pb::query_admin_service_server::QueryAdminService for Admin {
             ))),
         };
         observe("RebuildReadModel", started, result)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn resume_projection(
+        &self,
+        _request: Request<pb::ResumeProjectionRequest>,
+    ) -> Result<Response<pb::ResumeProjectionResponse>, Status> {
+        let started = Instant::now();
+        let was_stopped = self.projection.resume();
+        if was_stopped {
+            tracing::info!(
+                checkpoint = self.projection.checkpoint(),
+                "projection resumed by an operator"
+            );
+        }
+        let reply = pb::ResumeProjectionResponse {
+            checkpoint: self.projection.checkpoint(),
+            was_stopped,
+        };
+        observe("ResumeProjection", started, Ok::<_, QueryError>(reply))
     }
 }

@@ -18,8 +18,24 @@ pub enum ApplyError {
     /// The event cannot be applied as written (a bug on the sending side).
     #[error("event at position {position} is malformed: {reason}")]
     Malformed { position: i64, reason: String },
+    /// The event is of a kind this binary does not know (a newer command
+    /// server wrote it): applying anything past it would lose it.
+    #[error("event type {event_type:?} is unknown to this query server: it needs a newer binary")]
+    UnknownKind { event_type: String },
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+    /// The batch stops before an event that cannot be applied; the events
+    /// before it may be kept (the read model then stops at `checkpoint`).
+    #[error("event {event_id} at position {position} cannot be applied: {message}")]
+    Unapplicable {
+        position: i64,
+        event_id: String,
+        /// Whether it failed for being of an unknown kind (no retry helps).
+        unknown_kind: bool,
+        message: String,
+        /// The checkpoint right before it.
+        checkpoint: i64,
+    },
 }
 
 /// A reservation status as the read model writes it.
@@ -63,7 +79,13 @@ pub fn apply_batch(
                 got: envelope.position,
             });
         }
-        apply_event(tx, envelope)?;
+        apply_event(tx, envelope).map_err(|error| ApplyError::Unapplicable {
+            position: envelope.position,
+            event_id: envelope.event_id.clone(),
+            unknown_kind: matches!(error, ApplyError::UnknownKind { .. }),
+            message: error.to_string(),
+            checkpoint,
+        })?;
         checkpoint = envelope.position;
     }
     tx.prepare_cached("UPDATE checkpoint SET position = ?1, applied_at_ms = ?2 WHERE id = 1")?
@@ -76,14 +98,11 @@ pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result
     let position = envelope.position;
     let occurred_at = millis(envelope.occurred_at.as_ref());
     let Some(kind) = envelope.event.as_ref().and_then(|e| e.kind.as_ref()) else {
-        // A payload this binary does not know (a newer server): nothing here
-        // depends on it, so the position still counts as applied.
-        tracing::warn!(
-            position,
-            event_type = envelope.event_type,
-            "skipping an event of unknown type"
-        );
-        return Ok(());
+        // A kind this binary does not know (a newer command server): never
+        // skipped, the read model stops before it (ADR 0009).
+        return Err(ApplyError::UnknownKind {
+            event_type: envelope.event_type.clone(),
+        });
     };
     match kind {
         Kind::HotelRegistered(e) => {

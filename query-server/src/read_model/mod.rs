@@ -133,13 +133,33 @@ impl Writer {
     pub fn apply_batch(&mut self, events: &[pb::EventEnvelope]) -> Result<i64, ApplyError> {
         let gate = self.checkpointer.gate();
         let held = gate.hold();
-        let tx = self.conn.transaction()?;
         let applied_at_ms = now_millis();
-        let checkpoint = apply::apply_batch(&tx, events, applied_at_ms)?;
-        tx.commit()?;
+        let tx = self.conn.transaction()?;
+        let applied = apply::apply_batch(&tx, events, applied_at_ms);
+        let outcome = match applied {
+            Ok(checkpoint) => {
+                tx.commit()?;
+                Ok(checkpoint)
+            }
+            Err(ApplyError::Unapplicable { position, .. }) if events[0].position < position => {
+                // Keep the events before the one that cannot be applied: the
+                // read model stops right before it.
+                drop(tx);
+                let before: Vec<pb::EventEnvelope> = events
+                    .iter()
+                    .take_while(|event| event.position < position)
+                    .cloned()
+                    .collect();
+                let tx = self.conn.transaction()?;
+                apply::apply_batch(&tx, &before, applied_at_ms)?;
+                tx.commit()?;
+                applied
+            }
+            Err(error) => Err(error),
+        };
         drop(held);
         self.checkpointer.nudge();
-        Ok(checkpoint)
+        outcome
     }
 
     /// Moves every committed page from the WAL into the file and empties the

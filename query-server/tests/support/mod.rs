@@ -355,6 +355,14 @@ impl ScriptedStream {
         self.with(|s| s.log.len() as i64)
     }
 
+    /// Replaces the event at its position (a log that was fixed).
+    pub fn replace(&self, event: pb::EventEnvelope) {
+        self.with(|s| {
+            let index = event.position as usize - 1;
+            s.log[index] = event;
+        });
+    }
+
     pub fn inject(&self, fault: Fault) {
         self.with(|s| s.faults.push_back(fault));
     }
