@@ -39,6 +39,7 @@ async fn follow(
                 from_position: next,
                 filter: None,
                 max_batch: 50,
+                expected_event_id: String::new(),
             })
             .await
             .expect("subscribe")
@@ -185,6 +186,7 @@ async fn a_slow_subscriber_keeps_server_memory_bounded_and_gets_everything() {
             from_position: 1,
             filter: None,
             max_batch: 100,
+            expected_event_id: String::new(),
         })
         .await
         .expect("subscribe")

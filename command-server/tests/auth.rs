@@ -136,6 +136,7 @@ async fn the_event_stream_needs_a_token_with_the_subscriber_role() {
         from_position: 1,
         filter: None,
         max_batch: 100,
+        expected_event_id: String::new(),
     };
 
     let status = events

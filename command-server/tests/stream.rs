@@ -54,6 +54,7 @@ fn subscribe_from(from: i64, max_batch: i32) -> pb::SubscribeRequest {
         from_position: from,
         filter: None,
         max_batch,
+        expected_event_id: String::new(),
     }
 }
 
@@ -216,6 +217,7 @@ async fn filters_deliver_only_matching_events_and_still_advance() {
             from_position: 1,
             filter: Some(filter),
             max_batch: 0,
+            expected_event_id: String::new(),
         })
         .await
         .expect("subscribe")
@@ -294,6 +296,7 @@ async fn bad_subscriptions_get_clear_errors_and_shutdown_ends_streams() {
                 hotel_ids: vec![],
             }),
             max_batch: 0,
+            expected_event_id: String::new(),
         })
         .await
         .expect_err("unknown type");

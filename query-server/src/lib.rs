@@ -112,7 +112,7 @@ impl QueryServer {
         let health_service = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(health.clone()),
         );
-        let projection = Arc::new(Projection::new(checkpoint, Some(health.clone())));
+        let projection = Arc::new(Projection::new(checkpoint.clone(), Some(health.clone())));
         projection.init_health().await;
         let channel = command_server
             .connect_timeout(COMMAND_SERVER_CONNECT_TIMEOUT)

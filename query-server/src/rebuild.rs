@@ -154,7 +154,7 @@ impl Rebuilder {
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         };
         let checkpoint = writer.checkpoint().map_err(anyhow::Error::from)?;
-        self.projection.adopt(checkpoint);
+        self.projection.adopt(checkpoint.clone());
         self.resume(writer).await;
         Ok(checkpoint.position)
     }

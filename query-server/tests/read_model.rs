@@ -377,22 +377,42 @@ fn events_and_checkpoint_commit_together_and_survive_reopening() {
 }
 
 #[test]
-fn an_event_that_cannot_apply_rolls_back_its_whole_batch() {
+fn an_event_that_cannot_apply_stops_its_batch_right_before_it() {
+    // Issue 13: the read model stops at the event (checkpoint = its
+    // position - 1), keeping what came before it in the batch, and nothing
+    // of the event itself or after it.
     let mut f = fixture();
     f.hotel_with_rooms(1);
     let known = Stay::new("h1", "DBL", "ana", "2030-05-01", "2030-05-02");
     let unknown = Stay::new("h1", "DBL", "bo", "2030-05-01", "2030-05-02");
-    let batch = [f.events.confirmed(&known), f.events.checked_in(&unknown)];
+    let later = Stay::new("h1", "DBL", "cy", "2030-05-02", "2030-05-03");
+    let batch = [
+        f.events.confirmed(&known),
+        f.events.checked_in(&unknown),
+        f.events.confirmed(&later),
+    ];
     let error = f
         .writer
         .apply_batch(&batch)
         .expect_err("unknown reservation");
-    assert!(
-        matches!(error, ApplyError::Malformed { position: 4, .. }),
-        "{error}"
-    );
-    assert_eq!(f.checkpoint(), 2);
-    assert_eq!(f.night("h1", "DBL", "2030-05-01"), (0, 0));
+    match &error {
+        ApplyError::Unapplicable {
+            position,
+            event_id,
+            unknown_kind,
+            message,
+            checkpoint,
+        } => {
+            assert_eq!((*position, *checkpoint), (4, 3));
+            assert_eq!(event_id, &batch[1].event_id);
+            assert!(!unknown_kind);
+            assert!(message.contains("is unknown"), "{message}");
+        }
+        other => panic!("expected Unapplicable, got {other}"),
+    }
+    assert_eq!(f.checkpoint(), 3);
+    assert_eq!(f.night("h1", "DBL", "2030-05-01"), (1, 0));
+    assert_eq!(f.night("h1", "DBL", "2030-05-02"), (0, 0));
 }
 
 #[test]

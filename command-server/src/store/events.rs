@@ -107,6 +107,14 @@ pub async fn head(pool: &MySqlPool) -> sqlx::Result<i64> {
         .await
 }
 
+/// The id of the event at `position`, if the log holds one there.
+pub async fn event_id_at(pool: &MySqlPool, position: i64) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT event_id FROM events WHERE position = ?")
+        .bind(position)
+        .fetch_optional(pool)
+        .await
+}
+
 /// Reads events `from..=through` in order, at most `limit`, stopping before
 /// the first missing position so a reader never steps past a hole.
 pub async fn read_range(

@@ -6,9 +6,11 @@
 //!   follow the head; bounded, at the subscriber's pace.
 //! - [`recent`]: this process's last commits, in memory, for live
 //!   subscribers.
+//! - [`identity`]: whether a subscriber resumes on the history it holds.
 //! - [`service`]: the tonic service.
 
 pub mod head;
+pub mod identity;
 pub mod recent;
 pub mod service;
 pub mod subscription;

@@ -65,6 +65,12 @@ impl pb::event_stream_server::EventStream for EventStreamApi {
             )));
         }
         subscription.next = subscription.next.max(1);
+        super::identity::check(
+            &self.pool,
+            subscription.next - 1,
+            &request.expected_event_id,
+        )
+        .await?;
         let (out, stream) = mpsc::channel(2);
         let feed = Feed {
             pool: self.pool.clone(),

@@ -22,6 +22,7 @@ use hotel_common::{
 };
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
+use tonic_types::StatusExt;
 
 pub use status::Projection;
 
@@ -34,6 +35,9 @@ const MAX_BATCH: i32 = 5000;
 pub const UNKNOWN_EVENT_KIND: &str = "UNKNOWN_EVENT_KIND";
 /// `ProjectionStop.reason` of an event the read model refused, after retries.
 pub const EVENT_REFUSED: &str = "EVENT_REFUSED";
+/// `ProjectionStop.reason` (and the command server's ErrorInfo reason) of a
+/// log whose history is not the read model's.
+pub const LOG_REWRITTEN: &str = "LOG_REWRITTEN";
 /// Most events committed in one SQLite transaction.
 const MAX_EVENTS_PER_COMMIT: usize = 10_000;
 /// While more events are known to exist than have arrived (catching up),
@@ -121,8 +125,11 @@ pub async fn run(
             return writer;
         }
         // The file, not the published value, is the truth of where we are.
-        let from_position = match writer.checkpoint() {
-            Ok(checkpoint) => checkpoint.position + 1,
+        let (from_position, expected_event_id) = match writer.checkpoint() {
+            Ok(checkpoint) => (
+                checkpoint.position + 1,
+                checkpoint.event_id.unwrap_or_default(),
+            ),
             Err(error) => {
                 tracing::error!(%error, "cannot read the checkpoint");
                 tokio::select! {
@@ -135,6 +142,7 @@ pub async fn run(
             from_position,
             filter: None,
             max_batch: MAX_BATCH,
+            expected_event_id: expected_event_id.clone(),
         };
         let subscribed = tokio::select! {
             subscribed = client.subscribe(request) => subscribed,
@@ -159,14 +167,28 @@ pub async fn run(
                 }
                 ended
             }
-            Err(status) if status.code() == tonic::Code::OutOfRange => {
-                tracing::error!(
-                    from_position,
-                    message = status.message(),
-                    "the read model is ahead of the command server's log; was the write \
-                     database replaced? Delete or rebuild this read model"
-                );
-                Ended::Disconnected(format!("out of range: {}", status.message()))
+            // The log is not the history this read model holds: it was
+            // restored or failed over and written again (our event is gone
+            // from its position), or it ends before our checkpoint. Never
+            // resume on it.
+            Err(status)
+                if status.code() == tonic::Code::OutOfRange
+                    || (status.code() == tonic::Code::FailedPrecondition
+                        && status
+                            .get_details_error_info()
+                            .is_some_and(|info| info.reason == LOG_REWRITTEN)) =>
+            {
+                Ended::Refused(pb::ProjectionStop {
+                    position: from_position - 1,
+                    event_id: expected_event_id,
+                    reason: LOG_REWRITTEN.to_owned(),
+                    message: format!(
+                        "the command server's log is not the history this read model holds \
+                         ({}); rebuild it (QueryAdminService.RebuildReadModel) or restore a \
+                         matching database",
+                        status.message()
+                    ),
+                })
             }
             Err(status)
                 if matches!(
@@ -212,7 +234,9 @@ pub async fn run(
                     (position, count) if position == stop_at.position => (position, count + 1),
                     _ => (stop_at.position, 1),
                 };
-                if stop_at.reason == UNKNOWN_EVENT_KIND || refusals.1 >= MAX_REFUSALS {
+                let hopeless =
+                    [UNKNOWN_EVENT_KIND, LOG_REWRITTEN].contains(&stop_at.reason.as_str());
+                if hopeless || refusals.1 >= MAX_REFUSALS {
                     // Never past it: stopped until an operator resumes it.
                     projection.stop_before(stop_at).await;
                     tokio::select! {

@@ -140,6 +140,13 @@ impl Projection {
     pub async fn set_state(&self, state: pb::ProjectionState) {
         let (first_catch_up, serve) = self.with_status(|s| {
             s.state = state;
+            // Following again (resumed, upgraded, rebuilt): no longer stopped.
+            if state != pb::ProjectionState::Stopped
+                && let Some(stop) = s.stopped.take()
+                && self.health.is_some()
+            {
+                metrics::gauge!("projection_stopped", "reason" => stop.reason).set(0.0);
+            }
             let first = state == pb::ProjectionState::Live && !s.caught_up_once;
             s.caught_up_once |= first;
             // Serving again once live after a stop.

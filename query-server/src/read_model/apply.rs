@@ -88,8 +88,13 @@ pub fn apply_batch(
         })?;
         checkpoint = envelope.position;
     }
-    tx.prepare_cached("UPDATE checkpoint SET position = ?1, applied_at_ms = ?2 WHERE id = 1")?
-        .execute(params![checkpoint, applied_at_ms])?;
+    let Some(last) = events.last() else {
+        return Ok(checkpoint);
+    };
+    tx.prepare_cached(
+        "UPDATE checkpoint SET position = ?1, applied_at_ms = ?2, event_id = ?3 WHERE id = 1",
+    )?
+    .execute(params![checkpoint, applied_at_ms, last.event_id])?;
     Ok(checkpoint)
 }
 

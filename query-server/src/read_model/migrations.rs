@@ -22,6 +22,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_reservations_status_check",
         include_str!("../../migrations/0004_reservations_status_check.sql"),
     ),
+    (
+        "0005_checkpoint_event_id",
+        include_str!("../../migrations/0005_checkpoint_event_id.sql"),
+    ),
 ];
 
 /// Applies the migrations the file has not seen yet, each in its own

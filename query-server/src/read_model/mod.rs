@@ -37,12 +37,15 @@ const PREPARED_READERS: usize = 4;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the projection stands, as stored in the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Checkpoint {
     /// Last applied position (0: nothing yet).
     pub position: i64,
     /// Wall-clock time of the last applied batch, ms since the epoch.
     pub applied_at_ms: Option<i64>,
+    /// Id of the event at `position` (`None` before any, or in a file
+    /// written before it was kept).
+    pub event_id: Option<String>,
 }
 
 /// The read model's only read-write connection.
@@ -490,11 +493,12 @@ impl std::ops::Deref for Snapshot<'_> {
 }
 
 fn read_checkpoint(conn: &Connection) -> rusqlite::Result<Checkpoint> {
-    conn.prepare_cached("SELECT position, applied_at_ms FROM checkpoint WHERE id = 1")?
+    conn.prepare_cached("SELECT position, applied_at_ms, event_id FROM checkpoint WHERE id = 1")?
         .query_row([], |row| {
             Ok(Checkpoint {
                 position: row.get(0)?,
                 applied_at_ms: row.get(1)?,
+                event_id: row.get(2)?,
             })
         })
 }
