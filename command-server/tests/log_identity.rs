@@ -29,7 +29,10 @@ async fn a_subscriber_naming_another_event_is_refused_as_log_rewritten() {
     };
 
     // The event it holds: resumed.
-    events.subscribe(request(&held)).await.expect("the same history");
+    events
+        .subscribe(request(&held))
+        .await
+        .expect("the same history");
     // None named: nothing to check (a new subscriber).
     events.subscribe(request("")).await.expect("no expectation");
     // Another event at that position: the log was rewritten.
