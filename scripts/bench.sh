@@ -15,7 +15,8 @@
 # What it runs, in order (each load is loadgen, over gRPC on loopback):
 #   sysbench oltp_write_only, 16 threads, on the same MariaDB (database
 #     sbtest: prepare, run, cleanup); installed from Debian when missing
-#   commands/s at concurrency 1, 16 and 64 (book=80,cancel=15,checkin=5)
+#   commands/s at concurrency 1, 16 and 64 (book=80,cancel=15,checkin=5),
+#     then 64 spread over two command servers on the same database
 #   queries/s at concurrency 64 (GetReservation, GetAvailability,
 #     SearchAvailability in equal shares, then each alone), then the echo
 #     service (Health/Check) at 64
@@ -262,6 +263,17 @@ for concurrency in 1 16 64; do
         >"$RESULTS/commands-c$concurrency.json"
     said "concurrency $concurrency" "$RESULTS/commands-c$concurrency.json" commands_per_sec
 done
+
+hotel_section "commands/s at concurrency 64 over two command servers on one database"
+start command-server-2 target/release/command-server \
+    --listen-addr 127.0.0.1:0 --metrics-addr off \
+    --database-url "$SERVER_URL/$BENCH_DB"
+SECOND_URL=http://$ADDR
+"$LOADGEN" run --command-url "$COMMAND_URL,$SECOND_URL" --concurrency 64 \
+    --duration "${LOAD_SECONDS}s" --mix book=80,cancel=15,checkin=5 --json \
+    >"$RESULTS/commands-c64-two.json"
+said "two instances" "$RESULTS/commands-c64-two.json" commands_per_sec
+stop_all_but 2
 
 hotel_section "queries/s at concurrency 64, then the echo service at 64"
 "$LOADGEN" run --command-url "$COMMAND_URL" --query-url "$QUERY_URL" --concurrency 64 \

@@ -24,6 +24,8 @@ const NOTES_MARKER: &str =
 
 /// Targets of issue 5, as ratios or limits.
 const COMMANDS_VS_SYSBENCH: f64 = 1.0;
+/// Issue 11: two command servers on one database against one.
+const TWO_INSTANCES_VS_ONE: f64 = 0.9;
 const QUERIES_VS_ECHO: f64 = 0.6;
 const LAG_P99_MS: f64 = 50.0;
 const CATCHUP_EVENTS_PER_SEC: f64 = 50_000.0;
@@ -54,6 +56,8 @@ pub struct Results {
     sysbench: Option<Sysbench>,
     /// Commands at concurrency 1, 16, 64.
     commands: Vec<(usize, RunReport)>,
+    /// Commands at concurrency 64 spread over two command servers.
+    commands_two: Option<RunReport>,
     queries: Option<RunReport>,
     /// Each query alone at concurrency 64: (RPC name, report).
     query_parts: Vec<(&'static str, RunReport)>,
@@ -177,6 +181,7 @@ impl Results {
                 .ok()
                 .and_then(|text| parse_sysbench(&text)),
             commands,
+            commands_two: read_json(&dir.join("commands-c64-two.json"))?,
             queries: read_json(&dir.join("queries-c64.json"))?,
             echo: read_json(&dir.join("echo-c64.json"))?,
             lag: read_json(&dir.join("lag.json"))?,
@@ -236,6 +241,22 @@ impl Results {
                     "-".to_owned()
                 },
                 met,
+            ]);
+        }
+
+        // Two command servers on one database against one (issue 11).
+        if let Some(two) = &self.commands_two {
+            let one = self.commands_at(64).map(|r| r.commands_per_sec);
+            let ratio = one.map(|one| two.commands_per_sec / one);
+            rows.push([
+                "1. commands/s, concurrency 64 over two command servers".to_owned(),
+                format!("{}/s", number(two.commands_per_sec)),
+                one.map_or_else(missing, |one| {
+                    format!("one command server, concurrency 64: {}/s", number(one))
+                }),
+                ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+                format!("≥ {TWO_INSTANCES_VS_ONE:.1} × one"),
+                ratio.map_or_else(|| "-".to_owned(), |r| verdict(r >= TWO_INSTANCES_VS_ONE)),
             ]);
         }
 

@@ -40,7 +40,8 @@ const POOL: usize = 200_000;
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// URL of the command server.
+    /// URL of the command server; several, separated by commas, spread the
+    /// connections over several instances on one database.
     #[arg(
         long,
         env = "LOADGEN_COMMAND_URL",
@@ -203,7 +204,27 @@ impl Clients {
         timeout: Duration,
         auth: &AuthArgs,
     ) -> anyhow::Result<Self> {
-        let commands = cli::connect(command_url, n, timeout, auth).await?;
+        // Several command servers: connections alternate between them.
+        let urls: Vec<&str> = command_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect();
+        let mut per_url = Vec::with_capacity(urls.len());
+        for url in &urls {
+            let share = n.div_ceil(urls.len().max(1));
+            per_url.push(cli::connect(url, share, timeout, auth).await?.into_iter());
+        }
+        let mut commands = Vec::with_capacity(n);
+        while commands.len() < n.max(1) {
+            let before = commands.len();
+            for conns in &mut per_url {
+                commands.extend(conns.next());
+            }
+            if commands.len() == before {
+                break;
+            }
+        }
         let queries = match query_url {
             Some(url) => cli::connect(url, n, timeout, auth).await?,
             None => Vec::new(),
