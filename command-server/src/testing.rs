@@ -133,6 +133,29 @@ pub fn booking(hotel_id: &str, code: &str, from: i64, to: i64, guest: &str) -> p
     }
 }
 
+/// Polls `GetCommandStatus` until the command is neither PENDING nor
+/// RUNNING (at most 10 s).
+pub async fn wait_until_final(
+    client: &mut CommandServiceClient<Channel>,
+    command_id: &str,
+) -> pb::GetCommandStatusResponse {
+    let queued = [pb::CommandState::Pending, pb::CommandState::Running].map(|s| s as i32);
+    for _ in 0..400 {
+        let status = client
+            .get_command_status(pb::GetCommandStatusRequest {
+                command_id: command_id.to_owned(),
+            })
+            .await
+            .expect("status")
+            .into_inner();
+        if !queued.contains(&status.state) {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("command {command_id} still queued after 10 s");
+}
+
 /// Asserts that the event log holds exactly positions 1..=n.
 pub async fn assert_gap_free(db: &TestDb) -> i64 {
     let positions: Vec<i64> = sqlx::query_scalar("SELECT position FROM events ORDER BY position")

@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use futures::future::join_all;
 use hotel_common::pb;
 use support::*;
@@ -110,7 +108,7 @@ async fn submitted_commands_run_asynchronously_and_report_their_outcome() {
         .into_inner();
     assert_eq!(submitted.command_id, book.command_id);
 
-    let status = wait_for_outcome(&mut client, &book.command_id).await;
+    let status = wait_until_final(&mut client, &book.command_id).await;
     assert_eq!(status.state, pb::CommandState::Succeeded as i32);
     let Some(pb::get_command_status_response::Result::BookRoom(reply)) = status.result else {
         panic!("a BookRoom result, got {status:?}");
@@ -142,7 +140,7 @@ async fn submitted_commands_run_asynchronously_and_report_their_outcome() {
         })
         .await
         .expect("submit");
-    let failed = wait_for_outcome(&mut client, &check_out.command_id).await;
+    let failed = wait_until_final(&mut client, &check_out.command_id).await;
     assert_eq!(failed.state, pb::CommandState::Failed as i32);
     let error = failed.error.expect("an error");
     assert_eq!(error.code, Code::FailedPrecondition as i32);
@@ -198,7 +196,7 @@ async fn a_pending_command_that_can_no_longer_run_fails_with_the_reason() {
     server.stop().await;
     let server = TestServer::start(&db).await;
     let mut client = server.commands().await;
-    let status = wait_for_outcome(&mut client, &stale.command_id).await;
+    let status = wait_until_final(&mut client, &stale.command_id).await;
     assert_eq!(status.state, pb::CommandState::Failed as i32, "{status:?}");
     let error = status.error.expect("an error");
     assert_eq!(error.code, Code::InvalidArgument as i32);
@@ -210,25 +208,4 @@ async fn a_pending_command_that_can_no_longer_run_fails_with_the_reason() {
     );
     server.stop().await;
     db.cleanup().await;
-}
-
-async fn wait_for_outcome(
-    client: &mut pb::command_service_client::CommandServiceClient<tonic::transport::Channel>,
-    command_id: &str,
-) -> pb::GetCommandStatusResponse {
-    for _ in 0..200 {
-        let status = client
-            .get_command_status(pb::GetCommandStatusRequest {
-                command_id: command_id.to_owned(),
-            })
-            .await
-            .expect("status")
-            .into_inner();
-        let queued = [pb::CommandState::Pending, pb::CommandState::Running].map(|s| s as i32);
-        if !queued.contains(&status.state) {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("command {command_id} still pending after 5 s");
 }

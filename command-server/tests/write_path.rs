@@ -250,27 +250,6 @@ async fn oversized_requests_are_refused_at_once_and_accepted_ones_stored_whole()
     db.cleanup().await;
 }
 
-async fn wait_until_final(
-    client: &mut pb::command_service_client::CommandServiceClient<tonic::transport::Channel>,
-    command_id: &str,
-) -> pb::GetCommandStatusResponse {
-    let queued = [pb::CommandState::Pending, pb::CommandState::Running].map(|s| s as i32);
-    for _ in 0..400 {
-        let status = client
-            .get_command_status(pb::GetCommandStatusRequest {
-                command_id: command_id.to_owned(),
-            })
-            .await
-            .expect("status")
-            .into_inner();
-        if !queued.contains(&status.state) {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("command {command_id} still queued after 10 s");
-}
-
 fn pending(priority: i32, accepted_at_ms: i64) -> CommandRecord {
     let request = booking("h1", "DBL", 10, 12, "q");
     CommandRecord {
