@@ -7,7 +7,7 @@ use std::{
 };
 
 use http_body_util::Full;
-use metrics_exporter_prometheus::PrometheusHandle;
+use metrics_exporter_prometheus::{Matcher, PrometheusHandle};
 use tonic::{Code, codegen::Bytes};
 
 use crate::pb::FILE_DESCRIPTOR_SET;
@@ -66,12 +66,105 @@ pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::
 /// has not sent its request and read the reply within `request_timeout` is
 /// dropped. Returns the bound address. Our own small server rather than the
 /// exporter's listener, which answers any path and waits on slow requests.
+/// Buckets of every `*_seconds` histogram: from 100 µs (a point read) to
+/// 10 s (a stalled commit), so latency aggregates across instances.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Buckets of the writer's batch sizes (commands per transaction).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+/// `# HELP` text of every metric either server exports (docs/metrics.md
+/// lists them with their labels).
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "grpc_requests_total",
+        "gRPC calls answered, by method and status code"
+    );
+    describe_histogram!(
+        "grpc_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time from a call's arrival to its answer, by method"
+    );
+    describe_counter!(
+        "command_batches_total",
+        "Command transactions committed by the writer"
+    );
+    describe_histogram!("command_batch_size", "Commands per committed transaction");
+    describe_histogram!(
+        "writer_lock_wait_seconds",
+        metrics::Unit::Seconds,
+        "Time a batch waited for the write lock (the event_head row)"
+    );
+    describe_counter!(
+        "writer_fenced_sessions_total",
+        "MySQL sessions ended for holding the write lock past --fence-after-ms"
+    );
+    describe_counter!(
+        "writer_jobs_not_started_total",
+        "Commands not run: caller cancelled, deadline passed or queue timeout, by reason"
+    );
+    describe_counter!(
+        "command_log_pruned_total",
+        "Command records deleted after the retention window"
+    );
+    describe_gauge!(
+        "submitted_queue_depth",
+        "Submitted commands queued (PENDING or RUNNING) on the database"
+    );
+    describe_counter!(
+        "submitted_refused_total",
+        "SubmitCommand calls refused, by reason (queue_full)"
+    );
+    describe_gauge!(
+        "event_log_head",
+        "Latest committed position this server knows"
+    );
+    describe_gauge!("stream_subscribers", "Open Subscribe streams");
+    describe_counter!(
+        "stream_log_rewritten_total",
+        "Subscriptions refused because the subscriber holds another history (LOG_REWRITTEN)"
+    );
+    describe_gauge!(
+        "projection_checkpoint",
+        "Last position applied to the read model"
+    );
+    describe_gauge!("projection_head", "Latest head the command server reported");
+    describe_gauge!(
+        "projection_lag_events",
+        "Events committed but not yet applied"
+    );
+    describe_gauge!(
+        "projection_stopped",
+        "1 while the read model is stopped before an event, by reason"
+    );
+    describe_gauge!("query_watches_open", "Open Watch* streams");
+    describe_counter!(
+        "query_watch_rereads_total",
+        "Reads made for watches (one per watched key per commit)"
+    );
+    describe_counter!(
+        "query_watches_refused_total",
+        "Watch calls refused at the --max-watchers cap"
+    );
+}
+
 pub fn install_metrics(addr: SocketAddr, request_timeout: Duration) -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let bound = listener.local_addr()?;
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("command_batch_size".to_owned()),
+            BATCH_BUCKETS,
+        )?
+        .install_recorder()?;
+    describe_metrics();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         // Drains histograms, as the exporter's own listener would.
