@@ -80,6 +80,35 @@ pub struct Config {
     /// Log one JSON object per line instead of text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,
+
+    // Event stream limits: what one subscriber, or a crowd of them, may cost.
+    /// Most open `Subscribe` streams; past it `Subscribe` answers
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "HOTEL_STREAM_MAX_SUBSCRIBERS", default_value_t = 1000)]
+    pub stream_max_subscribers: usize,
+
+    /// Most bytes of events in one stream message (one event larger than
+    /// this still goes alone). A stream buffers at most a few such messages,
+    /// so this bounds what a slow subscriber costs the server.
+    #[arg(long, env = "HOTEL_STREAM_BATCH_BYTES", default_value_t = 64 * 1024)]
+    pub stream_batch_bytes: usize,
+
+    /// Milliseconds a subscriber may leave a ready message unread before its
+    /// stream ends with RESOURCE_EXHAUSTED, naming the position to resume from.
+    #[arg(long, env = "HOTEL_STREAM_STALL_MS", default_value_t = 30_000)]
+    pub stream_stall_ms: u64,
+
+    /// Event log reads of subscribers (catch-up, other instances' commits)
+    /// running at once; must be below --db-pool-size so that commands'
+    /// status reads and GetHead always find a connection.
+    #[arg(long, env = "HOTEL_STREAM_LOG_READS", default_value_t = 4)]
+    pub stream_log_reads: u32,
+
+    /// Subscribers that may wait in line for a log read; one arriving past
+    /// the line ends with RESOURCE_EXHAUSTED, naming the position to resume
+    /// from.
+    #[arg(long, env = "HOTEL_STREAM_READ_QUEUE", default_value_t = 1000)]
+    pub stream_read_queue: usize,
 }
 
 impl Config {

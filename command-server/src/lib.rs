@@ -35,6 +35,8 @@ use stream::{head::HeadSender, recent::Recent, service::EventStreamApi};
 
 /// Largest request accepted, in bytes.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// How long cut connections may take to close after the shutdown grace.
+const CUT_WAIT: Duration = Duration::from_secs(1);
 
 /// A command server, bound and connected, not yet serving.
 pub struct CommandServer {
@@ -107,13 +109,13 @@ impl CommandServer {
             pool: self.pool.clone(),
             queue,
         };
-        let events = EventStreamApi {
-            pool: self.pool.clone(),
-            recent: self.recent.clone(),
-            head: self.head.clone(),
-            shutdown: stopping.clone(),
-            heartbeat: self.config.heartbeat(),
-        };
+        let events = EventStreamApi::new(
+            self.pool.clone(),
+            self.recent.clone(),
+            self.head.clone(),
+            stopping.clone(),
+            stream::Limits::from_config(&self.config)?,
+        );
 
         let tokens = &self.config.auth_tokens;
         if tokens.is_empty() {
@@ -123,6 +125,7 @@ impl CommandServer {
         }
 
         let mut signal = stopping.clone();
+        let (cutter, incoming) = stream::connections::severable(server::incoming(self.listener));
         let serve = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .concurrency_limit_per_connection(1024)
@@ -139,7 +142,7 @@ impl CommandServer {
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
                 tokens.interceptor(Role::Subscriber),
             ))
-            .serve_with_incoming_shutdown(server::incoming(self.listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = signal.wait_for(|stop| *stop).await;
             });
         tokio::pin!(serve);
@@ -153,9 +156,17 @@ impl CommandServer {
             .await;
         let _ = stop.send(true);
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
-        match tokio::time::timeout(grace, serve).await {
+        match tokio::time::timeout(grace, &mut serve).await {
             Ok(served) => served?,
-            Err(_) => tracing::warn!(?grace, "open calls did not finish in time; stopping anyway"),
+            Err(_) => {
+                // Clients that do not read would hold their connections forever.
+                tracing::warn!(
+                    ?grace,
+                    "open calls did not finish in time; cutting connections"
+                );
+                cutter.cut();
+                let _ = tokio::time::timeout(CUT_WAIT, serve).await;
+            }
         }
         self.pool.close().await;
         Ok(())
