@@ -90,7 +90,7 @@ pub struct Config {
     /// Most bytes of events in one stream message (one event larger than
     /// this still goes alone). A stream buffers at most a few such messages,
     /// so this bounds what a slow subscriber costs the server.
-    #[arg(long, env = "HOTEL_STREAM_BATCH_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "HOTEL_STREAM_BATCH_BYTES", default_value_t = 32 * 1024)]
     pub stream_batch_bytes: usize,
 
     /// Milliseconds a subscriber may leave a ready message unread before its

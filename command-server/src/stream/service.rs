@@ -31,7 +31,7 @@ const NAMED_VIOLATIONS: usize = 5;
 const ECHOED_CHARS: usize = 40;
 /// Messages a stream holds ready for its client, besides the one its loop
 /// is preparing: enough to keep a reading client busy.
-const QUEUED_MESSAGES: usize = 2;
+const QUEUED_MESSAGES: usize = 1;
 
 #[derive(Clone)]
 pub struct EventStreamApi {
