@@ -309,7 +309,7 @@ async fn a_filtered_subscriber_gets_heartbeats_while_other_hotels_events_flow() 
     let booking = tokio::spawn(async move {
         let started = Instant::now();
         let mut i = 0;
-        while started.elapsed() < Duration::from_millis(2500) {
+        while started.elapsed() < Duration::from_millis(1500) {
             i += 1;
             client
                 .book_room(booking("busy", "DBL", 1, 2, &format!("g{i}")))
@@ -369,7 +369,7 @@ async fn a_burst_of_catch_ups_waits_its_turn_and_leaves_connections_for_the_rest
     config.db_pool_size = 4;
     config.stream_log_reads = 2;
     let server = TestServer::start_with(config).await;
-    let head = fill_log(&db, &server, 200).await;
+    let head = fill_log(&db, &server, 100).await;
     let mut commands = server.commands().await;
     add_room_type(&mut commands, "h", "DBL", 1000).await;
     let head = head + 1;
@@ -430,7 +430,7 @@ async fn a_burst_of_catch_ups_waits_its_turn_and_leaves_connections_for_the_rest
             .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     done.store(1, Ordering::Release);
     let slowest = pool_users.await.expect("pool users");
     sqlx::query("UNLOCK TABLES")
@@ -653,6 +653,11 @@ async fn shutdown_cuts_a_non_reading_client_at_the_grace_and_ends_the_others_at_
     assert!(
         !matches!(cut, Some(Ok(_))),
         "no message could reach it: {cut:?}"
+    );
+    assert!(
+        stopping.elapsed() < Duration::from_millis(1500),
+        "cut when the 1 s grace ended, not {:?} after the signal",
+        stopping.elapsed()
     );
     stop.await.expect("stops");
     assert!(
