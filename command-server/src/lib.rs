@@ -46,12 +46,15 @@ pub struct CommandServer {
     head: HeadSender,
     recent: Recent,
     writer: Writer,
+    /// What subscribers may cost, checked before anything starts.
+    stream_limits: stream::Limits,
 }
 
 impl CommandServer {
     /// Prepares the database (creates, migrates), starts the writer and
     /// binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let stream_limits = stream::Limits::from_config(&config)?;
         let pool = store::prepare(&config.database_url, config.db_pool_size).await?;
         let head_now = store::events::head(&pool).await?;
         let head: HeadSender = Arc::new(watch::channel(head_now).0);
@@ -72,6 +75,7 @@ impl CommandServer {
             head,
             recent,
             writer,
+            stream_limits,
         })
     }
 
@@ -114,7 +118,7 @@ impl CommandServer {
             self.recent.clone(),
             self.head.clone(),
             stopping.clone(),
-            stream::Limits::from_config(&self.config)?,
+            self.stream_limits.clone(),
         );
 
         let tokens = &self.config.auth_tokens;
