@@ -109,6 +109,12 @@ pub struct Config {
     /// from.
     #[arg(long, env = "HOTEL_STREAM_READ_QUEUE", default_value_t = 1000)]
     pub stream_read_queue: usize,
+
+    /// Milliseconds a subscriber has at shutdown to take its stream's last
+    /// messages; then its connection is cut, so that a client that does not
+    /// read does not hold the shutdown for the whole grace.
+    #[arg(long, env = "HOTEL_STREAM_SHUTDOWN_FLUSH_MS", default_value_t = 1000)]
+    pub stream_shutdown_flush_ms: u64,
 }
 
 impl Config {

@@ -595,6 +595,8 @@ async fn shutdown_cuts_a_non_reading_client_at_the_grace_and_ends_the_others_at_
     let db = TestDb::create().await;
     let mut config = config(&db);
     config.shutdown_grace_secs = 1;
+    // Longer than the grace: the grace's cut is what ends the stuck client.
+    config.stream_shutdown_flush_ms = 30_000;
     config.stream_batch_bytes = 4 * 1024;
     let server = TestServer::start_with(config).await;
     fill_log(&db, &server, 300).await;
@@ -667,5 +669,45 @@ async fn shutdown_cuts_a_non_reading_client_at_the_grace_and_ends_the_others_at_
     );
     let durable: i64 = db.count("SELECT MAX(position) FROM events").await;
     assert_eq!(durable, acknowledged, "acknowledged commands are durable");
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_the_grace_for_a_client_that_does_not_read() {
+    let _serial = serial().await;
+    let db = TestDb::create().await;
+    let mut config = config(&db);
+    config.shutdown_grace_secs = 10;
+    config.stream_shutdown_flush_ms = 500;
+    let server = TestServer::start_with(config).await;
+    fill_log(&db, &server, 300).await;
+    let mut stuck = EventStreamClient::new(non_reading_channel(&server).await)
+        .subscribe(from(0))
+        .await
+        .expect("stuck subscribes")
+        .into_inner();
+    let mut live = server
+        .events()
+        .await
+        .subscribe(from(0))
+        .await
+        .expect("live subscribes")
+        .into_inner();
+    catch_up(&mut live).await.expect("caught up");
+
+    let stopping = Instant::now();
+    server.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_millis(2000),
+        "stopped {:?} after the signal: the stuck client's connection is cut once it \
+         leaves its final status unread for --stream-shutdown-flush-ms, not at the 10 s grace",
+        stopping.elapsed()
+    );
+    let ended = next(&mut live).await.expect_err("the live stream ends");
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(
+        !matches!(stuck.next().await, Some(Ok(_))),
+        "nothing reached the stuck client"
+    );
     db.cleanup().await;
 }

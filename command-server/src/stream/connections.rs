@@ -6,18 +6,22 @@
 //! future does not help either, since each connection runs in a task of its
 //! own. So every connection is wrapped here, and when the shutdown grace
 //! ends the server cuts them all: their reads and writes fail, hyper drops
-//! the connection and everything it held.
+//! the connection and everything it held. A subscriber's loop can also cut
+//! its own connection (see [`ConnectionCut`]) when the client does not take
+//! the stream's final status at shutdown, so one such client does not make
+//! every shutdown last the whole grace.
 
 use std::{
     future::Future,
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    sync::watch,
+    sync::{Notify, watch},
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
@@ -31,6 +35,24 @@ impl Cutter {
     }
 }
 
+/// Cuts one connection; found in the extensions of each request on it.
+#[derive(Clone, Default)]
+pub struct ConnectionCut(Arc<Notify>);
+
+impl ConnectionCut {
+    pub fn cut(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// What tonic puts in each request's extensions for a [`Severable`]
+/// connection: the transport's own information and the connection's cut.
+#[derive(Clone)]
+pub struct ConnectionInfo<T> {
+    pub transport: T,
+    pub cut: ConnectionCut,
+}
+
 /// Wraps each connection of `incoming` so that the returned [`Cutter`] can
 /// end it.
 pub fn severable<IO>(
@@ -39,11 +61,17 @@ pub fn severable<IO>(
     let (cutter, cut) = watch::channel(false);
     let wrapped = incoming.map(move |accepted| {
         accepted.map(|io| {
-            let mut cut = cut.clone();
+            let mut all = cut.clone();
+            let own = ConnectionCut::default();
+            let notified = own.0.clone();
             Severable {
                 io,
+                own,
                 cut: Some(Box::pin(async move {
-                    let _ = cut.wait_for(|cut| *cut).await;
+                    tokio::select! {
+                        _ = all.wait_for(|cut| *cut) => {}
+                        () = notified.notified() => {}
+                    }
                 })),
             }
         })
@@ -54,6 +82,8 @@ pub fn severable<IO>(
 /// A connection that fails every read and write once cut.
 pub struct Severable<IO> {
     io: IO,
+    /// Cuts this connection alone.
+    own: ConnectionCut,
     /// Resolves when cut; `None` from then on.
     cut: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
@@ -131,9 +161,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Severable<IO> {
 }
 
 impl<IO: Connected> Connected for Severable<IO> {
-    type ConnectInfo = IO::ConnectInfo;
+    type ConnectInfo = ConnectionInfo<IO::ConnectInfo>;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        ConnectionInfo {
+            transport: self.io.connect_info(),
+            cut: self.own.clone(),
+        }
     }
 }

@@ -41,6 +41,8 @@ pub struct Limits {
     pub log_reads: usize,
     /// Log reads waiting in line at most.
     pub read_queue: usize,
+    /// How long a stream's last messages may wait for the client at shutdown.
+    pub shutdown_flush: Duration,
 }
 
 impl Limits {
@@ -62,6 +64,7 @@ impl Limits {
             stall: Duration::from_millis(config.stream_stall_ms.max(1)),
             log_reads: config.stream_log_reads as usize,
             read_queue: config.stream_read_queue,
+            shutdown_flush: Duration::from_millis(config.stream_shutdown_flush_ms),
         })
     }
 }

@@ -79,14 +79,15 @@ impl Outbox {
         }
     }
 
-    /// Resolves when the client has gone away.
+    /// Resolves when the client has gone away, or the transport has sent
+    /// the whole stream.
     pub async fn closed(&self) {
         self.tx.closed().await;
     }
 
     /// Ends the stream with the status `ending` builds from the position
     /// to resume from, dropping every message not yet passed on.
-    pub fn end(self, ending: impl FnOnce(i64) -> Status) {
+    pub fn end(&self, ending: impl FnOnce(i64) -> Status) {
         let Some(rx) = self.rx.upgrade() else {
             return;
         };

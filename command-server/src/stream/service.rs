@@ -6,10 +6,11 @@ use hotel_common::{pb, validate::Violations};
 use sqlx::MySqlPool;
 use tokio::sync::{Semaphore, watch};
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, transport::server::TcpConnectInfo};
 
 use super::{
     Limits,
+    connections::ConnectionInfo,
     head::{HeadSender, raise},
     log_reads::LogReads,
     outbox::outbox,
@@ -89,6 +90,10 @@ impl pb::event_stream_server::EventStream for EventStreamApi {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let connection = request
+            .extensions()
+            .get::<ConnectionInfo<TcpConnectInfo>>()
+            .map(|info| info.cut.clone());
         let request = request.into_inner();
         let mut subscription = validate(&request)?;
         let slot = self.subscribers.clone().try_acquire_owned().map_err(|_| {
@@ -117,6 +122,7 @@ impl pb::event_stream_server::EventStream for EventStreamApi {
             limits: self.limits.clone(),
             log_reads: self.log_reads.clone(),
             out,
+            connection,
             _slot: slot,
         };
         tracing::info!(from = subscription.next, head, "subscriber joined");

@@ -18,6 +18,7 @@ use tonic::{Code, Status};
 
 use super::{
     Limits,
+    connections::ConnectionCut,
     log_reads::LogReads,
     outbox::{Outbox, Sent},
     recent::Recent,
@@ -76,6 +77,8 @@ pub struct Feed {
     /// The line to wait in before reading the log.
     pub log_reads: LogReads,
     pub out: Outbox,
+    /// Cuts this stream's connection; `None` off a TCP listener (tests).
+    pub connection: Option<ConnectionCut>,
     /// This stream's place under the subscriber cap, freed when it ends.
     pub _slot: OwnedSemaphorePermit,
 }
@@ -142,6 +145,18 @@ impl Feed {
                 format!("{reason}; resubscribe with from_position {resume}"),
             )
         });
+        // At shutdown a client that does not take its final status at once
+        // would hold the server for the whole grace.
+        if code == Code::Unavailable
+            && *self.shutdown.borrow()
+            && tokio::time::timeout(self.limits.shutdown_flush, self.out.closed())
+                .await
+                .is_err()
+            && let Some(connection) = &self.connection
+        {
+            tracing::info!("cutting the connection of a subscriber that does not read");
+            connection.cut();
+        }
     }
 
     async fn follow(&mut self, sub: &mut Subscription) -> Result<Infallible, Ended> {
