@@ -153,6 +153,7 @@ mod tests {
         let first = delivery.next().await.expect("an item");
         assert!(first.is_ok());
         outbox.end(|resume| Status::resource_exhausted(format!("resume at {resume}")));
+        drop(outbox);
         let status = delivery
             .next()
             .await
