@@ -170,6 +170,41 @@ pub struct Config {
     /// Message sizes, timeouts, streams and connections.
     #[command(flatten)]
     pub limits: hotel_common::limits::ServerLimits,
+
+    // Event stream limits: what one subscriber, or a crowd of them, may cost.
+    /// Most open `Subscribe` streams; past it `Subscribe` answers
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "HOTEL_STREAM_MAX_SUBSCRIBERS", default_value_t = 1000)]
+    pub stream_max_subscribers: usize,
+
+    /// Most bytes of events in one stream message (one event larger than
+    /// this still goes alone). A stream buffers at most a few such messages,
+    /// so this bounds what a slow subscriber costs the server.
+    #[arg(long, env = "HOTEL_STREAM_BATCH_BYTES", default_value_t = 32 * 1024)]
+    pub stream_batch_bytes: usize,
+
+    /// Milliseconds a subscriber may leave a ready message unread before its
+    /// stream ends with RESOURCE_EXHAUSTED, naming the position to resume from.
+    #[arg(long, env = "HOTEL_STREAM_STALL_MS", default_value_t = 30_000)]
+    pub stream_stall_ms: u64,
+
+    /// Event log reads of subscribers (catch-up, other instances' commits)
+    /// running at once; must be below --db-pool-size so that commands'
+    /// status reads and GetHead always find a connection.
+    #[arg(long, env = "HOTEL_STREAM_LOG_READS", default_value_t = 4)]
+    pub stream_log_reads: u32,
+
+    /// Subscribers that may wait in line for a log read; one arriving past
+    /// the line ends with RESOURCE_EXHAUSTED, naming the position to resume
+    /// from.
+    #[arg(long, env = "HOTEL_STREAM_READ_QUEUE", default_value_t = 1000)]
+    pub stream_read_queue: usize,
+
+    /// Milliseconds a subscriber has at shutdown to take its stream's last
+    /// messages; then its connection is cut, so that a client that does not
+    /// read does not hold the shutdown for the whole grace.
+    #[arg(long, env = "HOTEL_STREAM_SHUTDOWN_FLUSH_MS", default_value_t = 1000)]
+    pub stream_shutdown_flush_ms: u64,
 }
 
 impl Config {

@@ -33,6 +33,9 @@ use commands::{service::CommandApi, submitted::SubmittedQueue};
 use store::writer::Writer;
 use stream::{Publisher, head::HeadSender, recent::Recent, service::EventStreamApi};
 
+/// How long cut connections may take to close after the shutdown grace.
+const CUT_WAIT: Duration = Duration::from_secs(1);
+
 /// A command server, bound and connected, not yet serving.
 pub struct CommandServer {
     listener: TcpListener,
@@ -43,6 +46,8 @@ pub struct CommandServer {
     head: HeadSender,
     recent: Recent,
     writer: Writer,
+    /// What subscribers may cost, checked before anything starts.
+    stream_limits: stream::Limits,
 }
 
 impl CommandServer {
@@ -51,6 +56,7 @@ impl CommandServer {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let limits = config.writer_limits()?;
         let tls = config.tls.load()?;
+        let stream_limits = stream::Limits::from_config(&config)?;
         let pool = store::prepare(&config.database_url, config.db_pool_size).await?;
         let head_now = store::events::head(&pool).await?;
         let head: HeadSender = Arc::new(watch::channel(head_now).0);
@@ -77,6 +83,7 @@ impl CommandServer {
             head,
             recent,
             writer,
+            stream_limits,
         })
     }
 
@@ -120,13 +127,13 @@ impl CommandServer {
             pool: self.pool.clone(),
             queue,
         };
-        let events = EventStreamApi {
-            pool: self.pool.clone(),
-            recent: self.recent.clone(),
-            head: self.head.clone(),
-            shutdown: stopping.clone(),
-            heartbeat: self.config.heartbeat(),
-        };
+        let events = EventStreamApi::new(
+            self.pool.clone(),
+            self.recent.clone(),
+            self.head.clone(),
+            stopping.clone(),
+            self.stream_limits.clone(),
+        );
 
         let tokens = &self.config.auth_tokens;
         if tokens.is_empty() {
@@ -138,6 +145,7 @@ impl CommandServer {
 
         let mut signal = stopping.clone();
         let limits = &self.config.limits;
+        let (cutter, incoming) = stream::connections::severable(limits.incoming(self.listener));
         let serve = tls::server(limits.server(), self.tls)?
             .add_service(health_service.with_message_limits(limits))
             .add_service(reflection_v1.with_message_limits(limits))
@@ -151,7 +159,7 @@ impl CommandServer {
                 pb::event_stream_server::EventStreamServer::new(events).with_message_limits(limits),
                 tokens.interceptor(Role::Subscriber),
             ))
-            .serve_with_incoming_shutdown(limits.incoming(self.listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = signal.wait_for(|stop| *stop).await;
             });
         tokio::pin!(serve);
@@ -165,9 +173,17 @@ impl CommandServer {
             .await;
         let _ = stop.send(true);
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
-        match tokio::time::timeout(grace, serve).await {
+        match tokio::time::timeout(grace, &mut serve).await {
             Ok(served) => served?,
-            Err(_) => tracing::warn!(?grace, "open calls did not finish in time; stopping anyway"),
+            Err(_) => {
+                // Clients that do not read would hold their connections forever.
+                tracing::warn!(
+                    ?grace,
+                    "open calls did not finish in time; cutting connections"
+                );
+                cutter.cut();
+                let _ = tokio::time::timeout(CUT_WAIT, serve).await;
+            }
         }
         self.pool.close().await;
         Ok(())

@@ -1,16 +1,28 @@
 //! One subscriber: reads the log from its position in batches, then follows
-//! the head. Everything is read from MySQL on demand and handed over through
-//! a small bounded channel, so a slow subscriber costs the server a couple
-//! of batches of memory and simply reads from the log at its own pace.
+//! the head. Everything is read on demand (from this process's recent
+//! commits, else from MySQL through the line of [`LogReads`]) and handed
+//! over through a small [`Outbox`], so a slow subscriber costs the server a
+//! few messages of at most `--stream-batch-bytes` each and reads at its own
+//! pace. One that reads nothing for `--stream-stall-ms` is dropped.
 
-use std::time::Duration;
+use std::{collections::HashSet, convert::Infallible, time::Duration};
 
 use hotel_common::{pb, timestamp_now};
+use prost::Message as _;
 use sqlx::MySqlPool;
-use tokio::sync::{mpsc, watch};
-use tonic::Status;
+use tokio::{
+    sync::{OwnedSemaphorePermit, watch},
+    time::Instant,
+};
+use tonic::{Code, Status};
 
-use super::recent::Recent;
+use super::{
+    Limits,
+    connections::ConnectionCut,
+    log_reads::LogReads,
+    outbox::{Outbox, Sent},
+    recent::Recent,
+};
 use crate::store::events;
 
 /// What the subscriber asked for.
@@ -20,15 +32,37 @@ pub struct Subscription {
     pub next: i64,
     pub max_batch: i64,
     /// Event type names to deliver; all when empty.
-    pub event_types: Vec<String>,
+    pub event_types: HashSet<String>,
     /// Hotel ids to deliver; all when empty.
-    pub hotel_ids: Vec<String>,
+    pub hotel_ids: HashSet<String>,
 }
 
 impl Subscription {
     fn wants(&self, event: &pb::EventEnvelope) -> bool {
         (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
             && (self.hotel_ids.is_empty() || self.hotel_ids.contains(&event.hotel_id))
+    }
+
+    /// The wanted events of `batch` that fit in `budget` bytes (at least
+    /// one), and the position through which `batch` was considered.
+    fn take(&self, batch: Vec<pb::EventEnvelope>, budget: usize) -> (Vec<pb::EventEnvelope>, i64) {
+        let mut through = self.next - 1;
+        let mut bytes = 0;
+        let mut wanted = Vec::new();
+        for event in batch {
+            if self.wants(&event) {
+                let size = event.encoded_len();
+                if !wanted.is_empty() && bytes + size > budget {
+                    break;
+                }
+                bytes += size;
+                through = event.position;
+                wanted.push(event);
+            } else {
+                through = event.position;
+            }
+        }
+        (wanted, through)
     }
 }
 
@@ -39,53 +73,126 @@ pub struct Feed {
     pub recent: Recent,
     pub head: watch::Receiver<i64>,
     pub shutdown: watch::Receiver<bool>,
-    pub heartbeat: Duration,
-    pub out: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
+    pub limits: Limits,
+    /// The line to wait in before reading the log.
+    pub log_reads: LogReads,
+    pub out: Outbox,
+    /// Cuts this stream's connection; `None` off a TCP listener (tests).
+    pub connection: Option<ConnectionCut>,
+    /// This stream's place under the subscriber cap, freed when it ends.
+    pub _slot: OwnedSemaphorePermit,
 }
 
 /// How long to wait at a hole before looking again: a position at or below
 /// the head that is not visible yet belongs to a commit that is finishing.
 const HOLE_WAIT: Duration = Duration::from_millis(1);
+/// Encoded bytes of an event assumed before the first read.
+const FIRST_GUESS_EVENT_BYTES: usize = 512;
+
+/// Why a stream ended.
+enum Ended {
+    /// The client went away: nobody to tell.
+    Gone,
+    ShuttingDown,
+    /// The client left a ready message unread for the stall limit.
+    Stalled,
+    /// Too many subscribers wait to read the log.
+    LineFull,
+    /// Reading the log failed.
+    ReadFailed(String),
+}
 
 impl Feed {
-    /// Runs until the client goes away or the server shuts down.
+    /// Runs until the client goes away, stalls, or the server shuts down.
     pub async fn run(mut self, mut sub: Subscription) {
         metrics::gauge!("stream_subscribers").increment(1.0);
-        let outcome = self.follow(&mut sub).await;
+        let Err(ended) = self.follow(&mut sub).await;
         metrics::gauge!("stream_subscribers").decrement(1.0);
-        if let Err(status) = outcome {
-            let _ = self.out.send(Err(status)).await;
+        let (code, reason) = match ended {
+            Ended::Gone => return,
+            Ended::ShuttingDown => (
+                Code::Unavailable,
+                "the command server is shutting down".to_owned(),
+            ),
+            Ended::Stalled => (
+                Code::ResourceExhausted,
+                format!(
+                    "the subscriber read nothing for {} ms (--stream-stall-ms)",
+                    self.limits.stall.as_millis()
+                ),
+            ),
+            Ended::LineFull => (
+                Code::ResourceExhausted,
+                format!(
+                    "more than {} subscribers wait to read the event log (--stream-read-queue)",
+                    self.limits.read_queue
+                ),
+            ),
+            Ended::ReadFailed(error) => (
+                Code::Unavailable,
+                format!("reading the event log failed: {error}"),
+            ),
+        };
+        let why = match code {
+            Code::Unavailable => "unavailable",
+            _ => "resource_exhausted",
+        };
+        metrics::counter!("stream_subscribers_ended_total", "code" => why).increment(1);
+        tracing::info!(%reason, "subscriber dropped");
+        self.out.end(|resume| {
+            Status::new(
+                code,
+                format!("{reason}; resubscribe with from_position {resume}"),
+            )
+        });
+        // At shutdown a client that does not take its final status at once
+        // would hold the server for the whole grace.
+        if code == Code::Unavailable
+            && *self.shutdown.borrow()
+            && tokio::time::timeout(self.limits.shutdown_flush, self.out.closed())
+                .await
+                .is_err()
+            && let Some(connection) = &self.connection
+        {
+            tracing::info!("cutting the connection of a subscriber that does not read");
+            connection.cut();
         }
     }
 
-    async fn follow(&mut self, sub: &mut Subscription) -> Result<(), Status> {
+    async fn follow(&mut self, sub: &mut Subscription) -> Result<Infallible, Ended> {
         let mut caught_up = false;
+        // Heartbeats count from the last message of any kind.
+        let mut last_sent = Instant::now();
+        let mut event_bytes = FIRST_GUESS_EVENT_BYTES;
         loop {
             let head = *self.head.borrow_and_update();
             if sub.next <= head {
-                let batch = match self.recent.read(sub.next, head, sub.max_batch) {
+                // Read about one message's worth, so a batch never holds much
+                // more than the budget.
+                let limit =
+                    (self.limits.batch_bytes / event_bytes).clamp(1, sub.max_batch as usize) as i64;
+                let batch = match self.recent.read(sub.next, head, limit) {
                     Some(batch) => batch,
-                    None => events::read_range(&self.pool, sub.next, head, sub.max_batch)
-                        .await
-                        .map_err(|e| {
-                            Status::unavailable(format!("reading the event log failed: {e}"))
-                        })?,
+                    None => self.read_log(sub, head, limit, &mut last_sent).await?,
                 };
-                let Some(last) = batch.last().map(|e| e.position) else {
+                if batch.is_empty() {
                     tokio::time::sleep(HOLE_WAIT).await;
                     continue;
-                };
-                sub.next = last + 1;
-                let events: Vec<_> = batch.into_iter().filter(|e| sub.wants(e)).collect();
+                }
+                let read_bytes: usize = batch.iter().map(|e| e.encoded_len()).sum();
+                event_bytes = (read_bytes / batch.len()).max(1);
+                let (events, through) = sub.take(batch, self.limits.batch_bytes);
+                sub.next = through + 1;
                 if !events.is_empty() {
                     let message = pb::subscribe_response::Message::Events(pb::EventBatch {
                         events,
-                        through_position: last,
+                        through_position: through,
                         head,
                     });
-                    if !self.send(message).await? {
-                        return Ok(());
-                    }
+                    self.send(message, through, &mut last_sent).await?;
+                } else if last_sent.elapsed() >= self.limits.heartbeat {
+                    // A filter dropped all of it: still show progress.
+                    self.heartbeat(head, through, &mut last_sent).await?;
                 }
                 continue;
             }
@@ -95,60 +202,121 @@ impl Feed {
                     head,
                     through_position: sub.next - 1,
                 });
-                if !self.send(message).await? {
-                    return Ok(());
-                }
+                self.send(message, sub.next - 1, &mut last_sent).await?;
             }
-            let woke = tokio::select! {
+            let quiet = tokio::select! {
                 changed = self.head.changed() => match changed {
-                    Ok(()) => Wake::Head,
-                    Err(_) => Wake::Shutdown,
+                    Ok(()) => false,
+                    Err(_) => return Err(Ended::ShuttingDown),
                 },
-                _ = tokio::time::sleep(self.heartbeat) => Wake::Quiet,
-                _ = self.shutdown.wait_for(|stop| *stop) => Wake::Shutdown,
-                _ = self.out.closed() => Wake::Gone,
+                _ = tokio::time::sleep_until(last_sent + self.limits.heartbeat) => true,
+                _ = self.shutdown.wait_for(|stop| *stop) => return Err(Ended::ShuttingDown),
+                _ = self.out.closed() => return Err(Ended::Gone),
             };
-            match woke {
-                Wake::Head => {}
-                Wake::Quiet => {
-                    let message = pb::subscribe_response::Message::Heartbeat(pb::Heartbeat {
-                        head,
-                        time: Some(timestamp_now()),
-                        through_position: sub.next - 1,
-                    });
-                    if !self.send(message).await? {
-                        return Ok(());
-                    }
-                }
-                Wake::Shutdown => return Err(shutting_down(sub.next)),
-                Wake::Gone => return Ok(()),
+            if quiet {
+                self.heartbeat(head, sub.next - 1, &mut last_sent).await?;
             }
         }
     }
 
-    /// Sends one message, waiting while the subscriber is slow; `false` when
-    /// the subscriber has gone.
-    async fn send(&mut self, message: pb::subscribe_response::Message) -> Result<bool, Status> {
-        let response = pb::SubscribeResponse {
-            message: Some(message),
+    /// Reads `from..=head` from the log once it is this stream's turn,
+    /// sending heartbeats while it waits.
+    async fn read_log(
+        &mut self,
+        sub: &Subscription,
+        head: i64,
+        limit: i64,
+        last_sent: &mut Instant,
+    ) -> Result<Vec<pb::EventEnvelope>, Ended> {
+        let log_reads = self.log_reads.clone();
+        let turn = log_reads.acquire();
+        tokio::pin!(turn);
+        let _permit = loop {
+            tokio::select! {
+                permit = &mut turn => break permit.map_err(|_| Ended::LineFull)?,
+                _ = tokio::time::sleep_until(*last_sent + self.limits.heartbeat) => {}
+                _ = self.shutdown.wait_for(|stop| *stop) => return Err(Ended::ShuttingDown),
+                _ = self.out.closed() => return Err(Ended::Gone),
+            }
+            self.heartbeat(head, sub.next - 1, last_sent).await?;
         };
-        tokio::select! {
-            sent = self.out.send(Ok(response)) => Ok(sent.is_ok()),
-            _ = self.shutdown.wait_for(|stop| *stop) => Err(Status::unavailable("the command server is shutting down")),
+        events::read_range(&self.pool, sub.next, head, limit)
+            .await
+            .map_err(|e| Ended::ReadFailed(e.to_string()))
+    }
+
+    async fn heartbeat(
+        &mut self,
+        head: i64,
+        through: i64,
+        last_sent: &mut Instant,
+    ) -> Result<(), Ended> {
+        let message = pb::subscribe_response::Message::Heartbeat(pb::Heartbeat {
+            head,
+            time: Some(timestamp_now()),
+            through_position: through,
+        });
+        self.send(message, through, last_sent).await
+    }
+
+    /// Sends one message, waiting while the subscriber is slow, at most the
+    /// stall limit.
+    async fn send(
+        &mut self,
+        message: pb::subscribe_response::Message,
+        through: i64,
+        last_sent: &mut Instant,
+    ) -> Result<(), Ended> {
+        if *self.shutdown.borrow() {
+            return Err(Ended::ShuttingDown);
+        }
+        let sent = tokio::select! {
+            sent = self.out.send(message, through, self.limits.stall) => sent,
+            _ = self.shutdown.wait_for(|stop| *stop) => return Err(Ended::ShuttingDown),
+        };
+        match sent {
+            Sent::Sent => {
+                *last_sent = Instant::now();
+                Ok(())
+            }
+            Sent::Gone => Err(Ended::Gone),
+            Sent::Stalled => Err(Ended::Stalled),
         }
     }
 }
 
-/// Why a subscriber's wait ended.
-enum Wake {
-    Head,
-    Quiet,
-    Shutdown,
-    Gone,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn shutting_down(next: i64) -> Status {
-    Status::unavailable(format!(
-        "the command server is shutting down; resubscribe with from_position {next}"
-    ))
+    fn event(position: i64, hotel: &str) -> pb::EventEnvelope {
+        pb::EventEnvelope {
+            position,
+            hotel_id: hotel.to_owned(),
+            event_type: "ReservationConfirmed".to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_is_cut_at_the_byte_budget_and_unwanted_events_still_count() {
+        let sub = Subscription {
+            next: 5,
+            max_batch: 100,
+            event_types: HashSet::new(),
+            hotel_ids: HashSet::from(["a".to_owned()]),
+        };
+        let one = event(5, "a").encoded_len();
+        let batch = vec![event(5, "a"), event(6, "b"), event(7, "a"), event(8, "a")];
+        let (events, through) = sub.take(batch.clone(), 2 * one + 1);
+        let positions: Vec<i64> = events.iter().map(|e| e.position).collect();
+        assert_eq!(positions, [5, 7]);
+        assert_eq!(through, 7, "8 did not fit: it comes next time");
+        let (events, through) = sub.take(batch, 1);
+        assert_eq!(events.len(), 1, "one event always goes");
+        assert_eq!(through, 6, "and the unwanted event after it is passed");
+        let (events, through) = sub.take(vec![event(5, "b"), event(6, "b")], 1);
+        assert!(events.is_empty());
+        assert_eq!(through, 6);
+    }
 }
