@@ -392,6 +392,15 @@ const SIZE_ERRORS: [&str; 2] = [
 ];
 
 fn rewrite_size_error(headers: &mut HeaderMap) {
+    // Every answer passes here: look at the code before parsing a status
+    // (11 is OUT_OF_RANGE on the wire).
+    const OUT_OF_RANGE: &[u8] = b"11";
+    if headers
+        .get(Status::GRPC_STATUS)
+        .is_none_or(|code| code.as_bytes() != OUT_OF_RANGE)
+    {
+        return;
+    }
     let Some(status) = Status::from_header_map(headers) else {
         return;
     };
