@@ -193,3 +193,71 @@ async fn a_restored_and_rewritten_log_stops_the_read_model_until_rebuilt() {
     backup.cleanup().await;
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_restored_shorter_than_the_read_model_stops_it_and_a_rebuild_goes_back() {
+    let logs = tempfile::tempdir().expect("log dir");
+    let data = tempfile::tempdir().expect("data dir");
+    let db = TestDb::create().await;
+    let mut command = command_server(&db, logs.path());
+    let address = command.addr.to_string();
+    let query = query_server(&command.url(), &data.path().join("rm.db"), logs.path());
+    let mut commands = command.commands().await;
+    let mut queries = query.queries().await;
+    register_hotel(&mut commands, "h1", "Lagos").await;
+    add_room_type(&mut commands, "h1", "DBL", 100).await;
+    let kept = book(&mut commands, "kept").await;
+    let backup = copy_database(&db).await;
+    let lost = book(&mut commands, "lost").await;
+    eventually(PATIENCE, || {
+        let mut queries = queries.clone();
+        async move { (status(&mut queries).await.checkpoint == lost.position).then_some(()) }
+    })
+    .await;
+    assert!(command.terminate().success());
+
+    // The backup comes back as it was: its log ends before the checkpoint.
+    let _restored = command_server_on(&backup, &address, logs.path());
+    let stopped = eventually(PATIENCE, || {
+        let mut queries = queries.clone();
+        async move {
+            let status = status(&mut queries).await;
+            (status.state == pb::ProjectionState::Stopped as i32).then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(stopped.stopped.expect("why").reason, "LOG_REWRITTEN");
+    assert_eq!(stopped.checkpoint, lost.position);
+
+    // The rebuild follows the log as it is: the checkpoint goes back.
+    let mut admin = QueryAdminServiceClient::new(query.channel().await);
+    let rebuilt = tokio::time::timeout(
+        PATIENCE,
+        admin.rebuild_read_model(pb::RebuildReadModelRequest {}),
+    )
+    .await
+    .expect("the rebuild ends")
+    .expect("rebuilt")
+    .into_inner();
+    assert_eq!(rebuilt.checkpoint, kept.position);
+    let live = eventually(PATIENCE, || {
+        let mut queries = queries.clone();
+        async move {
+            let status = status(&mut queries).await;
+            (status.state == pb::ProjectionState::Live as i32).then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(live.checkpoint, kept.position);
+    assert!(live.stopped.is_none());
+    let held = reservation_at(&mut queries, &kept.reservation_id)
+        .await
+        .expect("kept");
+    assert_eq!(held.as_of_position, kept.position);
+    let gone = reservation_at(&mut queries, &lost.reservation_id)
+        .await
+        .expect_err("the lost booking is gone");
+    assert_eq!(gone.code(), Code::NotFound);
+    backup.cleanup().await;
+    db.cleanup().await;
+}

@@ -7,7 +7,9 @@
 //! and the new file is renamed over the live path ([`ReadModel::swap_in`]);
 //! reads never wait for it, they only change files between two reads. The
 //! live projector then resumes on the new file. Positions reported never go
-//! backwards.
+//! backwards, but for a read model stopped on a rewritten log: the rebuild
+//! then follows the log as it is now, up to its head, and replaces the
+//! history the server reports.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -16,7 +18,7 @@ use hotel_common::pb;
 use tokio::sync::{Mutex, watch};
 
 use crate::{
-    projector::{CommandServerChannel, Projection, ProjectorHandle},
+    projector::{CommandServerChannel, LOG_REWRITTEN, Projection, ProjectorHandle},
     queries::QueryError,
     read_model::{ReadModel, Writer, with_suffix},
 };
@@ -96,21 +98,44 @@ impl Rebuilder {
         ));
         let rebuild = ProjectorHandle::spawn(self.channel.clone(), writer, shadow.clone());
 
-        // Follow the live checkpoint until close behind it.
+        // A read model stopped on a rewritten log holds another history:
+        // the rebuild follows the log as it is now, to its head, and the
+        // positions it reports may go back (ADR 0009).
+        let rewritten = self
+            .projection
+            .report()
+            .stopped
+            .is_some_and(|stop| stop.reason == LOG_REWRITTEN);
         let mut progress = shadow.watch_checkpoint();
         let mut stopping = self.stopping.clone();
-        loop {
-            let target = self.projection.checkpoint() - HAND_OVER_DISTANCE;
-            let shutting_down = tokio::select! {
-                _ = progress.wait_for(|position| *position >= target) => false,
-                _ = stopping.wait_for(|stop| *stop) => true,
-            };
-            if shutting_down {
-                let _ = rebuild.stop().await;
-                return Err(anyhow::anyhow!("the server is shutting down").into());
+        if rewritten {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            while shadow.state() != pb::ProjectionState::Live {
+                let shutting_down = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = stopping.wait_for(|stop| *stop) => true,
+                };
+                if shutting_down {
+                    let _ = rebuild.stop().await;
+                    return Err(anyhow::anyhow!("the server is shutting down").into());
+                }
             }
-            if shadow.checkpoint() >= self.projection.checkpoint() - HAND_OVER_DISTANCE {
-                break;
+        }
+        // Otherwise: follow the live checkpoint until close behind it.
+        if !rewritten {
+            loop {
+                let target = self.projection.checkpoint() - HAND_OVER_DISTANCE;
+                let shutting_down = tokio::select! {
+                    _ = progress.wait_for(|position| *position >= target) => false,
+                    _ = stopping.wait_for(|stop| *stop) => true,
+                };
+                if shutting_down {
+                    let _ = rebuild.stop().await;
+                    return Err(anyhow::anyhow!("the server is shutting down").into());
+                }
+                if shadow.checkpoint() >= self.projection.checkpoint() - HAND_OVER_DISTANCE {
+                    break;
+                }
             }
         }
 
@@ -120,10 +145,16 @@ impl Rebuilder {
             return Err(anyhow::anyhow!("the live projector is not running").into());
         };
         let live_writer = live.stop().await?;
-        let frozen = live_writer
-            .checkpoint()
-            .map_err(anyhow::Error::from)?
-            .position;
+        // The rebuild must reach where the live file stopped, unless that
+        // was another history.
+        let frozen = if rewritten {
+            shadow.checkpoint()
+        } else {
+            live_writer
+                .checkpoint()
+                .map_err(anyhow::Error::from)?
+                .position
+        };
         let reached = tokio::time::timeout(
             HAND_OVER_TIMEOUT,
             progress.wait_for(|position| *position >= frozen),
@@ -154,7 +185,11 @@ impl Rebuilder {
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         };
         let checkpoint = writer.checkpoint().map_err(anyhow::Error::from)?;
-        self.projection.adopt(checkpoint.clone());
+        if rewritten {
+            self.projection.replace_history(checkpoint.clone());
+        } else {
+            self.projection.adopt(checkpoint.clone());
+        }
         self.resume(writer).await;
         Ok(checkpoint.position)
     }

@@ -124,6 +124,17 @@ impl Projection {
         self.publish_metrics();
     }
 
+    /// Takes the checkpoint of a read model rebuilt on a rewritten log as
+    /// it is, lower or higher: the history itself was replaced.
+    pub fn replace_history(&self, checkpoint: Checkpoint) {
+        self.with_status(|s| {
+            s.last_applied_at_ms = checkpoint.applied_at_ms;
+            s.head = checkpoint.position;
+        });
+        self.checkpoint.send_replace(checkpoint.position);
+        self.publish_metrics();
+    }
+
     /// Takes over the checkpoint of a file swapped in by a rebuild (never
     /// behind the current one).
     pub fn adopt(&self, checkpoint: Checkpoint) {
