@@ -309,7 +309,13 @@ async fn run_claimed(
             tracing::warn!(command_id = %record.command_id, %status, ?failed, "a queued command cannot be decoded: recorded as failed");
         }
     }
-    queue.inner.depth.fetch_sub(1, Ordering::Relaxed);
+    // Never below zero: this instance also runs what others accepted.
+    let _ = queue
+        .inner
+        .depth
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |depth| {
+            Some((depth - 1).max(0))
+        });
     drop(slot);
     queue.inner.ready.notify_one();
 }
