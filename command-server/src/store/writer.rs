@@ -373,7 +373,9 @@ impl Task {
         // The lock may have taken a while: nothing starts past its time.
         let jobs = drop_expired(jobs);
         if jobs.is_empty() {
-            if session.conn.execute("ROLLBACK").await.is_err() {
+            let rollback =
+                tokio::time::timeout(limits.batch_timeout, session.conn.execute("ROLLBACK")).await;
+            if !matches!(rollback, Ok(Ok(_))) {
                 self.session = None;
             }
             return (jobs, Ok(Vec::new()));
