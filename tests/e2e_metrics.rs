@@ -6,6 +6,7 @@ mod support;
 
 use std::net::TcpListener;
 
+use hotel_common::pb;
 use support::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -43,22 +44,81 @@ async fn metrics_have_help_lines_and_latency_histograms() {
         &db.url,
         "--metrics-addr",
         &metrics,
+        "--auth-tokens",
+        "w-token=writer+subscriber",
     ]
     .map(str::to_owned)
     .into();
     let server = Process::start("command-server", &args, logs.path());
-    let mut client = server.commands().await;
-    register_hotel(&mut client, "h1", "Tavira").await;
-    add_room_type(&mut client, "h1", "DBL", 5).await;
+    let with_token = |mut request: tonic::Request<()>| {
+        request.metadata_mut().insert(
+            "authorization",
+            tonic::metadata::MetadataValue::from_static("Bearer w-token"),
+        );
+        Ok(request)
+    };
+    let mut client = pb::command_service_client::CommandServiceClient::with_interceptor(
+        server.channel().await,
+        with_token,
+    );
+    client
+        .register_hotel(pb::RegisterHotelRequest {
+            command_id: new_id(),
+            hotel_id: "h1".to_owned(),
+            name: "Hotel h1".to_owned(),
+            city: "Tavira".to_owned(),
+            correlation_id: String::new(),
+        })
+        .await
+        .expect("registered");
+    client
+        .add_room_type(pb::AddRoomTypeRequest {
+            command_id: new_id(),
+            hotel_id: "h1".to_owned(),
+            code: "DBL".to_owned(),
+            name: "Double".to_owned(),
+            max_guests: 2,
+            inventory: 5,
+            nightly_rate: Some(pb::Money {
+                amount_minor: 9_000,
+                currency: "EUR".to_owned(),
+            }),
+            correlation_id: String::new(),
+        })
+        .await
+        .expect("room type");
     for i in 0..7 {
         client
             .book_room(booking("h1", "DBL", 3, 4, &format!("m{i}")))
             .await
             .expect("booked");
     }
+    // The event stream is counted too, and so are refusals before any
+    // handler runs.
+    let mut events = pb::event_stream_client::EventStreamClient::with_interceptor(
+        server.channel().await,
+        with_token,
+    );
+    events.get_head(pb::GetHeadRequest {}).await.expect("head");
+    let refused = server
+        .events()
+        .await
+        .get_head(pb::GetHeadRequest {})
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let text = scrape(&metrics).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("grpc_requests_total{method=\"GetHead\",code=\"OK\"} 1"),
+        "GetHead counted:\n{text}"
+    );
+    assert!(
+        text.contains("grpc_auth_refused_total{role=\"subscriber\",code=\"UNAUTHENTICATED\"} 1"),
+        "the refusal counted:\n{text}"
+    );
     for family in [
+        "grpc_auth_refused_total",
         "grpc_requests_total",
         "grpc_request_duration_seconds",
         "command_batches_total",

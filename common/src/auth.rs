@@ -245,8 +245,22 @@ impl Tokens {
         }
     }
 
-    /// Checks the metadata of one call.
+    /// Checks the metadata of one call; counts every refusal (the handler
+    /// never runs, so its own count never sees it).
     fn check(&self, role: Role, request: &Request<()>) -> Result<(), Status> {
+        let checked = self.check_token(role, request);
+        if let Err(status) = &checked {
+            metrics::counter!(
+                "grpc_auth_refused_total",
+                "role" => role.name(),
+                "code" => crate::server::code_name(status.code())
+            )
+            .increment(1);
+        }
+        checked
+    }
+
+    fn check_token(&self, role: Role, request: &Request<()>) -> Result<(), Status> {
         if self.is_empty() {
             return Ok(());
         }

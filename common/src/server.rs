@@ -84,6 +84,10 @@ fn describe_metrics() {
         "grpc_requests_total",
         "gRPC calls answered, by method and status code"
     );
+    describe_counter!(
+        "grpc_auth_refused_total",
+        "Calls refused by bearer-token authentication, by role needed and code"
+    );
     describe_histogram!(
         "grpc_request_duration_seconds",
         metrics::Unit::Seconds,

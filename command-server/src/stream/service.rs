@@ -1,13 +1,13 @@
 //! The tonic `hotel.v1.EventStream`.
 
-use std::{collections::HashSet, pin::Pin, sync::Arc};
+use std::{collections::HashSet, pin::Pin, sync::Arc, time::Instant};
 
-use hotel_common::{pb, validate::Violations};
+use hotel_common::{pb, server::record_rpc, validate::Violations};
 use sqlx::MySqlPool;
 use tokio::sync::{Semaphore, watch};
 use tokio_stream::Stream;
 use tonic::{
-    Request, Response, Status,
+    Code, Request, Response, Status,
     transport::server::{TcpConnectInfo, TlsConnectInfo},
 };
 
@@ -54,45 +54,11 @@ pub struct EventStreamApi {
 }
 
 impl EventStreamApi {
-    pub fn new(
-        pool: MySqlPool,
-        recent: Recent,
-        head: HeadSender,
-        shutdown: watch::Receiver<bool>,
-        limits: Limits,
-    ) -> Self {
-        Self {
-            pool,
-            recent,
-            head,
-            shutdown,
-            subscribers: Arc::new(Semaphore::new(limits.max_subscribers)),
-            log_reads: LogReads::new(limits.log_reads, limits.read_queue),
-            limits,
-        }
-    }
-
-    /// The head as MySQL has it now, also raising the shared head.
-    async fn current_head(&self) -> Result<i64, Status> {
-        let position = events::head(&self.pool)
-            .await
-            .map_err(|e| Status::unavailable(format!("the database is unavailable: {e}")))?;
-        raise(&self.head, position);
-        Ok(position.max(*self.head.borrow()))
-    }
-}
-
-type EventStreamResult = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl pb::event_stream_server::EventStream for EventStreamApi {
-    type SubscribeStream = EventStreamResult;
-
-    #[tracing::instrument(skip_all, fields(from = request.get_ref().from_position))]
-    async fn subscribe(
+    /// Opens a subscription: validation, caps, the log identity check.
+    async fn open_subscription(
         &self,
         request: Request<pb::SubscribeRequest>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
+    ) -> Result<Response<EventStreamResult>, Status> {
         // Plain text or TLS (which wraps the connection's info).
         let extensions = request.extensions();
         let connection = extensions
@@ -145,12 +111,67 @@ impl pb::event_stream_server::EventStream for EventStreamApi {
         Ok(Response::new(Box::pin(delivery)))
     }
 
+    pub fn new(
+        pool: MySqlPool,
+        recent: Recent,
+        head: HeadSender,
+        shutdown: watch::Receiver<bool>,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            pool,
+            recent,
+            head,
+            shutdown,
+            subscribers: Arc::new(Semaphore::new(limits.max_subscribers)),
+            log_reads: LogReads::new(limits.log_reads, limits.read_queue),
+            limits,
+        }
+    }
+
+    /// The head as MySQL has it now, also raising the shared head.
+    async fn current_head(&self) -> Result<i64, Status> {
+        let position = events::head(&self.pool)
+            .await
+            .map_err(|e| Status::unavailable(format!("the database is unavailable: {e}")))?;
+        raise(&self.head, position);
+        Ok(position.max(*self.head.borrow()))
+    }
+}
+
+type EventStreamResult = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::event_stream_server::EventStream for EventStreamApi {
+    type SubscribeStream = EventStreamResult;
+
+    #[tracing::instrument(skip_all, fields(from = request.get_ref().from_position))]
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let started = Instant::now();
+        let answer = self.open_subscription(request).await;
+        record_rpc(
+            "Subscribe",
+            started,
+            answer.as_ref().map_or_else(Status::code, |_| Code::Ok),
+        );
+        answer
+    }
+
     async fn get_head(
         &self,
         _request: Request<pb::GetHeadRequest>,
     ) -> Result<Response<pb::GetHeadResponse>, Status> {
-        let head = self.current_head().await?;
-        Ok(Response::new(pb::GetHeadResponse { head }))
+        let started = Instant::now();
+        let answer = self.current_head().await;
+        record_rpc(
+            "GetHead",
+            started,
+            answer.as_ref().map_or_else(Status::code, |_| Code::Ok),
+        );
+        Ok(Response::new(pb::GetHeadResponse { head: answer? }))
     }
 }
 
