@@ -80,6 +80,21 @@ async fn reservation_at(
         .map(tonic::Response::into_inner)
 }
 
+/// Waits until the query server reports `state`; returns that status.
+async fn wait_for_state(
+    queries: &QueryServiceClient<Channel>,
+    state: pb::ProjectionState,
+) -> pb::GetProjectionStatusResponse {
+    eventually(PATIENCE, || {
+        let mut queries = queries.clone();
+        async move {
+            let status = status(&mut queries).await;
+            (status.state == state as i32).then_some(status)
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_and_rewritten_log_stops_the_read_model_until_rebuilt() {
     let logs = tempfile::tempdir().expect("log dir");
@@ -123,14 +138,7 @@ async fn a_restored_and_rewritten_log_stops_the_read_model_until_rebuilt() {
 
     // The query server resubscribes, is told the log is not its history,
     // and stops there: visibly, never applying the other history.
-    let stopped = eventually(PATIENCE, || {
-        let mut queries = queries.clone();
-        async move {
-            let status = status(&mut queries).await;
-            (status.state == pb::ProjectionState::Stopped as i32).then_some(status)
-        }
-    })
-    .await;
+    let stopped = wait_for_state(&queries, pb::ProjectionState::Stopped).await;
     assert_eq!(stopped.checkpoint, checkpoint);
     let stop = stopped.stopped.expect("why it stopped");
     assert_eq!(stop.reason, "LOG_REWRITTEN");
@@ -218,14 +226,7 @@ async fn a_log_restored_shorter_than_the_read_model_stops_it_and_a_rebuild_goes_
 
     // The backup comes back as it was: its log ends before the checkpoint.
     let _restored = command_server_on(&backup, &address, logs.path());
-    let stopped = eventually(PATIENCE, || {
-        let mut queries = queries.clone();
-        async move {
-            let status = status(&mut queries).await;
-            (status.state == pb::ProjectionState::Stopped as i32).then_some(status)
-        }
-    })
-    .await;
+    let stopped = wait_for_state(&queries, pb::ProjectionState::Stopped).await;
     assert_eq!(stopped.stopped.expect("why").reason, "LOG_REWRITTEN");
     assert_eq!(stopped.checkpoint, lost.position);
 
@@ -240,14 +241,7 @@ async fn a_log_restored_shorter_than_the_read_model_stops_it_and_a_rebuild_goes_
     .expect("rebuilt")
     .into_inner();
     assert_eq!(rebuilt.checkpoint, kept.position);
-    let live = eventually(PATIENCE, || {
-        let mut queries = queries.clone();
-        async move {
-            let status = status(&mut queries).await;
-            (status.state == pb::ProjectionState::Live as i32).then_some(status)
-        }
-    })
-    .await;
+    let live = wait_for_state(&queries, pb::ProjectionState::Live).await;
     assert_eq!(live.checkpoint, kept.position);
     assert!(live.stopped.is_none());
     let held = reservation_at(&mut queries, &kept.reservation_id)
