@@ -192,7 +192,7 @@ async fn a_pending_command_that_can_no_longer_run_fails_with_the_reason() {
     .await
     .expect("store a pending command");
 
-    // A new process's sweeper finds it when it starts.
+    // A new process's dispatcher claims it when it starts.
     server.stop().await;
     let server = TestServer::start(&db).await;
     let mut client = server.commands().await;

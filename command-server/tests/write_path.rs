@@ -531,3 +531,56 @@ async fn command_records_are_pruned_after_the_retention_window() {
     server.stop().await;
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_wait_and_the_queue_bound_bite() {
+    let db = TestDb::create().await;
+    let configured = |lock_wait_ms: u64, queue_ms: u64| {
+        let mut config = Config::for_tests(&db.url);
+        config.fence_after_ms = 60_000;
+        config.lock_wait_ms = lock_wait_ms;
+        config.writer_queue_timeout_ms = queue_ms;
+        config
+    };
+    let first = TestServer::start_with(configured(300, 30_000)).await;
+    hotel(&first).await;
+    let mut stuck = hold_write_lock(&db).await;
+
+    // The lock is never free: three waits of --lock-wait-ms, then UNAVAILABLE.
+    let mut client = first.commands().await;
+    let started = Instant::now();
+    let refused = client
+        .book_room(booking("h1", "DBL", 10, 12, "lw"))
+        .await
+        .expect_err("the lock is held");
+    let took = started.elapsed();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused}");
+    assert!(
+        refused.message().contains("not free within 300ms"),
+        "{refused}"
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    first.stop().await;
+
+    // A command not started within --writer-queue-timeout-ms is shed.
+    let second = TestServer::start_with(configured(400, 600)).await;
+    let mut client = second.commands().await;
+    let started = Instant::now();
+    let shed = client
+        .book_room(booking("h1", "DBL", 10, 12, "qt"))
+        .await
+        .expect_err("the lock is held");
+    let took = started.elapsed();
+    assert_eq!(shed.code(), Code::Unavailable, "{shed}");
+    assert!(shed.message().contains("without starting"), "{shed}");
+    assert!(took < Duration::from_millis(1_500), "took {took:?}");
+    stuck.execute("COMMIT").await.expect("release");
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM events WHERE event_type = 'ReservationConfirmed'")
+            .await,
+        0,
+        "nothing ran"
+    );
+    second.stop().await;
+    db.cleanup().await;
+}

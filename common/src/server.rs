@@ -54,13 +54,6 @@ fn reflection_builder(services: &[&str]) -> tonic_reflection::server::Builder<'s
     builder
 }
 
-/// The accepted connections of a gRPC listener, with Nagle's algorithm off:
-/// small replies and stream messages leave at once instead of waiting up to
-/// 40 ms for the peer's delayed ACK.
-pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
 /// Installs the Prometheus recorder and serves its metrics at
 /// `http://{addr}/metrics` (404 for any other request); a connection that
 /// has not sent its request and read the reply within `request_timeout` is
@@ -128,6 +121,18 @@ fn describe_metrics() {
         "Latest committed position this server knows"
     );
     describe_gauge!("stream_subscribers", "Open Subscribe streams");
+    describe_counter!(
+        "stream_subscribers_refused_total",
+        "Subscribe calls refused at --stream-max-subscribers"
+    );
+    describe_counter!(
+        "stream_subscribers_ended_total",
+        "Subscribe streams ended, by status code name"
+    );
+    describe_gauge!(
+        "stream_log_reads_waiting",
+        "Subscribers waiting in line for a log read (--stream-log-reads)"
+    );
     describe_counter!(
         "stream_log_rewritten_total",
         "Subscriptions refused because the subscriber holds another history (LOG_REWRITTEN)"

@@ -133,11 +133,11 @@ impl Feed {
                 format!("reading the event log failed: {error}"),
             ),
         };
-        let why = match code {
-            Code::Unavailable => "unavailable",
-            _ => "resource_exhausted",
-        };
-        metrics::counter!("stream_subscribers_ended_total", "code" => why).increment(1);
+        metrics::counter!(
+            "stream_subscribers_ended_total",
+            "code" => hotel_common::server::code_name(code)
+        )
+        .increment(1);
         tracing::info!(%reason, "subscriber dropped");
         self.out.end(|resume| {
             Status::new(

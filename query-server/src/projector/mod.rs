@@ -5,9 +5,12 @@
 //! an event only if its position is the next expected one, and commits each
 //! run of events together with the checkpoint in one SQLite transaction (on
 //! a blocking thread, while the next events keep arriving). Anything else (a
-//! gap, a duplicate, a refused batch, a broken or silent stream) ends the
-//! subscription: what was accepted is committed, then it subscribes again
-//! from the checkpoint after a backoff with jitter.
+//! gap, a duplicate, a broken or silent stream) ends the subscription: what
+//! was accepted is committed, then it subscribes again from the checkpoint
+//! after a backoff with jitter. It never steps past an event: one of an
+//! unknown kind, one the read model keeps refusing, or a log that is not
+//! the history it holds (LOG_REWRITTEN) stops it there, visibly, until an
+//! operator resumes it, a newer binary starts, or a rebuild (ADR 0009).
 
 mod status;
 

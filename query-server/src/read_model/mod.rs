@@ -147,14 +147,11 @@ impl Writer {
             Err(ApplyError::Unapplicable { position, .. }) if events[0].position < position => {
                 // Keep the events before the one that cannot be applied: the
                 // read model stops right before it.
+                // The batch was contiguous up to it (checked while applying).
                 drop(tx);
-                let before: Vec<pb::EventEnvelope> = events
-                    .iter()
-                    .take_while(|event| event.position < position)
-                    .cloned()
-                    .collect();
+                let before = (position - events[0].position) as usize;
                 let tx = self.conn.transaction()?;
-                apply::apply_batch(&tx, &before, applied_at_ms)?;
+                apply::apply_batch(&tx, &events[..before], applied_at_ms)?;
                 tx.commit()?;
                 applied
             }
