@@ -220,6 +220,7 @@ async fn oversized_requests_are_refused_at_once_and_accepted_ones_stored_whole()
 
     // Just under the limit: stored byte for byte, run exactly as sent.
     let mut padded = pb::CancelReservationRequest {
+        precondition: None,
         command_id: new_id(),
         reservation_id: new_id(),
         reason: format!("changed plans{}", " ".repeat(15_000)),
@@ -261,6 +262,7 @@ fn pending(priority: i32, accepted_at_ms: i64) -> CommandRecord {
         response: None,
         error_code: None,
         error_message: None,
+        error_info: None,
         position: 0,
         accepted_at_ms,
         finished_at_ms: None,

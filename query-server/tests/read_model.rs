@@ -76,7 +76,11 @@ fn hotels_room_types_and_inventory_changes() {
         .readers
         .read(|tx| Ok((reads::hotel(tx, "h1")?, reads::room_types(tx, "h1", None)?)))
         .expect("read");
-    assert_eq!(hotel, Some(("Hotel One".into(), "Lisboa".into())));
+    let hotel = hotel.expect("the hotel");
+    assert_eq!(
+        (hotel.name.as_str(), hotel.city.as_str()),
+        ("Hotel One", "Lisboa")
+    );
     assert_eq!(room_types.len(), 1);
     assert_eq!(room_types[0].code, "DBL");
     assert_eq!(room_types[0].inventory, 7);
@@ -457,7 +461,7 @@ fn a_rebuilt_file_swaps_in_atomically() {
     let (hotel, checkpoint) = readers
         .read(|tx| Ok((reads::hotel(tx, "h1")?, reads::checkpoint(tx)?)))
         .expect("read");
-    assert_eq!(hotel.map(|(name, _)| name).as_deref(), Some("New"));
+    assert_eq!(hotel.map(|h| h.name).as_deref(), Some("New"));
     assert_eq!(checkpoint, 2);
     assert_eq!(writer.checkpoint().expect("checkpoint").position, 2);
 }
