@@ -85,13 +85,15 @@ ensure_grpcurl() {
     hotel_log "$version ($(command -v grpcurl))"
 }
 
+# grpcio-status reads google.rpc.Status details (ErrorInfo, BadRequest) off a
+# failed call, as a Python client of this API does.
 ensure_python_grpc() {
-    if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
-        hotel_log "installing grpcio and grpcio-tools for the Python-client tests"
-        pip_install grpcio grpcio-tools
+    if ! python3 -c 'import grpc, grpc_tools, grpc_status' 2>/dev/null; then
+        hotel_log "installing grpcio, grpcio-tools and grpcio-status for the Python-client tests"
+        pip_install grpcio grpcio-tools grpcio-status
     fi
-    python3 -c 'import grpc, grpc_tools' ||
-        hotel_die "python3 still cannot import grpc and grpc_tools"
+    python3 -c 'import grpc, grpc_tools, grpc_status' ||
+        hotel_die "python3 still cannot import grpc, grpc_tools and grpc_status"
 }
 
 hotel_section "database"
