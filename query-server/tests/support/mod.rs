@@ -70,6 +70,16 @@ impl Events {
         }
     }
 
+    /// A builder that goes on where this one is (positions, clock and
+    /// versions), for another task.
+    pub fn continued(&self) -> Self {
+        Self {
+            position: self.position,
+            clock_ms: self.clock_ms,
+            versions: self.versions.clone(),
+        }
+    }
+
     pub fn envelope(
         &mut self,
         aggregate_id: &str,
