@@ -34,7 +34,7 @@ async fn a_generated_python_client_books_a_room() {
     let db = TestDb::create().await;
     let server = command_server(&db, logs.path());
     let run = Command::new("python3")
-        .arg(repo.join("tests/python/book_room.py"))
+        .arg(repo.join("examples/python/book_room.py"))
         .arg(server.addr.to_string())
         .env("PYTHONPATH", generated.path())
         .output()
