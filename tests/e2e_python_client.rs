@@ -17,7 +17,7 @@ async fn a_generated_python_client_books_a_room() {
     let db = TestDb::create().await;
     let server = command_server(&db, logs.path());
     let run = Command::new("python3")
-        .arg(repo.join("tests/python/book_room.py"))
+        .arg(repo.join("examples/python/book_room.py"))
         .arg(server.addr.to_string())
         .env("PYTHONPATH", generated.path())
         .output()
@@ -86,7 +86,7 @@ async fn a_python_client_decides_on_a_read_and_recovers_from_a_stale_one() {
     let commands = command_server(&db, logs.path());
     let queries = query_server(&commands.url(), &data.path().join("read.db"), logs.path());
     let run = Command::new("python3")
-        .arg(repo.join("tests/python/stale_read.py"))
+        .arg(repo.join("examples/python/stale_read.py"))
         .arg(commands.addr.to_string())
         .arg(queries.addr.to_string())
         .env("PYTHONPATH", generated.path())

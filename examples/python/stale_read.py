@@ -38,15 +38,16 @@ def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
 def main(command_addr: str, query_addr: str) -> None:
     commands = commands_pb2_grpc.CommandServiceStub(grpc.insecure_channel(command_addr))
     queries = queries_pb2_grpc.QueryServiceStub(grpc.insecure_channel(query_addr))
+    hotel_id = "py-stale-" + new_id()[:8]  # a new hotel on every run
     commands.RegisterHotel(commands_pb2.RegisterHotelRequest(
-        command_id=new_id(), hotel_id="py-stale", name="Python Inn", city="Porto"))
+        command_id=new_id(), hotel_id=hotel_id, name="Python Inn", city="Porto"))
     commands.AddRoomType(commands_pb2.AddRoomTypeRequest(
-        command_id=new_id(), hotel_id="py-stale", code="DBL", name="Double",
+        command_id=new_id(), hotel_id=hotel_id, code="DBL", name="Double",
         max_guests=2, inventory=3,
         nightly_rate=types_pb2.Money(amount_minor=9900, currency="EUR")))
     today = date.today()
     booked = commands.BookRoom(commands_pb2.BookRoomRequest(
-        command_id=new_id(), hotel_id="py-stale", room_type_code="DBL",
+        command_id=new_id(), hotel_id=hotel_id, room_type_code="DBL",
         check_in=today.isoformat(), check_out=(today + timedelta(days=2)).isoformat(),
         guest=types_pb2.Guest(guest_id="py", name="Py Thon", email="py@example.com"),
         guests=1))
@@ -85,10 +86,10 @@ def main(command_addr: str, query_addr: str) -> None:
     # An inventory change decided on an availability read: accepted while
     # nothing moved since.
     availability = queries.GetAvailability(queries_pb2.GetAvailabilityRequest(
-        hotel_id="py-stale", room_type_code="DBL", from_date=today.isoformat(),
+        hotel_id=hotel_id, room_type_code="DBL", from_date=today.isoformat(),
         to_date=(today + timedelta(days=2)).isoformat(), min_position=cancelled.position))
     changed = commands.SetRoomInventory(commands_pb2.SetRoomInventoryRequest(
-        command_id=new_id(), hotel_id="py-stale", room_type_code="DBL", inventory=5,
+        command_id=new_id(), hotel_id=hotel_id, room_type_code="DBL", inventory=5,
         precondition=commands_pb2.Precondition(
             unchanged_since_position=availability.as_of_position)))
 
