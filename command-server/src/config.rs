@@ -171,6 +171,10 @@ pub struct Config {
     #[command(flatten)]
     pub tls: hotel_common::tls::ServerArgs,
 
+    /// Tracing with OpenTelemetry: --otlp-endpoint, --trace-sample-ratio.
+    #[command(flatten)]
+    pub tracing: hotel_common::telemetry::TracingArgs,
+
     /// Log one JSON object per line instead of text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,

@@ -9,11 +9,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    hotel_common::telemetry::init(config.log_json);
+    let telemetry =
+        hotel_common::telemetry::init(config.log_json, &config.tracing, "command-server")?;
     let server = CommandServer::build(config).await?;
     // Tests and scripts read this line to learn the real port.
     println!("command-server listening on {}", server.local_addr());
-    server
+    let served = server
         .run_until_stopped(hotel_common::server::shutdown_signal())
-        .await
+        .await;
+    telemetry.shutdown().await;
+    served
 }

@@ -11,7 +11,10 @@
 //! - [`auth`]: bearer tokens mapped to roles; the interceptors that check
 //!   them on a server and attach one to our own outgoing calls.
 //! - [`tls`]: TLS and mutual TLS settings of the servers and our clients.
-//! - [`telemetry`]: structured logs.
+//! - [`telemetry`]: structured logs, and the OpenTelemetry span exporter
+//!   when tracing is on.
+//! - [`trace`]: W3C trace context: a call's `traceparent`, the context an
+//!   event carries, the spans that follow it.
 
 pub mod auth;
 pub mod dates;
@@ -19,6 +22,7 @@ pub mod limits;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod validate;
 
 /// Generated code for package `hotel.v1`.

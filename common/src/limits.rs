@@ -30,6 +30,7 @@ use tonic::{
 };
 use tower_layer::{Identity, Layer, Stack};
 use tower_service::Service;
+use tracing::Instrument;
 
 /// Connection, stream, size and time limits of a gRPC server.
 #[derive(Debug, Clone, clap::Args)]
@@ -125,6 +126,7 @@ impl ServerLimits {
             .load_shed(true)
             .layer(CallLimitsLayer {
                 timeout: millis(self.request_timeout_ms),
+                traced: crate::trace::exporting(),
             })
     }
 
@@ -282,6 +284,8 @@ message_limits! {
 pub struct CallLimitsLayer {
     /// The server's longest time to answer.
     timeout: Duration,
+    /// Whether calls get a span of their own (tracing is on).
+    traced: bool,
 }
 
 impl<S> Layer<S> for CallLimitsLayer {
@@ -291,6 +295,7 @@ impl<S> Layer<S> for CallLimitsLayer {
         CallLimits {
             inner,
             timeout: self.timeout,
+            traced: self.traced,
         }
     }
 }
@@ -299,19 +304,24 @@ impl<S> Layer<S> for CallLimitsLayer {
 /// than the server's timeout or the client's deadline (tonic's own timeout
 /// says `CANCELLED`), and turns tonic's `OUT_OF_RANGE` for an over-size
 /// message into `RESOURCE_EXHAUSTED` (this API keeps `OUT_OF_RANGE` for
-/// positions beyond the head).
+/// positions beyond the head). With tracing on, each call runs in its span
+/// ([`crate::trace::request_span`]), the child of the caller's
+/// `traceparent`.
 #[derive(Debug, Clone)]
 pub struct CallLimits<S> {
     /// The routes.
     inner: S,
     /// The server's longest time to answer.
     timeout: Duration,
+    /// Whether calls get a span of their own (tracing is on).
+    traced: bool,
 }
 
 impl<S, B, RB> Service<http::Request<B>> for CallLimits<S>
 where
     S: Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
+    S::Error: 'static,
     RB: http_body::Body<Data = tonic::codegen::Bytes> + Send + 'static,
     RB::Error: Into<tonic::codegen::StdError>,
 {
@@ -329,18 +339,65 @@ where
         // Fixed now, before tonic's own timer for the client's deadline, so
         // this one fires first and the answer says DEADLINE_EXCEEDED.
         let deadline = Instant::now() + timeout;
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            match tokio::time::timeout_at(deadline, call).await {
-                Ok(Ok(response)) => Ok(size_errors_exhaust_resources(response)),
-                Ok(Err(error)) => Err(error),
-                Err(_) => Ok(Status::deadline_exceeded(format!(
-                    "no answer within {} ms",
-                    timeout.as_millis()
-                ))
-                .into_http()),
+        let span = self
+            .traced
+            .then(|| crate::trace::request_span(request.headers(), request.uri().path()))
+            .flatten();
+        match span {
+            None => Box::pin(answer_within(self.inner.call(request), deadline, timeout)),
+            Some(span) => {
+                let call = span.in_scope(|| self.inner.call(request));
+                Box::pin(
+                    async move {
+                        let answer = answer_within(call, deadline, timeout).await;
+                        if let Ok(response) = &answer {
+                            record_status(response.headers());
+                        }
+                        answer
+                    }
+                    .instrument(span),
+                )
             }
-        })
+        }
+    }
+}
+
+/// The call's answer, or `DEADLINE_EXCEEDED` at `deadline`; size errors
+/// as `RESOURCE_EXHAUSTED`.
+async fn answer_within<F, RB, E>(
+    call: F,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<http::Response<Body>, E>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+    RB: http_body::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    RB::Error: Into<tonic::codegen::StdError>,
+{
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(Ok(response)) => Ok(size_errors_exhaust_resources(response)),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Ok(Status::deadline_exceeded(format!(
+            "no answer within {} ms",
+            timeout.as_millis()
+        ))
+        .into_http()),
+    }
+}
+
+/// Marks the call's span with the status of a call that failed at once
+/// (`grpc-status` in the headers; a call that answers has it in trailers).
+fn record_status(headers: &HeaderMap) {
+    let Some(code) = headers
+        .get(Status::GRPC_STATUS)
+        .and_then(|code| code.to_str().ok()?.parse::<i32>().ok())
+    else {
+        return;
+    };
+    let span = tracing::Span::current();
+    span.record("rpc.grpc.status_code", code);
+    if code != Code::Ok as i32 {
+        span.record("otel.status_code", "ERROR");
     }
 }
 

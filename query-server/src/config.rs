@@ -130,6 +130,10 @@ pub struct Config {
     )]
     pub scan_limit: u32,
 
+    /// Tracing with OpenTelemetry: --otlp-endpoint, --trace-sample-ratio.
+    #[command(flatten)]
+    pub tracing: hotel_common::telemetry::TracingArgs,
+
     /// Write logs as JSON lines (on stderr) instead of human-readable text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,
@@ -171,6 +175,7 @@ impl Config {
             max_watchers: 4096,
             scan_limit: 1000,
             log_json: false,
+            tracing: hotel_common::telemetry::TracingArgs::default(),
             limits: hotel_common::limits::ServerLimits::default(),
         }
     }
