@@ -27,8 +27,9 @@ pub struct NewEvent {
     pub event: pb::Event,
 }
 
-/// The envelope of an event just written, as a reader of the log gets it.
-pub fn envelope(event: NewEvent) -> pb::EventEnvelope {
+/// The envelope of an event just written, as a reader of the log gets it;
+/// `traceparent` is its command's trace context (empty when not traced).
+pub fn envelope(event: NewEvent, traceparent: &str) -> pb::EventEnvelope {
     pb::EventEnvelope {
         position: event.position,
         event_id: event.event_id,
@@ -41,6 +42,7 @@ pub fn envelope(event: NewEvent) -> pb::EventEnvelope {
         hotel_id: event.hotel_id,
         event_type: event.event_type.to_owned(),
         event: Some(event.event),
+        traceparent: traceparent.to_owned(),
     }
 }
 
@@ -73,16 +75,30 @@ pub const EVENT_TYPES: [&str; 9] = [
     "GuestCheckedOut",
 ];
 
-/// Appends events with one multi-row statement.
-pub async fn append(conn: &mut MySqlConnection, events: &[NewEvent]) -> sqlx::Result<()> {
+/// Appends events with one multi-row statement. `traceparents` holds each
+/// event's trace context, in the same order (empty: not traced, stored as
+/// NULL); missing entries count as empty.
+pub async fn append(
+    conn: &mut MySqlConnection,
+    events: &[NewEvent],
+    traceparents: &[&str],
+) -> sqlx::Result<()> {
+    let traced = |index: usize| {
+        traceparents
+            .get(index)
+            .copied()
+            .filter(|traceparent| !traceparent.is_empty())
+    };
     // A plain insert cannot repeat a row to pad it (super::padded_chunks):
     // at most ROWS_PER_STATEMENT rows, so its shapes stay few.
-    for chunk in events.chunks(super::ROWS_PER_STATEMENT) {
+    for (chunk_index, chunk) in events.chunks(super::ROWS_PER_STATEMENT).enumerate() {
+        let first = chunk_index * super::ROWS_PER_STATEMENT;
         let mut insert = sqlx::QueryBuilder::<sqlx::MySql>::new(
             "INSERT INTO events (position, event_id, event_type, aggregate_kind, aggregate_id, \
-             aggregate_version, hotel_id, command_id, correlation_id, occurred_at_ms, payload) ",
+             aggregate_version, hotel_id, command_id, correlation_id, occurred_at_ms, payload, \
+             traceparent) ",
         );
-        insert.push_values(chunk, |mut row, event| {
+        insert.push_values(chunk.iter().enumerate(), |mut row, (index, event)| {
             row.push_bind(event.position)
                 .push_bind(&event.event_id)
                 .push_bind(event.event_type)
@@ -93,7 +109,8 @@ pub async fn append(conn: &mut MySqlConnection, events: &[NewEvent]) -> sqlx::Re
                 .push_bind(&event.command_id)
                 .push_bind(&event.correlation_id)
                 .push_bind(event.occurred_at_ms)
-                .push_bind(&event.payload);
+                .push_bind(&event.payload)
+                .push_bind(traced(first + index));
         });
         insert.build().execute(&mut *conn).await?;
     }
@@ -125,7 +142,7 @@ pub async fn read_range(
 ) -> sqlx::Result<Vec<pb::EventEnvelope>> {
     let rows = sqlx::query(
         "SELECT position, event_id, event_type, aggregate_kind, aggregate_id, aggregate_version, \
-                hotel_id, command_id, correlation_id, occurred_at_ms, payload \
+                hotel_id, command_id, correlation_id, occurred_at_ms, payload, traceparent \
          FROM events WHERE position >= ? AND position <= ? ORDER BY position LIMIT ?",
     )
     .bind(from)
@@ -160,5 +177,8 @@ fn envelope_from_row(row: &sqlx::mysql::MySqlRow) -> sqlx::Result<pb::EventEnvel
         hotel_id: row.try_get("hotel_id")?,
         event_type: row.try_get("event_type")?,
         event: Some(event),
+        traceparent: row
+            .try_get::<Option<String>, _>("traceparent")?
+            .unwrap_or_default(),
     })
 }

@@ -19,9 +19,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use hotel_common::trace::{self, KeyValue, TraceParent};
 use sqlx::{Connection, Executor, MySqlConnection, MySqlPool, Row, mysql::MySqlConnectOptions};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
+use tracing::Instrument;
 
 use super::{
     CommitListener,
@@ -96,6 +98,9 @@ struct Job {
     queued_at: Instant,
     /// Batches this job was in that committed nothing.
     attempts: u32,
+    /// The caller's span, when tracing is on and it is sampled: its
+    /// events carry it, the batch's span follows it.
+    trace: Option<TraceParent>,
     reply: oneshot::Sender<Result<Reply, CommandError>>,
 }
 
@@ -193,6 +198,7 @@ impl Writer {
             caller_deadline,
             queued_at,
             attempts: 0,
+            trace: TraceParent::current(),
             reply,
         };
         match tokio::time::timeout_at(start_by.into(), self.jobs.send(job)).await {
@@ -340,6 +346,16 @@ impl Task {
     /// the connection is dropped, which rolls back what the batch had
     /// written, and the next batch connects afresh.
     async fn run_batch(&mut self, jobs: Vec<Job>) -> (Vec<Job>, Result<Vec<Outcome>, BatchError>) {
+        match batch_span(&jobs) {
+            None => self.run_batch_untraced(jobs).await,
+            Some(span) => self.run_batch_untraced(jobs).instrument(span).await,
+        }
+    }
+
+    async fn run_batch_untraced(
+        &mut self,
+        jobs: Vec<Job>,
+    ) -> (Vec<Job>, Result<Vec<Outcome>, BatchError>) {
         let limits = &self.limits;
         if self.session.is_none() {
             match tokio::time::timeout(limits.connect_timeout, connect(&self.options, limits)).await
@@ -407,6 +423,30 @@ impl Task {
         }
         (jobs, result)
     }
+}
+
+/// The span of a batch, when tracing is on and some of its commands are
+/// traced: "commit batch", the child of the first traced command's span
+/// and linked to each, with the positions it committed.
+fn batch_span(jobs: &[Job]) -> Option<tracing::Span> {
+    if !trace::exporting() || jobs.iter().all(|job| job.trace.is_none()) {
+        return None;
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "commit batch",
+        commands = jobs.len(),
+        first_position = tracing::field::Empty,
+        last_position = tracing::field::Empty,
+    );
+    trace::follow(
+        &span,
+        jobs.iter().filter_map(|job| {
+            let command_id = KeyValue::new("command_id", job.command.command_id.to_string());
+            job.trace.as_ref().map(|cause| (cause, vec![command_id]))
+        }),
+    );
+    Some(span)
 }
 
 /// Answers and removes the jobs that may no longer start.
@@ -563,6 +603,8 @@ async fn run_transaction(
     rows.prefetch(tx, &commands).await.map_err(batch_error)?;
     let mut records: Vec<CommandRecord> = Vec::new();
     let mut outcomes = Vec::with_capacity(jobs.len());
+    // Each event's trace context: its command's (empty when not traced).
+    let mut event_traces: Vec<&str> = Vec::new();
     for (job, id) in jobs.iter().zip(&ids) {
         let command = &job.command;
         let priority = job.submitted_priority;
@@ -623,12 +665,18 @@ async fn run_transaction(
             known.insert(id.clone(), record.clone());
             records.push(record);
         }
+        if let Some(trace) = &job.trace {
+            event_traces.resize(events_before, "");
+            event_traces.resize(batch.events.len(), trace.header());
+        }
         outcomes.push(outcome);
     }
 
     rows.flush(tx).await.map_err(batch_error)?;
     if !batch.events.is_empty() {
-        events::append(tx, &batch.events).await.map_err(sql)?;
+        events::append(tx, &batch.events, &event_traces)
+            .await
+            .map_err(sql)?;
         sqlx::query("UPDATE event_head SET position = ? WHERE id = 1")
             .bind(batch.head())
             .execute(&mut *tx)
@@ -642,7 +690,20 @@ async fn run_transaction(
     }
     let last = batch.head();
     if !batch.events.is_empty() {
-        listener.committed(batch.events.into_iter().map(events::envelope).collect());
+        if trace::exporting() {
+            let span = tracing::Span::current();
+            span.record("first_position", head + 1);
+            span.record("last_position", last);
+        }
+        event_traces.resize(batch.events.len(), "");
+        listener.committed(
+            batch
+                .events
+                .into_iter()
+                .zip(event_traces)
+                .map(|(event, traceparent)| events::envelope(event, traceparent))
+                .collect(),
+        );
     }
     session.known = Some(Known {
         head: last,

@@ -22,6 +22,7 @@ use hotel_common::{
         self, EventEnvelope, SubscribeRequest, event_stream_client::EventStreamClient,
         subscribe_response::Message,
     },
+    trace::{self, KeyValue, TraceParent},
 };
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
@@ -400,11 +401,63 @@ async fn follow(
 
 /// Commits `batch` on a blocking thread.
 fn spawn_commit(mut writer: Writer, batch: Vec<EventEnvelope>) -> Commit {
+    let span = apply_span(&batch);
     tokio::task::spawn_blocking(move || {
+        let _applying = span.as_ref().map(tracing::Span::enter);
         let last_event_at = batch.last().map_or(0, occurred_at);
         let outcome = writer.apply_batch(&batch);
+        if let (Some(span), Err(error)) = (&span, &outcome) {
+            span.record("otel.status_code", "ERROR");
+            span.record("error", tracing::field::display(error));
+        }
         (writer, outcome, last_event_at)
     })
+}
+
+/// The span of one commit to the read model, when tracing is on and some of
+/// its events come from sampled commands: "apply batch", the child of the
+/// first such command's span (so that its trace reads "booked, committed
+/// at P, applied on replica R") and linked to each event's command, with
+/// the event's position and ids.
+fn apply_span(batch: &[EventEnvelope]) -> Option<tracing::Span> {
+    if !trace::exporting() {
+        return None;
+    }
+    let mut causes: Vec<(TraceParent, Vec<KeyValue>)> = Vec::new();
+    for event in batch.iter().filter(|event| !event.traceparent.is_empty()) {
+        if causes.len() == trace::MAX_LINKS {
+            break;
+        }
+        // A command's events are adjacent and share its context.
+        let cause = match causes.last() {
+            Some((last, _)) if last.header() == event.traceparent => last.clone(),
+            _ => match TraceParent::parse(&event.traceparent) {
+                Some(cause) => cause,
+                None => continue,
+            },
+        };
+        let attributes = vec![
+            KeyValue::new("position", event.position),
+            KeyValue::new("event_id", event.event_id.clone()),
+            KeyValue::new("command_id", event.command_id.clone()),
+        ];
+        causes.push((cause, attributes));
+    }
+    if causes.is_empty() {
+        return None;
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "apply batch",
+        replica = trace::instance(),
+        events = batch.len(),
+        first_position = batch.first().map_or(0, |event| event.position),
+        last_position = batch.last().map_or(0, |event| event.position),
+        otel.status_code = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    trace::follow(&span, causes);
+    Some(span)
 }
 
 fn occurred_at(envelope: &EventEnvelope) -> i64 {

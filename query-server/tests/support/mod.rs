@@ -120,6 +120,7 @@ impl Events {
             hotel_id: hotel_id.into(),
             event_type: event_type.into(),
             event: Some(pb::Event { kind: Some(kind) }),
+            traceparent: String::new(),
         }
     }
 
