@@ -49,9 +49,27 @@ pub struct Process {
 impl Process {
     /// Starts `binary` with `args` and waits for its "listening on" line.
     pub fn start(name: &str, args: &[String], log_dir: &Path) -> Self {
+        Self::start_with_env(name, args, &[], log_dir)
+    }
+
+    /// Starts `binary` with `args` and environment changes `env` (a `None`
+    /// value removes the variable) and waits for its "listening on" line.
+    pub fn start_with_env(
+        name: &str,
+        args: &[String],
+        env: &[(&str, Option<&str>)],
+        log_dir: &Path,
+    ) -> Self {
         let log = log_dir.join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
         let stderr = std::fs::File::create(&log).expect("create log file");
-        let mut child = Command::new(binary(name))
+        let mut command = Command::new(binary(name));
+        for (key, value) in env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -174,6 +192,18 @@ pub fn command_server_on(db: &TestDb, listen: &str, log_dir: &Path) -> Process {
 
 /// A command server on `listen` with `extra` flags.
 pub fn command_server_with(db: &TestDb, listen: &str, extra: &[&str], log_dir: &Path) -> Process {
+    command_server_with_env(db, listen, extra, &[], log_dir)
+}
+
+/// A command server on `listen` with `extra` flags and environment changes
+/// (see [`Process::start_with_env`]).
+pub fn command_server_with_env(
+    db: &TestDb,
+    listen: &str,
+    extra: &[&str],
+    env: &[(&str, Option<&str>)],
+    log_dir: &Path,
+) -> Process {
     let mut args: Vec<String> = vec![
         "--listen-addr".into(),
         listen.into(),
@@ -185,7 +215,7 @@ pub fn command_server_with(db: &TestDb, listen: &str, extra: &[&str], log_dir: &
         "200".into(),
     ];
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
-    Process::start("command-server", &args, log_dir)
+    Process::start_with_env("command-server", &args, env, log_dir)
 }
 
 /// Sends `signal` (e.g. "STOP", "CONT") to the process.
@@ -199,20 +229,30 @@ pub fn signal(process: &Process, signal: &str) {
 
 /// A query server following `command_url`, with its read model in `path`.
 pub fn query_server(command_url: &str, path: &Path, log_dir: &Path) -> Process {
-    Process::start(
-        "query-server",
-        &[
-            "--listen-addr".into(),
-            "127.0.0.1:0".into(),
-            "--command-server-url".into(),
-            command_url.into(),
-            "--database-path".into(),
-            path.display().to_string(),
-            "--metrics-addr".into(),
-            "off".into(),
-        ],
-        log_dir,
-    )
+    query_server_with_env(command_url, path, &[], &[], log_dir)
+}
+
+/// A query server as [`query_server`] with `extra` flags and environment
+/// changes (see [`Process::start_with_env`]).
+pub fn query_server_with_env(
+    command_url: &str,
+    path: &Path,
+    extra: &[&str],
+    env: &[(&str, Option<&str>)],
+    log_dir: &Path,
+) -> Process {
+    let mut args: Vec<String> = vec![
+        "--listen-addr".into(),
+        "127.0.0.1:0".into(),
+        "--command-server-url".into(),
+        command_url.into(),
+        "--database-path".into(),
+        path.display().to_string(),
+        "--metrics-addr".into(),
+        "off".into(),
+    ];
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    Process::start_with_env("query-server", &args, env, log_dir)
 }
 
 /// Retries `check` until it returns `Some` or `patience` runs out.
