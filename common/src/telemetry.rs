@@ -27,10 +27,10 @@ pub struct TracingArgs {
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
-    /// Share of the traces that start here which are kept, 0 to 1 (parent-
-    /// based: a call whose W3C `traceparent` says sampled, or not, follows
-    /// its caller's decision, and an event's projection follows its
-    /// command's).
+    /// Share of the traces that start here which are kept, 0 to 1. The
+    /// sampler is parent-based: a call with a W3C `traceparent` follows its
+    /// caller's decision (sampled or not), and an event's projection
+    /// follows its command's.
     #[arg(long, env = "HOTEL_TRACE_SAMPLE_RATIO", default_value_t = DEFAULT_SAMPLE_RATIO,
           value_parser = sample_ratio)]
     pub trace_sample_ratio: f64,
