@@ -393,14 +393,23 @@ impl Task {
         let result = match ran {
             Ok(Ok(outcomes)) => Ok(outcomes),
             Ok(Err(error)) => Err(error),
-            Err(_) if session.committing => Err(BatchError::Unknown(format!(
-                "the commit took longer than the batch deadline ({:?})",
-                limits.batch_timeout
-            ))),
-            Err(_) => Err(BatchError::NotRun(format!(
-                "the batch took longer than its deadline ({:?}) and was rolled back",
-                limits.batch_timeout
-            ))),
+            Err(_) => {
+                // Cut in the middle of a statement: the server-side session
+                // may still hold the write lock; end it before anyone waits.
+                fence::end_abandoned_session(&self.pool, session.thread_id, limits.connect_timeout)
+                    .await;
+                Err(if session.committing {
+                    BatchError::Unknown(format!(
+                        "the commit took longer than the batch deadline ({:?})",
+                        limits.batch_timeout
+                    ))
+                } else {
+                    BatchError::NotRun(format!(
+                        "the batch took longer than its deadline ({:?}) and was rolled back",
+                        limits.batch_timeout
+                    ))
+                })
+            }
         };
         if result.is_err() {
             self.session = None;
