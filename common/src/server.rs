@@ -150,6 +150,10 @@ fn describe_metrics() {
         "projection_stopped",
         "1 while the read model is stopped before an event, by reason"
     );
+    describe_counter!(
+        "read_model_changes_pruned_total",
+        "Reservation changes pruned after --change-retention-secs"
+    );
     describe_gauge!("query_watches_open", "Open Watch* streams");
     describe_counter!(
         "query_watch_rereads_total",

@@ -130,6 +130,29 @@ pub struct Config {
     )]
     pub scan_limit: u32,
 
+    /// Seconds the read model keeps each reservation change (the rows
+    /// WatchReservation replays when several changes land in one commit);
+    /// older ones are pruned, 1,000 per transaction, between batches. A
+    /// watcher further behind than this gets the current state and the
+    /// changes still kept.
+    #[arg(
+        long,
+        env = "HOTEL_CHANGE_RETENTION_SECS",
+        default_value_t = 7 * 24 * 3600,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub change_retention_secs: u64,
+
+    /// Milliseconds between two prunes of old reservation changes (sooner
+    /// while more than one page is due).
+    #[arg(
+        long,
+        env = "HOTEL_CHANGE_PRUNE_INTERVAL_MS",
+        default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub change_prune_interval_ms: u64,
+
     /// Write logs as JSON lines (on stderr) instead of human-readable text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,
@@ -170,8 +193,18 @@ impl Config {
 
             max_watchers: 4096,
             scan_limit: 1000,
+            change_retention_secs: 7 * 24 * 3600,
+            change_prune_interval_ms: 60_000,
             log_json: false,
             limits: hotel_common::limits::ServerLimits::default(),
+        }
+    }
+
+    /// How long the read model keeps reservation changes.
+    pub fn change_retention(&self) -> crate::read_model::retention::ChangeRetention {
+        crate::read_model::retention::ChangeRetention {
+            keep: std::time::Duration::from_secs(self.change_retention_secs),
+            every: std::time::Duration::from_millis(self.change_prune_interval_ms),
         }
     }
 

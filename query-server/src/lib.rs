@@ -101,13 +101,16 @@ impl QueryServer {
                 .with_context(|| format!("serving metrics on {addr}"))?;
         }
         let path = config.database_path.clone();
-        let writer = tokio::task::spawn_blocking(move || {
+        let change_retention = config.change_retention();
+        let mut writer = tokio::task::spawn_blocking(move || {
             rebuild::remove_abandoned(&path);
             Writer::open(&path)
         })
         .await??;
+        writer.set_change_retention(change_retention);
         let checkpoint = writer.checkpoint()?;
-        let read_model = Arc::new(ReadModel::new(writer.path()));
+        let read_model =
+            Arc::new(ReadModel::new(writer.path()).with_change_retention(change_retention));
         let health = HealthReporter::new();
         let health_service = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(health.clone()),

@@ -89,9 +89,10 @@ impl Rebuilder {
 
     async fn rebuild_into(&self, path: &std::path::Path) -> Result<i64, QueryError> {
         let owned = path.to_owned();
-        let writer = tokio::task::spawn_blocking(move || Writer::open(&owned))
+        let mut writer = tokio::task::spawn_blocking(move || Writer::open(&owned))
             .await
             .context("opening the rebuild file")??;
+        writer.set_change_retention(self.read_model.change_retention());
         let shadow = Arc::new(Projection::new(
             writer.checkpoint().map_err(anyhow::Error::from)?,
             None,
@@ -202,7 +203,10 @@ impl Rebuilder {
     async fn reopen_and_resume(&self) {
         let path = self.read_model.path().to_owned();
         match tokio::task::spawn_blocking(move || Writer::open(&path)).await {
-            Ok(Ok(writer)) => self.resume(writer).await,
+            Ok(Ok(mut writer)) => {
+                writer.set_change_retention(self.read_model.change_retention());
+                self.resume(writer).await
+            }
             Ok(Err(error)) => tracing::error!(
                 error = format!("{error:#}"),
                 "cannot reopen the read model; the projection is stopped"
