@@ -153,6 +153,14 @@ pub struct Config {
     )]
     pub change_prune_interval_ms: u64,
 
+    /// Rebuild the read model from position 0 by itself when the command
+    /// server says the log was rewritten (LOG_REWRITTEN: a restore, a
+    /// failover to a replica that missed commits). Off: the read model stops
+    /// and waits for an operator's RebuildReadModel. Either way it answers
+    /// from the history it has (as_of_position) until the new one is in.
+    #[arg(long, env = "HOTEL_REBUILD_ON_REWRITE")]
+    pub rebuild_on_rewrite: bool,
+
     /// Write logs as JSON lines (on stderr) instead of human-readable text.
     #[arg(long, env = "HOTEL_LOG_JSON")]
     pub log_json: bool,
@@ -195,6 +203,7 @@ impl Config {
             scan_limit: 1000,
             change_retention_secs: 7 * 24 * 3600,
             change_prune_interval_ms: 60_000,
+            rebuild_on_rewrite: false,
             log_json: false,
             limits: hotel_common::limits::ServerLimits::default(),
         }

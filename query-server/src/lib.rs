@@ -79,6 +79,8 @@ pub struct QueryServer {
     watches: Arc<Watches>,
     /// Most rows one listing or search page examines.
     scan_limit: u32,
+    /// Rebuild by itself when the log was rewritten.
+    rebuild_on_rewrite: bool,
     /// Health of the gRPC services.
     health: HealthReporter,
     /// The health service to serve.
@@ -149,6 +151,7 @@ impl QueryServer {
             projection,
             watches: Arc::new(Watches::new(config.max_watchers as usize)),
             scan_limit: config.scan_limit,
+            rebuild_on_rewrite: config.rebuild_on_rewrite,
             health,
             health_service,
             limits: config.limits,
@@ -187,16 +190,21 @@ impl QueryServer {
             self.watches.clone(),
             self.scan_limit,
         );
-        let admin = Admin::new(
-            Arc::new(Rebuilder::new(
-                self.channel.clone(),
-                self.read_model.clone(),
-                self.projection.clone(),
-                live.clone(),
-                stopping.clone(),
-            )),
+        let rebuilder = Arc::new(Rebuilder::new(
+            self.channel.clone(),
+            self.read_model.clone(),
             self.projection.clone(),
-        );
+            live.clone(),
+            stopping.clone(),
+        ));
+        if self.rebuild_on_rewrite {
+            tokio::spawn(rebuild::rebuild_when_rewritten(
+                rebuilder.clone(),
+                self.projection.watch_stops(),
+                stopping.clone(),
+            ));
+        }
+        let admin = Admin::new(rebuilder, self.projection.clone());
         let (reflection_v1, reflection_v1alpha) =
             reflection_services(&["hotel.v1.QueryService", "hotel.v1.QueryAdminService"])?;
         let mut stopped = stopping.clone();

@@ -252,3 +252,53 @@ pub fn remove_abandoned(live_path: &std::path::Path) {
         }
     }
 }
+
+/// With `--rebuild-on-rewrite`: whenever the live projection stops because
+/// the log was rewritten (LOG_REWRITTEN), rebuilds the read model from
+/// position 0 with the usual rebuild-and-swap. The old model keeps serving,
+/// stopped and labelled with its `as_of_position`, until the new one is
+/// swapped in. A rebuild that fails is tried again while the projection is
+/// still stopped for that reason.
+pub async fn rebuild_when_rewritten(
+    rebuilder: Arc<Rebuilder>,
+    mut stops: watch::Receiver<Option<String>>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            changed = stops.changed() => if changed.is_err() { return },
+            _ = stopping.wait_for(|stopping| *stopping) => return,
+        }
+        while rebuilder
+            .projection
+            .report()
+            .stopped
+            .is_some_and(|stop| stop.reason == LOG_REWRITTEN)
+        {
+            tracing::warn!(
+                "the log was rewritten: rebuilding the read model from position 0 \
+                 (--rebuild-on-rewrite); the old one answers until the swap"
+            );
+            match rebuilder.rebuild().await {
+                Ok(done) => {
+                    tracing::info!(
+                        checkpoint = done.checkpoint,
+                        "rebuilt after a rewritten log"
+                    );
+                    break;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the rebuild after a rewritten log failed; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(REBUILD_RETRY) => {}
+                        _ = stopping.wait_for(|stopping| *stopping) => return,
+                    }
+                }
+            }
+        }
+        stops.borrow_and_update();
+    }
+}
+
+/// The pause before a failed automatic rebuild is tried again.
+const REBUILD_RETRY: Duration = Duration::from_secs(5);

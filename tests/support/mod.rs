@@ -199,20 +199,28 @@ pub fn signal(process: &Process, signal: &str) {
 
 /// A query server following `command_url`, with its read model in `path`.
 pub fn query_server(command_url: &str, path: &Path, log_dir: &Path) -> Process {
-    Process::start(
-        "query-server",
-        &[
-            "--listen-addr".into(),
-            "127.0.0.1:0".into(),
-            "--command-server-url".into(),
-            command_url.into(),
-            "--database-path".into(),
-            path.display().to_string(),
-            "--metrics-addr".into(),
-            "off".into(),
-        ],
-        log_dir,
-    )
+    query_server_with(command_url, path, &[], log_dir)
+}
+
+/// A query server as [`query_server`], with `extra` flags.
+pub fn query_server_with(
+    command_url: &str,
+    path: &Path,
+    extra: &[&str],
+    log_dir: &Path,
+) -> Process {
+    let mut args: Vec<String> = vec![
+        "--listen-addr".into(),
+        "127.0.0.1:0".into(),
+        "--command-server-url".into(),
+        command_url.into(),
+        "--database-path".into(),
+        path.display().to_string(),
+        "--metrics-addr".into(),
+        "off".into(),
+    ];
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    Process::start("query-server", &args, log_dir)
 }
 
 /// Retries `check` until it returns `Some` or `patience` runs out.

@@ -23,6 +23,8 @@ pub struct Projection {
     health: Option<HealthReporter>,
     /// Wakes a stopped projector when an operator resumes it.
     resume: tokio::sync::Notify,
+    /// The reason of the latest stop, published when it stops.
+    stops: watch::Sender<Option<String>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -66,7 +68,14 @@ impl Projection {
             }),
             health,
             resume: tokio::sync::Notify::new(),
+            stops: watch::channel(None).0,
         }
+    }
+
+    /// The reason of each stop, as it happens (`--rebuild-on-rewrite`
+    /// follows it).
+    pub fn watch_stops(&self) -> watch::Receiver<Option<String>> {
+        self.stops.subscribe()
     }
 
     /// Sets health to NOT_SERVING until the first catch-up.
@@ -199,12 +208,14 @@ impl Projection {
         if self.health.is_some() {
             metrics::gauge!("projection_stopped", "reason" => stop.reason.clone()).set(1.0);
         }
+        let reason = stop.reason.clone();
         self.with_status(|s| {
             s.state = pb::ProjectionState::Stopped;
             s.stopped = Some(stop);
             s.serving = false;
         });
         self.set_health(ServingStatus::NotServing).await;
+        self.stops.send_replace(Some(reason));
     }
 
     /// Lets a stopped projector try again; `false` when it was not stopped.
