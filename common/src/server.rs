@@ -449,6 +449,38 @@ pub async fn shutdown_signal() {
 mod tests {
     use super::*;
 
+    /// Every metric given a `# HELP` line here is documented.
+    #[test]
+    fn every_described_metric_is_in_docs_metrics_md() {
+        let docs = include_str!("../../docs/metrics.md");
+        let source = include_str!("server.rs");
+        let mut described = 0;
+        for call in source.split("describe_").skip(1) {
+            if !["counter!(", "gauge!(", "histogram!("]
+                .iter()
+                .any(|kind| call.starts_with(kind))
+            {
+                continue;
+            }
+            let name = call
+                .split('"')
+                .nth(1)
+                .expect("a metric name in quotes after describe_*!(");
+            described += 1;
+            assert!(
+                docs.contains(&format!("| `{name}` |")),
+                "{name} is not in docs/metrics.md"
+            );
+        }
+        assert!(described > 30, "{described} metrics described");
+        for line in process_metrics::render().lines() {
+            if let Some(help) = line.strip_prefix("# HELP ") {
+                let name = help.split(' ').next().expect("a name");
+                assert!(docs.contains(&format!("| `{name}` |")), "{name}");
+            }
+        }
+    }
+
     /// Building and dropping the reflection services must not touch freed
     /// memory. Under rustc 1.95 with optimizations the closure this replaced
     /// made the two services share one list of names, and this test aborted

@@ -220,8 +220,9 @@ async fn dispatch(
     let slots = Arc::new(Semaphore::new(settings.in_flight.max(1)));
     let mut poll = tokio::time::interval(settings.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Priorities with a `submitted_queue_pending` series, set to 0 once empty.
-    let mut exported_priorities = BTreeSet::new();
+    // Priorities with a `submitted_queue_pending` series, set to 0 once
+    // empty; the default priority's series always exists.
+    let mut exported_priorities = BTreeSet::from([0]);
     loop {
         let free = slots.available_permits().min(MAX_CLAIM);
         if free > 0 {
