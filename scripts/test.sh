@@ -2,10 +2,11 @@
 #
 # Runs the whole test suite: makes sure MariaDB and the project user are there
 # (scripts/bootstrap-mariadb.sh), that the tools the tests call are on PATH
-# (grpcurl; Python's grpcio and grpcio-tools for the Python-client tests;
+# (grpcurl; Python's grpcio and grpcio-tools for the Python-client test;
+# Node.js, npm and examples/js's npm modules for the JavaScript-client test;
 # prometheus and promtool for the alert rules and the scrape test),
-# builds the servers the end-to-end tests start (target/debug), then runs
-# `cargo test --workspace`.
+# builds the binaries the end-to-end tests start (target/debug: the servers
+# and loadgen), then runs `cargo test --workspace`.
 #
 # usage: scripts/test.sh [extra cargo test arguments]
 #   e.g. scripts/test.sh -- --nocapture
@@ -86,13 +87,40 @@ ensure_grpcurl() {
     hotel_log "$version ($(command -v grpcurl))"
 }
 
+# grpcio-status reads google.rpc.Status details (ErrorInfo, BadRequest) off a
+# failed call, as a Python client of this API does.
 ensure_python_grpc() {
-    if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
-        hotel_log "installing grpcio and grpcio-tools for the Python-client tests"
-        pip_install grpcio grpcio-tools
+    if ! python3 -c 'import grpc, grpc_tools, grpc_status' 2>/dev/null; then
+        hotel_log "installing grpcio, grpcio-tools and grpcio-status for the Python-client tests"
+        pip_install grpcio grpcio-tools grpcio-status
     fi
-    python3 -c 'import grpc, grpc_tools' ||
-        hotel_die "python3 still cannot import grpc and grpc_tools"
+    python3 -c 'import grpc, grpc_tools, grpc_status' ||
+        hotel_die "python3 still cannot import grpc, grpc_tools and grpc_status"
+}
+
+# Node.js and npm for the JavaScript-client test (tests/e2e_js_client.rs),
+# from Debian when missing, then examples/js's modules as its
+# package-lock.json pins them (again when the lock file changed).
+ensure_node() {
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        if ((EUID != 0)) || ! command -v apt-get >/dev/null; then
+            hotel_die "the JavaScript-client test needs node (18 or later) and npm: install them"
+        fi
+        local packages=(npm)
+        command -v node >/dev/null || packages+=(nodejs)
+        hotel_log "installing ${packages[*]} (Debian) for the JavaScript-client test"
+        apt-get update -q >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >&2
+        hash -r
+    fi
+    hotel_log "node $(node --version), npm $(npm --version)"
+    local js=$REPO/examples/js
+    # npm ci writes node_modules/.package-lock.json: older than the lock
+    # file means the modules are not the pinned ones any more.
+    if [[ ! -f $js/node_modules/.package-lock.json || $js/package-lock.json -nt $js/node_modules/.package-lock.json ]]; then
+        hotel_log "npm ci in examples/js"
+        (cd "$js" && npm ci --no-audit --no-fund --loglevel=error) >&2
+    fi
 }
 
 # Debian's prometheus package carries both prometheus and promtool, for the
@@ -117,6 +145,7 @@ hotel_section "test tools"
 command -v python3 >/dev/null || hotel_die "python3 not found: install python3 (and python3-pip)"
 ensure_grpcurl
 ensure_python_grpc
+ensure_node
 ensure_prometheus
 cargo --version >&2 ||
     hotel_die "cargo does not work: install Rust (https://rustup.rs), then run this again"
@@ -126,9 +155,10 @@ HOTEL_TEST_DATABASE_URL=$(hotel_server_url)
 export HOTEL_TEST_DATABASE_URL
 hotel_log "HOTEL_TEST_DATABASE_URL=mysql://$HOTEL_DB_USER:***@$HOTEL_DB_HOST:$HOTEL_DB_PORT"
 
-# The end-to-end tests (the root package's tests/) start the servers'
-# binaries from target/debug. Those belong to other packages, and `cargo test`
-# builds a package's binaries only for that package's own tests.
+# The end-to-end tests (the root package's tests/) start the binaries of the
+# servers and of loadgen from target/debug. Those belong to other packages,
+# and `cargo test` builds a package's binaries only for that package's own
+# tests.
 hotel_section "cargo build --workspace --bins"
 cargo build --workspace --bins
 

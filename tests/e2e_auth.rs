@@ -129,6 +129,7 @@ async fn tokens_guard_both_servers_and_the_projector_subscribes_with_its_own() {
     commands
         .add_room_type(with_token(
             pb::AddRoomTypeRequest {
+                precondition: None,
                 command_id: new_id(),
                 hotel_id: "h1".to_owned(),
                 code: "DBL".to_owned(),

@@ -103,6 +103,7 @@ async fn metrics_have_help_lines_and_latency_histograms() {
         .expect("registered");
     client
         .add_room_type(pb::AddRoomTypeRequest {
+            precondition: None,
             command_id: new_id(),
             hotel_id: "h1".to_owned(),
             code: "DBL".to_owned(),

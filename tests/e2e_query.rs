@@ -109,6 +109,7 @@ async fn book(commands: &mut Commands, request: pb::BookRoomRequest) -> pb::Book
 async fn cancel(commands: &mut Commands, reservation_id: &str) -> pb::CancelReservationResponse {
     commands
         .cancel_reservation(pb::CancelReservationRequest {
+            precondition: None,
             command_id: new_id(),
             reservation_id: reservation_id.to_owned(),
             reason: "test".into(),
@@ -677,6 +678,7 @@ async fn reads_its_own_writes_with_min_position_and_labels_freshness_without() {
     // Check in: Bob's stay starts today.
     let checked_in = commands
         .check_in(pb::CheckInRequest {
+            precondition: None,
             command_id: new_id(),
             reservation_id: bob.reservation_id.clone(),
             correlation_id: String::new(),

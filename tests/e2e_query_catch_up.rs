@@ -60,6 +60,7 @@ async fn write_until(mut client: CommandServiceClient<Channel>, task: usize, hea
             let reservation_id = mine.swap_remove(index);
             match client
                 .cancel_reservation(pb::CancelReservationRequest {
+                    precondition: None,
                     command_id: new_id(),
                     reservation_id,
                     reason: "plans changed".into(),
@@ -83,6 +84,7 @@ async fn write_until(mut client: CommandServiceClient<Channel>, task: usize, hea
             if reply.status == pb::ReservationStatus::Confirmed as i32 {
                 position = client
                     .check_in(pb::CheckInRequest {
+                        precondition: None,
                         command_id: new_id(),
                         reservation_id: reply.reservation_id.clone(),
                         correlation_id: String::new(),
@@ -94,6 +96,7 @@ async fn write_until(mut client: CommandServiceClient<Channel>, task: usize, hea
                 if roll == 16 {
                     position = client
                         .check_out(pb::CheckOutRequest {
+                            precondition: None,
                             command_id: new_id(),
                             reservation_id: reply.reservation_id.clone(),
                             correlation_id: String::new(),
@@ -111,6 +114,7 @@ async fn write_until(mut client: CommandServiceClient<Channel>, task: usize, hea
             // Only this task changes inventories, and only upwards: promotions.
             let position = client
                 .set_room_inventory(pb::SetRoomInventoryRequest {
+                    precondition: None,
                     command_id: new_id(),
                     hotel_id: hotel(raised),
                     room_type_code: "DBL".into(),

@@ -116,6 +116,14 @@ pub struct Config {
     #[arg(long, env = "HOTEL_DB_IDLE_TIMEOUT_SECS", default_value_t = 600)]
     pub db_idle_timeout_secs: u64,
 
+    /// Most log events read to check a SetRoomInventory precondition
+    /// "unchanged since position P" (the room type has no index in the log;
+    /// the check runs under the write lock): a read more events behind the
+    /// head is refused as stale (ABORTED, STALE_READ), to be read again.
+    #[arg(long, env = "HOTEL_PRECONDITION_SCAN_LIMIT", default_value_t = 10_000,
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub precondition_scan_limit: i64,
+
     /// Largest command request accepted, in bytes (protobuf-encoded),
     /// checked before anything else; at most 65535 (the command log stores
     /// every request whole). Larger requests get INVALID_ARGUMENT.
@@ -235,6 +243,7 @@ impl Config {
             fence_after: ms(self.fence_after_ms),
             queue_timeout: ms(self.writer_queue_timeout_ms.max(1)),
             idle_timeout: Duration::from_secs(self.db_idle_timeout_secs.max(1)),
+            precondition_scan_limit: self.precondition_scan_limit,
         })
     }
 

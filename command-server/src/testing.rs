@@ -97,6 +97,7 @@ pub async fn add_room_type(
 ) -> i64 {
     client
         .add_room_type(pb::AddRoomTypeRequest {
+            precondition: None,
             command_id: new_id(),
             hotel_id: hotel_id.to_owned(),
             code: code.to_owned(),

@@ -56,6 +56,7 @@ async fn hotel_with_rooms(server: &TestServer, hotel_id: &str) -> i64 {
     client
         .add_room_type(with_token(
             pb::AddRoomTypeRequest {
+                precondition: None,
                 command_id: new_id(),
                 hotel_id: hotel_id.to_owned(),
                 code: "DBL".to_owned(),

@@ -25,6 +25,7 @@ enum Outcome {
 
 async fn cancel(mut client: Client, reservation_id: String) -> Outcome {
     let request = pb::CancelReservationRequest {
+        precondition: None,
         command_id: new_id(),
         reservation_id,
         reason: "churn".to_owned(),
@@ -39,6 +40,7 @@ async fn cancel(mut client: Client, reservation_id: String) -> Outcome {
 
 async fn check_in(mut client: Client, reservation_id: String) -> Outcome {
     let request = pb::CheckInRequest {
+        precondition: None,
         command_id: new_id(),
         reservation_id,
         correlation_id: String::new(),

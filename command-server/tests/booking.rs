@@ -94,6 +94,7 @@ async fn fifty_concurrent_bookings_for_five_rooms_confirm_exactly_five() {
     });
     let reply = client
         .cancel_reservation(pb::CancelReservationRequest {
+            precondition: None,
             command_id: new_id(),
             reservation_id: cancelled.reservation_id.clone(),
             reason: "plans changed".to_owned(),
@@ -150,6 +151,7 @@ async fn cancellation_promotes_by_priority_then_age_and_inventory_changes_promot
 
     let cancelled = client
         .cancel_reservation(pb::CancelReservationRequest {
+            precondition: None,
             command_id: new_id(),
             reservation_id: holder.reservation_id.clone(),
             reason: String::new(),
@@ -167,6 +169,7 @@ async fn cancellation_promotes_by_priority_then_age_and_inventory_changes_promot
     // Lowering below what is booked is refused and changes nothing.
     let refused = client
         .set_room_inventory(pb::SetRoomInventoryRequest {
+            precondition: None,
             command_id: new_id(),
             hotel_id: "h2".to_owned(),
             room_type_code: "SGL".to_owned(),
@@ -180,6 +183,7 @@ async fn cancellation_promotes_by_priority_then_age_and_inventory_changes_promot
     // Raising promotes the rest, oldest first.
     let raised = client
         .set_room_inventory(pb::SetRoomInventoryRequest {
+            precondition: None,
             command_id: new_id(),
             hotel_id: "h2".to_owned(),
             room_type_code: "SGL".to_owned(),
@@ -224,11 +228,13 @@ async fn check_in_and_check_out_follow_the_rules() {
     assert_eq!(waiting.status, ReservationStatus::Waitlisted as i32);
 
     let check_in = |id: &str| pb::CheckInRequest {
+        precondition: None,
         command_id: new_id(),
         reservation_id: id.to_owned(),
         correlation_id: String::new(),
     };
     let check_out = |id: &str| pb::CheckOutRequest {
+        precondition: None,
         command_id: new_id(),
         reservation_id: id.to_owned(),
         correlation_id: String::new(),
@@ -269,6 +275,7 @@ async fn check_in_and_check_out_follow_the_rules() {
     assert_eq!(checked_in.position, events_before + 1);
     let cancel_after_check_in = client
         .cancel_reservation(pb::CancelReservationRequest {
+            precondition: None,
             command_id: new_id(),
             reservation_id: today.reservation_id.clone(),
             reason: String::new(),
@@ -348,6 +355,7 @@ async fn a_cancellation_promotes_past_a_long_waiting_list_that_does_not_fit() {
     // Night 2 frees up; night 1 stays full, so only the last one fits.
     let cancelled = client
         .cancel_reservation(pb::CancelReservationRequest {
+            precondition: None,
             command_id: new_id(),
             reservation_id: second_night.reservation_id.clone(),
             reason: String::new(),
@@ -394,6 +402,7 @@ async fn a_server_sees_room_types_another_server_changed() {
 
     // The other server adds a room and a room type.
     two.set_room_inventory(pb::SetRoomInventoryRequest {
+        precondition: None,
         command_id: new_id(),
         hotel_id: "h5".to_owned(),
         room_type_code: "SGL".to_owned(),

@@ -127,6 +127,7 @@ async fn submitted_commands_run_asynchronously_and_report_their_outcome() {
 
     // A submitted command that a rule refuses is FAILED with the reason.
     let check_out = pb::CheckOutRequest {
+        precondition: None,
         command_id: new_id(),
         reservation_id: reply.reservation_id.clone(),
         correlation_id: String::new(),

@@ -159,6 +159,7 @@ fn cases() -> Vec<Case> {
             name: "negative inventory on a new room type",
             field: "inventory",
             call: Call::AddRoomType(pb::AddRoomTypeRequest {
+                precondition: None,
                 command_id: new_id(),
                 hotel_id: "h1".into(),
                 code: "TRP".into(),
@@ -176,6 +177,7 @@ fn cases() -> Vec<Case> {
             name: "malformed currency",
             field: "nightly_rate.currency",
             call: Call::AddRoomType(pb::AddRoomTypeRequest {
+                precondition: None,
                 command_id: new_id(),
                 hotel_id: "h1".into(),
                 code: "TRP".into(),
@@ -193,6 +195,7 @@ fn cases() -> Vec<Case> {
             name: "negative inventory",
             field: "inventory",
             call: Call::Inventory(pb::SetRoomInventoryRequest {
+                precondition: None,
                 command_id: new_id(),
                 hotel_id: "h1".into(),
                 room_type_code: "DBL".into(),
@@ -204,6 +207,7 @@ fn cases() -> Vec<Case> {
             name: "malformed reservation id",
             field: "reservation_id",
             call: Call::Cancel(pb::CancelReservationRequest {
+                precondition: None,
                 command_id: new_id(),
                 reservation_id: "r-1".into(),
                 reason: String::new(),

@@ -273,10 +273,7 @@ async fn a_rebuild_swaps_in_an_identical_read_model_while_queries_run() {
     }
     // Writes keep arriving during the rebuild too.
     let writer_stream = stream.clone();
-    let mut more = Events {
-        position: events.position,
-        clock_ms: events.clock_ms,
-    };
+    let mut more = events.continued();
     let writes = tokio::spawn(async move {
         for i in 0..20 {
             let stay = Stay::new("h1", "DBL", "late", "2030-03-29", "2030-03-30");

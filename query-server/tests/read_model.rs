@@ -76,7 +76,11 @@ fn hotels_room_types_and_inventory_changes() {
         .readers
         .read(|tx| Ok((reads::hotel(tx, "h1")?, reads::room_types(tx, "h1", None)?)))
         .expect("read");
-    assert_eq!(hotel, Some(("Hotel One".into(), "Lisboa".into())));
+    let hotel = hotel.expect("the hotel");
+    assert_eq!(
+        (hotel.name.as_str(), hotel.city.as_str()),
+        ("Hotel One", "Lisboa")
+    );
     assert_eq!(room_types.len(), 1);
     assert_eq!(room_types[0].code, "DBL");
     assert_eq!(room_types[0].inventory, 7);
@@ -276,6 +280,98 @@ fn promotion_cancellation_check_in_and_out() {
         .expect("read changes");
     let statuses: Vec<S> = changes.iter().map(|c| c.status).collect();
     assert_eq!(statuses, [S::Confirmed, S::CheckedIn, S::CheckedOut]);
+    // Each change carries the reservation's version after it.
+    let versions: Vec<i64> = changes.iter().map(|c| c.version).collect();
+    assert_eq!(versions, [2, 3, 4]);
+    assert_eq!(f.reservation(&second.reservation_id).version, 4);
+    assert_eq!(f.reservation(&first.reservation_id).version, 2);
+}
+
+#[test]
+fn replies_show_the_versions_of_their_aggregates() {
+    let mut f = fixture();
+    f.hotel_with_rooms(1);
+    let hotel_version = |f: &Fixture| {
+        f.readers
+            .read(|tx| reads::hotel(tx, "h1"))
+            .expect("read")
+            .expect("the hotel")
+            .version
+    };
+    assert_eq!(hotel_version(&f), 2, "registered, one room type");
+    let change = f.events.inventory("h1", "DBL", 1, 2);
+    f.apply(&[change]);
+    assert_eq!(hotel_version(&f), 3);
+
+    let stay = Stay::new("h1", "DBL", "ana", "2030-05-01", "2030-05-02");
+    let full = Stay::new("h1", "DBL", "bo", "2030-05-01", "2030-05-02");
+    let late = Stay::new("h1", "DBL", "cy", "2030-05-01", "2030-05-02");
+    let batch = [
+        f.events.confirmed(&stay),
+        f.events.confirmed(&full),
+        f.events.waitlisted(&late, 0),
+    ];
+    f.apply(&batch);
+    assert_eq!(hotel_version(&f), 3, "bookings are not hotel events");
+    assert_eq!(f.reservation(&stay.reservation_id).version, 1);
+    let checked_in = f.events.checked_in(&stay);
+    f.apply(&[checked_in]);
+    assert_eq!(f.reservation(&stay.reservation_id).version, 2);
+    let waitlist = f
+        .readers
+        .read(|tx| reads::waitlist(tx, "h1", "DBL"))
+        .expect("read");
+    assert_eq!(waitlist[0].reservation_id, late.reservation_id);
+    assert_eq!(waitlist[0].version, 1);
+}
+
+#[test]
+fn versions_of_a_read_model_built_before_them_are_filled_in_on_upgrade() {
+    let dir = TempDir::new();
+    {
+        // A read model written by a binary that knew migrations 0001-0005.
+        let conn = rusqlite::Connection::open(dir.db()).expect("open");
+        for sql in [
+            include_str!("../migrations/0001_read_model.sql"),
+            include_str!("../migrations/0002_search_room_types.sql"),
+            include_str!("../migrations/0003_waitlist_by_position.sql"),
+            include_str!("../migrations/0004_reservations_status_check.sql"),
+            include_str!("../migrations/0005_checkpoint_event_id.sql"),
+        ] {
+            conn.execute_batch(sql).expect("an earlier schema");
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 5;
+             INSERT INTO hotels VALUES ('h1', 'Hotel One', 'Lisboa', 'lisboa');
+             INSERT INTO room_types VALUES ('h1', 'DBL', 'Double', 2, 1, 12000, 'EUR');
+             INSERT INTO reservations VALUES
+                 ('r1', 'h1', 'DBL', '2030-05-01', '2030-05-02', 1, 'ana', 'Ana', 'a@x.org',
+                  2, 'CHECKED_OUT', 12000, 'EUR', 0, 1000, 1000, 3, 6),
+                 ('r2', 'h1', 'DBL', '2030-05-01', '2030-05-02', 1, 'bo', 'Bo', 'b@x.org',
+                  2, 'WAITLISTED', 12000, 'EUR', 0, 900, 900, 4, 4);
+             INSERT INTO reservation_changes VALUES
+                 ('r1', 5, 'CHECKED_IN', 1000), ('r1', 6, 'CHECKED_OUT', 1000);
+             UPDATE checkpoint SET position = 6;",
+        )
+        .expect("rows of the earlier schema");
+    }
+    let writer = Writer::open(&dir.db()).expect("migrates");
+    assert_eq!(writer.checkpoint().expect("checkpoint").position, 6);
+    let readers = ReadModel::new(&dir.db());
+    let (r1, r2, changes, hotel) = readers
+        .read(|tx| {
+            Ok((
+                reads::reservation(tx, "r1")?.expect("r1"),
+                reads::reservation(tx, "r2")?.expect("r2"),
+                reads::reservation_changes_after(tx, "r1", 0)?,
+                reads::hotel(tx, "h1")?.expect("h1"),
+            ))
+        })
+        .expect("read");
+    assert_eq!((r1.version, r2.version), (3, 1), "exact: 1 + its changes");
+    let versions: Vec<i64> = changes.iter().map(|c| c.version).collect();
+    assert_eq!(versions, [2, 3]);
+    assert_eq!(hotel.version, 0, "unknown until the hotel's next event");
 }
 
 #[test]
@@ -457,7 +553,7 @@ fn a_rebuilt_file_swaps_in_atomically() {
     let (hotel, checkpoint) = readers
         .read(|tx| Ok((reads::hotel(tx, "h1")?, reads::checkpoint(tx)?)))
         .expect("read");
-    assert_eq!(hotel.map(|(name, _)| name).as_deref(), Some("New"));
+    assert_eq!(hotel.map(|h| h.name).as_deref(), Some("New"));
     assert_eq!(checkpoint, 2);
     assert_eq!(writer.checkpoint().expect("checkpoint").position, 2);
 }

@@ -7,6 +7,7 @@ use time::Date;
 use tonic::Status;
 
 use super::{Command, CommandKind, ValidCommand};
+use crate::domain::command::Precondition;
 use crate::domain::{
     Rate, Stay,
     rules::{self, MAX_GUESTS, MAX_INVENTORY, MAX_PRIORITY},
@@ -19,6 +20,11 @@ pub trait CommandRequest: Message + Sized {
     /// Checks the command's own fields (not the common ones). Rules that
     /// depend on the date are checked against `today` when given.
     fn to_command(&self, violations: &mut Violations, today: Option<Date>) -> Option<Command>;
+    /// The request's stale-read precondition, for the commands that act on
+    /// an aggregate that exists.
+    fn precondition(&self) -> Option<&pb::Precondition> {
+        None
+    }
 }
 
 /// Refuses a request larger than `max_bytes` encoded, before anything else
@@ -51,6 +57,7 @@ fn validate_on<R: CommandRequest>(
     let command_id = violations.uuid("command_id", request.command_id());
     let correlation_id = violations.correlation_id("correlation_id", request.correlation_id());
     let command = request.to_command(&mut violations, today);
+    let precondition = precondition(&mut violations, request.precondition());
     violations.finish()?;
     let (Some(command_id), Some(correlation_id), Some(command)) =
         (command_id, correlation_id, command)
@@ -67,7 +74,35 @@ fn validate_on<R: CommandRequest>(
         correlation_id,
         request: request.encode_to_vec(),
         command,
+        precondition,
     })
+}
+
+/// Checks a precondition's value: a version or a position, at least 1.
+fn precondition(v: &mut Violations, given: Option<&pb::Precondition>) -> Option<Precondition> {
+    use pb::precondition::Condition;
+    let (field, value, make): (&str, i64, fn(i64) -> Precondition) = match given?.condition? {
+        Condition::ExpectedVersion(version) => (
+            "precondition.expected_version",
+            version,
+            Precondition::ExpectedVersion,
+        ),
+        Condition::UnchangedSincePosition(position) => (
+            "precondition.unchanged_since_position",
+            position,
+            Precondition::UnchangedSince,
+        ),
+    };
+    if value < 1 {
+        v.add(
+            field,
+            format!(
+                "must be at least 1 (a version or position read from a query server), got {value}"
+            ),
+        );
+        return None;
+    }
+    Some(make(value))
 }
 
 /// Decodes a stored request of the given kind (the asynchronous queue). It
@@ -99,6 +134,12 @@ macro_rules! common_fields {
             &self.correlation_id
         }
     };
+    (precondition) => {
+        common_fields!();
+        fn precondition(&self) -> Option<&pb::Precondition> {
+            self.precondition.as_ref()
+        }
+    };
 }
 
 impl CommandRequest for pb::RegisterHotelRequest {
@@ -117,7 +158,7 @@ impl CommandRequest for pb::RegisterHotelRequest {
 }
 
 impl CommandRequest for pb::AddRoomTypeRequest {
-    common_fields!();
+    common_fields!(precondition);
 
     fn to_command(&self, v: &mut Violations, _today: Option<Date>) -> Option<Command> {
         let hotel_id = v.identifier("hotel_id", &self.hotel_id);
@@ -138,7 +179,7 @@ impl CommandRequest for pb::AddRoomTypeRequest {
 }
 
 impl CommandRequest for pb::SetRoomInventoryRequest {
-    common_fields!();
+    common_fields!(precondition);
 
     fn to_command(&self, v: &mut Violations, _today: Option<Date>) -> Option<Command> {
         let hotel_id = v.identifier("hotel_id", &self.hotel_id);
@@ -224,7 +265,7 @@ impl CommandRequest for pb::BookRoomRequest {
 }
 
 impl CommandRequest for pb::CancelReservationRequest {
-    common_fields!();
+    common_fields!(precondition);
 
     fn to_command(&self, v: &mut Violations, _today: Option<Date>) -> Option<Command> {
         let reservation_id = v.uuid("reservation_id", &self.reservation_id);
@@ -237,7 +278,7 @@ impl CommandRequest for pb::CancelReservationRequest {
 }
 
 impl CommandRequest for pb::CheckInRequest {
-    common_fields!();
+    common_fields!(precondition);
 
     fn to_command(&self, v: &mut Violations, _today: Option<Date>) -> Option<Command> {
         let reservation_id = v.uuid("reservation_id", &self.reservation_id)?;
@@ -248,7 +289,7 @@ impl CommandRequest for pb::CheckInRequest {
 }
 
 impl CommandRequest for pb::CheckOutRequest {
-    common_fields!();
+    common_fields!(precondition);
 
     fn to_command(&self, v: &mut Violations, _today: Option<Date>) -> Option<Command> {
         let reservation_id = v.uuid("reservation_id", &self.reservation_id)?;

@@ -11,7 +11,10 @@ use super::{
     parse::{CommandRequest, check_size, validate},
     submitted::{SubmittedQueue, state_of},
 };
-use crate::store::{command_log, writer::Writer};
+use crate::{
+    error::ErrorInfo,
+    store::{command_log, writer::Writer},
+};
 
 /// Serves commands by handing them to the writer.
 #[derive(Clone)]
@@ -191,9 +194,14 @@ async fn command_status(
         ),
         _ => None,
     };
+    let info = record.error_info.as_deref().and_then(ErrorInfo::decode);
     let error = record.error_code.map(|code| pb::CommandError {
         code,
         message: record.error_message.clone().unwrap_or_default(),
+        reason: info.as_ref().map(|i| i.reason.clone()).unwrap_or_default(),
+        metadata: info
+            .map(|i| i.metadata.into_iter().collect())
+            .unwrap_or_default(),
     });
     Ok(pb::GetCommandStatusResponse {
         command_id: record.command_id,

@@ -164,6 +164,7 @@ impl SubmittedQueue {
             response: None,
             error_code: None,
             error_message: None,
+            error_info: None,
             position: 0,
             accepted_at_ms: now_ms(),
             finished_at_ms: None,

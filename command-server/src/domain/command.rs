@@ -18,6 +18,18 @@ pub struct ValidCommand {
     /// outcome so that a retry can be told apart from a reuse of the id.
     pub request: Vec<u8>,
     pub command: Command,
+    /// What the client decided the command on, when it said.
+    pub precondition: Option<Precondition>,
+}
+
+/// A command's stale-read check (`hotel.v1.Precondition`): it runs only
+/// while this still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// The aggregate is still at this version.
+    ExpectedVersion(i64),
+    /// Nothing changed the command's subject after this position.
+    UnchangedSince(i64),
 }
 
 impl ValidCommand {

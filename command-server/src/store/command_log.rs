@@ -24,13 +24,15 @@ pub struct CommandRecord {
     pub response: Option<Vec<u8>>,
     pub error_code: Option<i32>,
     pub error_message: Option<String>,
+    /// The refusal's ErrorInfo, as `ErrorInfo::encode` writes it.
+    pub error_info: Option<Vec<u8>>,
     pub position: i64,
     pub accepted_at_ms: i64,
     pub finished_at_ms: Option<i64>,
 }
 
 const COLUMNS: &str = "command_id, kind, request, state, priority, response, error_code, \
-                       error_message, position, accepted_at_ms, finished_at_ms";
+                       error_message, error_info, position, accepted_at_ms, finished_at_ms";
 
 fn from_row(row: &sqlx::mysql::MySqlRow) -> sqlx::Result<CommandRecord> {
     Ok(CommandRecord {
@@ -42,6 +44,7 @@ fn from_row(row: &sqlx::mysql::MySqlRow) -> sqlx::Result<CommandRecord> {
         response: row.try_get("response")?,
         error_code: row.try_get("error_code")?,
         error_message: row.try_get("error_message")?,
+        error_info: row.try_get("error_info")?,
         position: row.try_get("position")?,
         accepted_at_ms: row.try_get("accepted_at_ms")?,
         finished_at_ms: row.try_get("finished_at_ms")?,
@@ -100,6 +103,7 @@ pub async fn upsert(conn: &mut MySqlConnection, records: &[CommandRecord]) -> sq
                 .push_bind(&r.response)
                 .push_bind(r.error_code)
                 .push_bind(&r.error_message)
+                .push_bind(&r.error_info)
                 .push_bind(r.position)
                 .push_bind(r.accepted_at_ms)
                 .push_bind(r.finished_at_ms);
@@ -107,6 +111,7 @@ pub async fn upsert(conn: &mut MySqlConnection, records: &[CommandRecord]) -> sq
         insert.push(
             " ON DUPLICATE KEY UPDATE state = VALUES(state), response = VALUES(response), \
              error_code = VALUES(error_code), error_message = VALUES(error_message), \
+             error_info = VALUES(error_info), \
              position = VALUES(position), finished_at_ms = VALUES(finished_at_ms)",
         );
         insert.build().execute(&mut *conn).await?;
@@ -119,7 +124,7 @@ pub async fn upsert(conn: &mut MySqlConnection, records: &[CommandRecord]) -> sq
 /// refusal (a value too long) is an error, never a silently cut row.
 pub async fn insert_pending(pool: &MySqlPool, record: &CommandRecord) -> sqlx::Result<bool> {
     let insert = format!(
-        "INSERT INTO commands ({COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, 0, ?, NULL)"
+        "INSERT INTO commands ({COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, 0, ?, NULL)"
     );
     // A claim running at the same moment can make InnoDB pick this insert
     // as a deadlock victim; inserting a new row again is safe.

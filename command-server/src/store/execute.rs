@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::{
     events::{NewEvent, event_type},
+    precondition,
     working_set::{self, NewReservation, Reservation, RoomKey, RoomType, WorkingSet},
 };
 use crate::{
@@ -34,15 +35,22 @@ pub struct Batch {
     /// Commit time recorded in the events.
     pub now_ms: i64,
     pub today: Date,
+    /// The head when the batch started: the last committed position.
+    pub start_head: i64,
+    /// Most log events a room type's stale-read check reads
+    /// (`--precondition-scan-limit`).
+    pub scan_limit: i64,
 }
 
 impl Batch {
-    pub fn new(head: i64, now_ms: i64) -> Self {
+    pub fn new(head: i64, now_ms: i64, scan_limit: i64) -> Self {
         Self {
             next_position: head + 1,
             events: Vec::new(),
             now_ms,
             today: dates::today_utc(),
+            start_head: head,
+            scan_limit,
         }
     }
 
@@ -113,6 +121,7 @@ pub async fn execute(
     batch: &mut Batch,
     cmd: &ValidCommand,
 ) -> Result<Reply, CommandError> {
+    precondition::check(conn, rows, batch, cmd).await?;
     match &cmd.command {
         Command::RegisterHotel {
             hotel_id,
@@ -240,7 +249,11 @@ async fn insert_new(
     }
 }
 
-async fn hotel_version(conn: &mut MySqlConnection, hotel_id: &str) -> Result<i64, CommandError> {
+/// A hotel's version; `NOT_FOUND` when it does not exist.
+pub(super) async fn hotel_version(
+    conn: &mut MySqlConnection,
+    hotel_id: &str,
+) -> Result<i64, CommandError> {
     sqlx::query_scalar("SELECT version FROM hotels WHERE hotel_id = ?")
         .bind(hotel_id)
         .fetch_optional(&mut *conn)

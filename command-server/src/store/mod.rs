@@ -14,6 +14,7 @@ pub mod command_log;
 pub mod events;
 pub mod execute;
 pub mod fence;
+pub mod precondition;
 pub mod retention;
 pub mod working_set;
 pub mod writer;

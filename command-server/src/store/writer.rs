@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     domain::command::{CommandKind, Reply, ValidCommand},
-    error::CommandError,
+    error::{CommandError, ErrorInfo},
 };
 
 /// Most commands in one transaction.
@@ -63,6 +63,8 @@ pub struct Limits {
     pub queue_timeout: Duration,
     /// MySQL's `wait_timeout` for the writer's idle session.
     pub idle_timeout: Duration,
+    /// Most log events a room type's stale-read check reads.
+    pub precondition_scan_limit: i64,
 }
 
 impl Default for Limits {
@@ -74,6 +76,7 @@ impl Default for Limits {
             fence_after: Duration::from_secs(3),
             queue_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
+            precondition_scan_limit: 10_000,
         }
     }
 }
@@ -394,20 +397,29 @@ impl Task {
         session.committing = false;
         let ran = tokio::time::timeout(
             limits.batch_timeout,
-            run_transaction(session, head, &jobs, self.listener.as_ref()),
+            run_transaction(session, head, &jobs, limits, self.listener.as_ref()),
         )
         .await;
         let result = match ran {
             Ok(Ok(outcomes)) => Ok(outcomes),
             Ok(Err(error)) => Err(error),
-            Err(_) if session.committing => Err(BatchError::Unknown(format!(
-                "the commit took longer than the batch deadline ({:?})",
-                limits.batch_timeout
-            ))),
-            Err(_) => Err(BatchError::NotRun(format!(
-                "the batch took longer than its deadline ({:?}) and was rolled back",
-                limits.batch_timeout
-            ))),
+            Err(_) => {
+                // Cut in the middle of a statement: the server-side session
+                // may still hold the write lock; end it before anyone waits.
+                fence::end_abandoned_session(&self.pool, session.thread_id, limits.connect_timeout)
+                    .await;
+                Err(if session.committing {
+                    BatchError::Unknown(format!(
+                        "the commit took longer than the batch deadline ({:?})",
+                        limits.batch_timeout
+                    ))
+                } else {
+                    BatchError::NotRun(format!(
+                        "the batch took longer than its deadline ({:?}) and was rolled back",
+                        limits.batch_timeout
+                    ))
+                })
+            }
         };
         if result.is_err() {
             self.session = None;
@@ -543,6 +555,7 @@ async fn run_transaction(
     session: &mut Session,
     head: i64,
     jobs: &[Job],
+    limits: &Limits,
     listener: &dyn CommitListener,
 ) -> Result<Vec<Outcome>, BatchError> {
     let started = Instant::now();
@@ -559,7 +572,7 @@ async fn run_transaction(
         command_log::load_many(tx, &id_refs).await.map_err(sql)?;
 
     let now = now_ms();
-    let mut batch = Batch::new(head, now);
+    let mut batch = Batch::new(head, now, limits.precondition_scan_limit);
     let mut rows = WorkingSet::with_room_types(
         carried
             .filter(|carried| carried.head == head)
@@ -590,6 +603,7 @@ async fn run_transaction(
                 response: Some(reply.encode()),
                 error_code: None,
                 error_message: None,
+                error_info: None,
                 position: reply.position(),
                 accepted_at_ms: known.get(id).map_or(now, |r| r.accepted_at_ms),
                 finished_at_ms: Some(now),
@@ -618,6 +632,7 @@ async fn run_transaction(
                     response: None,
                     error_code: Some(error.code() as i32),
                     error_message: Some(error.to_string()),
+                    error_info: error.error_info().map(|info| info.encode()),
                     position: 0,
                     accepted_at_ms: known.get(id).map_or(now, |r| r.accepted_at_ms),
                     finished_at_ms: Some(now),
@@ -699,6 +714,7 @@ fn replay(previous: &CommandRecord, command: &ValidCommand) -> Option<Outcome> {
         command_log::FAILED => Some(Err(CommandError::Replayed {
             code: Code::from_i32(previous.error_code.unwrap_or(Code::Unknown as i32)),
             message: previous.error_message.clone().unwrap_or_default(),
+            info: previous.error_info.as_deref().and_then(ErrorInfo::decode),
         })),
         // Pending or running: this run executes it.
         _ => None,

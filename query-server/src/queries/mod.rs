@@ -122,9 +122,9 @@ impl Queries {
             let counts = reads::night_counts(tx, &query.hotel_id, code, &from, &to)?;
             Ok((hotel, room_types, counts))
         })?;
-        if hotel.is_none() {
+        let Some(hotel) = hotel else {
             return Err(QueryError::not_found("hotel", &query.hotel_id));
-        }
+        };
         if let Some(code) = code
             && room_types.is_empty()
         {
@@ -136,6 +136,7 @@ impl Queries {
         Ok(pb::GetAvailabilityResponse {
             hotel_id: query.hotel_id.clone(),
             room_types: views::availability(room_types, &counts, query.range),
+            hotel_version: hotel.version,
             as_of_position,
         })
     }
@@ -351,12 +352,13 @@ impl pb::query_service_server::QueryService for Queries {
                     reads::occupancy(tx, &query.hotel_id, &from, &to)?,
                 ))
             })?;
-            if hotel.is_none() {
+            let Some(hotel) = hotel else {
                 return Err(QueryError::not_found("hotel", &query.hotel_id));
-            }
+            };
             Ok(pb::GetOccupancyResponse {
                 hotel_id: query.hotel_id,
                 nights: views::occupancy(rooms, &booked, query.range),
+                hotel_version: hotel.version,
                 as_of_position,
             })
         }

@@ -303,6 +303,7 @@ pub fn reservation(
                 current.status = change.status as i32;
                 current.updated_at = Some(timestamp_from_millis(change.updated_at_ms));
                 current.last_position = change.position;
+                current.version = change.version;
                 // Each state is as of its own event; the newest is as of the snapshot.
                 let as_of = if index + 1 == count {
                     as_of_position.max(change.position)

@@ -101,7 +101,6 @@ pub fn apply_batch(
 /// Applies one event. Does not touch the checkpoint.
 pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result<(), ApplyError> {
     let position = envelope.position;
-    let occurred_at = millis(envelope.occurred_at.as_ref());
     let Some(kind) = envelope.event.as_ref().and_then(|e| e.kind.as_ref()) else {
         // A kind this binary does not know (a newer command server): never
         // skipped, the read model stops before it (ADR 0009).
@@ -112,11 +111,19 @@ pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result
     match kind {
         Kind::HotelRegistered(e) => {
             tx.prepare_cached(
-                "INSERT INTO hotels (hotel_id, name, city, city_key) VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO hotels (hotel_id, name, city, city_key, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (hotel_id) DO UPDATE
-                 SET name = excluded.name, city = excluded.city, city_key = excluded.city_key",
+                 SET name = excluded.name, city = excluded.city, city_key = excluded.city_key,
+                     version = excluded.version",
             )?
-            .execute(params![e.hotel_id, e.name, e.city, city_key(&e.city)])?;
+            .execute(params![
+                e.hotel_id,
+                e.name,
+                e.city,
+                city_key(&e.city),
+                envelope.aggregate_version
+            ])?;
             refresh_search_entries(tx, &e.hotel_id)?;
         }
         Kind::RoomTypeAdded(e) => {
@@ -139,6 +146,7 @@ pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result
                 rate.amount_minor,
                 rate.currency
             ])?;
+            set_hotel_version(tx, &e.hotel_id, envelope.aggregate_version)?;
             refresh_search_entries(tx, &e.hotel_id)?;
         }
         Kind::RoomInventoryChanged(e) => {
@@ -146,6 +154,7 @@ pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result
                 "UPDATE room_types SET inventory = ?3 WHERE hotel_id = ?1 AND code = ?2",
             )?
             .execute(params![e.hotel_id, e.room_type_code, e.inventory])?;
+            set_hotel_version(tx, &e.hotel_id, envelope.aggregate_version)?;
             refresh_search_entries(tx, &e.hotel_id)?;
         }
         Kind::ReservationConfirmed(e) => {
@@ -165,8 +174,7 @@ pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result
                 tx,
                 &e.reservation_id,
                 pb::ReservationStatus::Confirmed,
-                occurred_at,
-                position,
+                envelope,
             )?;
             let stay = Stay::parse(position, &e.check_in, &e.check_out)?;
             add_to_nights(tx, &e.hotel_id, &e.room_type_code, stay, 1, -1)?;
@@ -176,8 +184,7 @@ pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result
                 tx,
                 &e.reservation_id,
                 pb::ReservationStatus::Cancelled,
-                occurred_at,
-                position,
+                envelope,
             )?;
             let (booked, waiting) = match e.previous_status() {
                 pb::ReservationStatus::Confirmed => (-1, 0),
@@ -194,8 +201,7 @@ pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result
                 tx,
                 &e.reservation_id,
                 pb::ReservationStatus::CheckedIn,
-                occurred_at,
-                position,
+                envelope,
             )?;
         }
         Kind::GuestCheckedOut(e) => {
@@ -203,8 +209,7 @@ pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result
                 tx,
                 &e.reservation_id,
                 pb::ReservationStatus::CheckedOut,
-                occurred_at,
-                position,
+                envelope,
             )?;
         }
     }
@@ -287,8 +292,9 @@ fn insert_reservation(
         "INSERT INTO reservations
              (reservation_id, hotel_id, room_type_code, check_in, check_out, nights,
               guest_id, guest_name, guest_email, guests, status, total_minor, currency,
-              priority, booked_at_ms, updated_at_ms, booked_position, last_position)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17)",
+              priority, booked_at_ms, updated_at_ms, booked_position, last_position, version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17,
+                 ?18)",
     )?
     .execute(params![
         booking.reservation_id,
@@ -308,29 +314,36 @@ fn insert_reservation(
         millis(booking.booked_at.as_ref()),
         updated_at,
         envelope.position,
+        envelope.aggregate_version,
     ])?;
     // No `reservation_changes` row: a watch starts from a snapshot that
     // already holds the booking, so only later changes are ever replayed.
     Ok(())
 }
 
+/// Moves a reservation to `status` as of `envelope` (its position, commit
+/// time and the reservation's version), and records the change.
 fn set_status(
     tx: &Transaction<'_>,
     reservation_id: &str,
     status: pb::ReservationStatus,
-    updated_at_ms: i64,
-    position: i64,
+    envelope: &pb::EventEnvelope,
 ) -> Result<(), ApplyError> {
+    let position = envelope.position;
+    let updated_at_ms = millis(envelope.occurred_at.as_ref());
+    let version = envelope.aggregate_version;
     let changed = tx
         .prepare_cached(
-            "UPDATE reservations SET status = ?2, updated_at_ms = ?3, last_position = ?4
+            "UPDATE reservations
+             SET status = ?2, updated_at_ms = ?3, last_position = ?4, version = ?5
              WHERE reservation_id = ?1",
         )?
         .execute(params![
             reservation_id,
             status_name(status),
             updated_at_ms,
-            position
+            position,
+            version
         ])?;
     if changed == 0 {
         return Err(ApplyError::Malformed {
@@ -338,26 +351,25 @@ fn set_status(
             reason: format!("reservation {reservation_id} is unknown"),
         });
     }
-    record_change(tx, reservation_id, position, status, updated_at_ms)
-}
-
-fn record_change(
-    tx: &Transaction<'_>,
-    reservation_id: &str,
-    position: i64,
-    status: pb::ReservationStatus,
-    updated_at_ms: i64,
-) -> Result<(), ApplyError> {
     tx.prepare_cached(
-        "INSERT INTO reservation_changes (reservation_id, position, status, updated_at_ms)
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO reservation_changes
+             (reservation_id, position, status, updated_at_ms, version)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![
         reservation_id,
         position,
         status_name(status),
-        updated_at_ms
+        updated_at_ms,
+        version
     ])?;
+    Ok(())
+}
+
+/// A hotel's version, from one of its events.
+fn set_hotel_version(tx: &Transaction<'_>, hotel_id: &str, version: i64) -> Result<(), ApplyError> {
+    tx.prepare_cached("UPDATE hotels SET version = ?2 WHERE hotel_id = ?1")?
+        .execute(params![hotel_id, version])?;
     Ok(())
 }
 

@@ -26,6 +26,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0005_checkpoint_event_id",
         include_str!("../../migrations/0005_checkpoint_event_id.sql"),
     ),
+    (
+        "0006_versions",
+        include_str!("../../migrations/0006_versions.sql"),
+    ),
 ];
 
 /// Applies the migrations the file has not seen yet, each in its own

@@ -16,7 +16,7 @@ pub fn checkpoint(tx: &Snapshot<'_>) -> rusqlite::Result<i64> {
 /// Columns of `reservations` in the order [`reservation_from_row`] reads them.
 const RESERVATION_COLUMNS: &str = "reservation_id, hotel_id, room_type_code, check_in, check_out, \
      nights, guest_id, guest_name, guest_email, guests, status, total_minor, currency, priority, \
-     booked_at_ms, updated_at_ms, last_position, booked_position";
+     booked_at_ms, updated_at_ms, last_position, booked_position, version";
 
 fn reservation_from_row(row: &Row<'_>) -> rusqlite::Result<pb::Reservation> {
     let status: String = row.get(10)?;
@@ -43,6 +43,7 @@ fn reservation_from_row(row: &Row<'_>) -> rusqlite::Result<pb::Reservation> {
         booked_at: Some(timestamp_from_millis(row.get(14)?)),
         updated_at: Some(timestamp_from_millis(row.get(15)?)),
         last_position: row.get(16)?,
+        version: row.get(18)?,
     })
 }
 
@@ -70,6 +71,8 @@ pub struct ReservationChange {
     pub position: i64,
     pub status: pb::ReservationStatus,
     pub updated_at_ms: i64,
+    /// The reservation's version after the change.
+    pub version: i64,
 }
 
 /// The changes of a reservation after `after_position`, oldest first.
@@ -79,7 +82,7 @@ pub fn reservation_changes_after(
     after_position: i64,
 ) -> rusqlite::Result<Vec<ReservationChange>> {
     tx.prepare_cached(
-        "SELECT position, status, updated_at_ms FROM reservation_changes
+        "SELECT position, status, updated_at_ms, version FROM reservation_changes
          WHERE reservation_id = ?1 AND position > ?2
          ORDER BY position",
     )?
@@ -89,6 +92,7 @@ pub fn reservation_changes_after(
             position: row.get(0)?,
             status: status_from_name(&status),
             updated_at_ms: row.get(2)?,
+            version: row.get(3)?,
         })
     })?
     .collect()
@@ -185,10 +189,26 @@ fn list(
     Ok(listing)
 }
 
-/// A hotel's name and city, if the read model knows it.
-pub fn hotel(tx: &Snapshot<'_>, hotel_id: &str) -> rusqlite::Result<Option<(String, String)>> {
-    tx.prepare_cached("SELECT name, city FROM hotels WHERE hotel_id = ?1")?
-        .query_row([hotel_id], |row| Ok((row.get(0)?, row.get(1)?)))
+/// A hotel as the read model holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hotel {
+    pub name: String,
+    pub city: String,
+    /// Its aggregate version (0: unknown, in a read model built before
+    /// versions were kept).
+    pub version: i64,
+}
+
+/// A hotel, if the read model knows it.
+pub fn hotel(tx: &Snapshot<'_>, hotel_id: &str) -> rusqlite::Result<Option<Hotel>> {
+    tx.prepare_cached("SELECT name, city, version FROM hotels WHERE hotel_id = ?1")?
+        .query_row([hotel_id], |row| {
+            Ok(Hotel {
+                name: row.get(0)?,
+                city: row.get(1)?,
+                version: row.get(2)?,
+            })
+        })
         .optional()
 }
 
@@ -415,7 +435,7 @@ pub fn waitlist(
 ) -> rusqlite::Result<Vec<pb::WaitlistEntry>> {
     tx.prepare_cached(
         "SELECT reservation_id, guest_id, guest_name, guest_email, check_in, check_out,
-                priority, booked_at_ms
+                priority, booked_at_ms, version
          FROM reservations
          WHERE hotel_id = ?1 AND room_type_code = ?2 AND status = 'WAITLISTED'
          ORDER BY priority DESC, booked_position",
@@ -432,6 +452,7 @@ pub fn waitlist(
             check_out: row.get(5)?,
             priority: row.get(6)?,
             booked_at: Some(timestamp_from_millis(row.get(7)?)),
+            version: row.get(8)?,
         })
     })?
     .collect()

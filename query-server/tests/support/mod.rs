@@ -45,13 +45,16 @@ impl Drop for TempDir {
     }
 }
 
-/// Builds envelopes with consecutive positions from 1.
+/// Builds envelopes with consecutive positions from 1, and each aggregate's
+/// versions from 1, as the command server numbers them.
 #[derive(Default)]
 pub struct Events {
     /// The position of the last envelope built.
     pub position: i64,
     /// Fake commit clock, ms since the epoch.
     pub clock_ms: i64,
+    /// The last version of each aggregate.
+    versions: std::collections::HashMap<String, i64>,
 }
 
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {
@@ -63,6 +66,17 @@ impl Events {
         Self {
             position: 0,
             clock_ms: 1_900_000_000_000,
+            versions: std::collections::HashMap::new(),
+        }
+    }
+
+    /// A builder that goes on where this one is (positions, clock and
+    /// versions), for another task.
+    pub fn continued(&self) -> Self {
+        Self {
+            position: self.position,
+            clock_ms: self.clock_ms,
+            versions: self.versions.clone(),
         }
     }
 
@@ -95,7 +109,11 @@ impl Events {
             }
             .into(),
             aggregate_id: aggregate_id.into(),
-            aggregate_version: 1,
+            aggregate_version: {
+                let version = self.versions.entry(aggregate_id.to_owned()).or_default();
+                *version += 1;
+                *version
+            },
             occurred_at: Some(timestamp(self.clock_ms)),
             command_id: uuid::Uuid::new_v4().to_string(),
             correlation_id: String::new(),

@@ -437,6 +437,7 @@ impl HotelWorker {
             return self.fall_back(recorder, scheduled).await;
         };
         let request = pb::CancelReservationRequest {
+            precondition: None,
             command_id: Uuid::new_v4().to_string(),
             reservation_id,
             reason: "loadgen".to_owned(),
@@ -451,6 +452,7 @@ impl HotelWorker {
             return self.fall_back(recorder, scheduled).await;
         };
         let request = pb::CheckInRequest {
+            precondition: None,
             command_id: Uuid::new_v4().to_string(),
             reservation_id,
             correlation_id: String::new(),

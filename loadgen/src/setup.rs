@@ -80,6 +80,7 @@ async fn add_room_type(
 ) -> anyhow::Result<usize> {
     let code = hotels.room_code(room_type);
     let request = pb::AddRoomTypeRequest {
+        precondition: None,
         command_id: Uuid::new_v4().to_string(),
         hotel_id: hotels.hotel_id(hotel),
         code: code.clone(),
