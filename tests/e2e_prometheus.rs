@@ -333,6 +333,7 @@ async fn prometheus_scrapes_every_series_the_rules_and_the_dashboard_use() {
                 currency: "EUR".to_owned(),
             }),
             correlation_id: String::new(),
+            precondition: None,
         })
         .await
         .expect("room type");
