@@ -49,6 +49,21 @@ use crate::{
     rebuild::{LiveProjector, Rebuilder},
 };
 
+/// Series exported at 0 from the start, so that dashboards and alerts see a
+/// 0 rather than no series before the first event.
+fn zero_metrics() {
+    for reason in [
+        projector::UNKNOWN_EVENT_KIND,
+        projector::EVENT_REFUSED,
+        projector::LOG_REWRITTEN,
+    ] {
+        metrics::gauge!("projection_stopped", "reason" => reason).set(0.0);
+    }
+    metrics::counter!("query_watch_rereads_total").increment(0);
+    metrics::counter!("query_watches_refused_total").increment(0);
+    metrics::gauge!("query_watches_open").increment(0.0);
+}
+
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -119,6 +134,11 @@ impl QueryServer {
         );
         let projection = Arc::new(Projection::new(checkpoint.clone(), Some(health.clone())));
         projection.init_health().await;
+        zero_metrics();
+        let sampled = Arc::downgrade(&projection);
+        hotel_common::server::sample_at_scrape(move || {
+            sampled.upgrade().map(|p| p.sample_metrics()).is_some()
+        });
         let channel = command_server
             .connect_timeout(COMMAND_SERVER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)

@@ -147,6 +147,16 @@ impl Writer {
             retry: VecDeque::new(),
         };
         tokio::spawn(task.run(queue));
+        // Read at scrape time: nothing to keep up on the write path.
+        let waiting = jobs.downgrade();
+        hotel_common::server::sample_at_scrape(move || {
+            let Some(jobs) = waiting.upgrade() else {
+                return false;
+            };
+            let depth = jobs.max_capacity() - jobs.capacity();
+            metrics::gauge!("writer_queue_depth").set(depth as f64);
+            true
+        });
         Self {
             jobs,
             queue_timeout,
@@ -548,6 +558,7 @@ async fn run_transaction(
     limits: &Limits,
     listener: &dyn CommitListener,
 ) -> Result<Vec<Outcome>, BatchError> {
+    let started = Instant::now();
     let carried = session.known.take();
     let tx = &mut session.conn;
     let sql = |error: sqlx::Error| classify(&error);
@@ -676,6 +687,7 @@ async fn run_transaction(
     }
     metrics::counter!("command_batches_total").increment(1);
     metrics::histogram!("command_batch_size").record(jobs.len() as f64);
+    metrics::histogram!("writer_batch_duration_seconds").record(started.elapsed().as_secs_f64());
     Ok(outcomes)
 }
 
