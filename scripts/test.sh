@@ -3,7 +3,8 @@
 # Runs the whole test suite: makes sure MariaDB and the project user are there
 # (scripts/bootstrap-mariadb.sh), that the tools the tests call are on PATH
 # (grpcurl; Python's grpcio and grpcio-tools for the Python-client test;
-# Node.js, npm and examples/js's npm modules for the JavaScript-client test),
+# Node.js, npm and examples/js's npm modules for the JavaScript-client test;
+# prometheus and promtool for the alert rules and the scrape test),
 # builds the binaries the end-to-end tests start (target/debug: the servers
 # and loadgen), then runs `cargo test --workspace`.
 #
@@ -122,6 +123,21 @@ ensure_node() {
     fi
 }
 
+# Debian's prometheus package carries both prometheus and promtool, for the
+# alert rules' checks and the end-to-end scrape (tests/e2e_prometheus.rs).
+# The package may try to start its own service: the test runs its own
+# instance on a free port with its own data directory either way.
+ensure_prometheus() {
+    if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+        ((EUID == 0)) && command -v apt-get >/dev/null ||
+            hotel_die "promtool and prometheus are missing: install Debian's prometheus package"
+        hotel_log "installing Debian's prometheus package (prometheus, promtool)"
+        apt-get update -q >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >&2
+    fi
+    hotel_log "$(promtool --version 2>&1 | head -n 1)"
+}
+
 hotel_section "database"
 bash "$REPO/scripts/bootstrap-mariadb.sh"
 
@@ -130,6 +146,7 @@ command -v python3 >/dev/null || hotel_die "python3 not found: install python3 (
 ensure_grpcurl
 ensure_python_grpc
 ensure_node
+ensure_prometheus
 cargo --version >&2 ||
     hotel_die "cargo does not work: install Rust (https://rustup.rs), then run this again"
 export PATH

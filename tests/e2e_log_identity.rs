@@ -3,7 +3,8 @@
 //! query server's checkpoint, the query server notices on its next
 //! subscription (the event it holds at its checkpoint is not the log's),
 //! stops there visibly, never mixes the two histories, and a rebuild brings
-//! it onto the new one.
+//! it onto the new one: asked for by an operator, or by itself with
+//! `--rebuild-on-rewrite`.
 
 mod support;
 
@@ -252,6 +253,76 @@ async fn a_log_restored_shorter_than_the_read_model_stops_it_and_a_rebuild_goes_
         .await
         .expect_err("the lost booking is gone");
     assert_eq!(gone.code(), Code::NotFound);
+    backup.cleanup().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_rebuild_on_rewrite_a_read_model_moves_onto_a_restored_log_by_itself() {
+    let logs = tempfile::tempdir().expect("log dir");
+    let data = tempfile::tempdir().expect("data dir");
+    let db = TestDb::create().await;
+    let mut command = command_server(&db, logs.path());
+    let address = command.addr.to_string();
+    let query = query_server_with(
+        &command.url(),
+        &data.path().join("rm.db"),
+        &["--rebuild-on-rewrite"],
+        logs.path(),
+    );
+    let mut commands = command.commands().await;
+    let mut queries = query.queries().await;
+    register_hotel(&mut commands, "h1", "Faro").await;
+    add_room_type(&mut commands, "h1", "DBL", 100).await;
+    let kept = book(&mut commands, "kept").await;
+    let backup = copy_database(&db).await;
+    let lost = book(&mut commands, "lost").await;
+    eventually(PATIENCE, || {
+        let mut queries = queries.clone();
+        async move { (status(&mut queries).await.checkpoint == lost.position).then_some(()) }
+    })
+    .await;
+    assert!(command.terminate().success());
+
+    // The backup comes back (shorter than the read model) and is written
+    // again: the query server notices, and rebuilds with nobody asking.
+    let restored = command_server_on(&backup, &address, logs.path());
+    let mut commands = restored.commands().await;
+    let after = book(&mut commands, "after").await;
+    assert_eq!(
+        after.position, lost.position,
+        "the same position, another event"
+    );
+    let live = eventually(PATIENCE, || {
+        let mut queries = queries.clone();
+        async move {
+            let status = status(&mut queries).await;
+            (status.state == pb::ProjectionState::Live as i32
+                && status.checkpoint == after.position
+                && status.stopped.is_none())
+            .then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(live.head, after.position);
+    assert!(
+        query
+            .logs()
+            .contains("rebuilding the read model from position 0"),
+        "the rebuild was automatic: {}",
+        query.logs()
+    );
+    reservation_at(&mut queries, &kept.reservation_id)
+        .await
+        .expect("the shared history");
+    reservation_at(&mut queries, &after.reservation_id)
+        .await
+        .expect("the new history");
+    let gone = reservation_at(&mut queries, &lost.reservation_id)
+        .await
+        .expect_err("the lost commit is gone with the old file");
+    assert_eq!(gone.code(), Code::NotFound);
+    drop(restored);
     backup.cleanup().await;
     db.cleanup().await;
 }

@@ -33,6 +33,29 @@ use commands::{service::CommandApi, submitted::SubmittedQueue};
 use store::writer::Writer;
 use stream::{Publisher, head::HeadSender, recent::Recent, service::EventStreamApi};
 
+/// Counters and gauges exported at 0 from the start, so that dashboards
+/// and alerts see a 0 rather than no series before the first event.
+fn zero_metrics() {
+    for reason in ["cancelled", "deadline", "queue_timeout"] {
+        metrics::counter!("writer_jobs_not_started_total", "reason" => reason).increment(0);
+    }
+    metrics::counter!("submitted_refused_total", "reason" => "queue_full").increment(0);
+    for counter in [
+        "command_batches_total",
+        "writer_fenced_sessions_total",
+        "command_log_pruned_total",
+        "stream_subscribers_refused_total",
+        "stream_log_rewritten_total",
+        "stream_events_sent_total",
+        "stream_sent_bytes_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    for gauge in ["stream_subscribers", "stream_log_reads_waiting"] {
+        metrics::gauge!(gauge).increment(0.0);
+    }
+}
+
 /// How long cut connections may take to close after the shutdown grace.
 const CUT_WAIT: Duration = Duration::from_secs(1);
 
@@ -57,7 +80,13 @@ impl CommandServer {
         let limits = config.writer_limits()?;
         let tls = config.tls.load()?;
         let stream_limits = stream::Limits::from_config(&config)?;
+        // First, so that what starts below can register its gauges.
+        if let Some(addr) = config.metrics_addr()? {
+            server::install_metrics(addr, config.limits.metrics_request_timeout())?;
+        }
+        zero_metrics();
         let pool = store::prepare(&config.database_url, config.db_pool_size).await?;
+        store::export_pool_metrics(&pool);
         let head_now = store::events::head(&pool).await?;
         let head: HeadSender = Arc::new(watch::channel(head_now).0);
         let recent = Recent::default();
@@ -72,9 +101,6 @@ impl CommandServer {
             Arc::new(publisher),
         );
         let listener = TcpListener::bind(config.listen_addr).await?;
-        if let Some(addr) = config.metrics_addr()? {
-            server::install_metrics(addr, config.limits.metrics_request_timeout())?;
-        }
         Ok(Self {
             listener,
             config,

@@ -586,3 +586,177 @@ async fn the_lock_wait_and_the_queue_bound_bite() {
     second.stop().await;
     db.cleanup().await;
 }
+
+/// A MySQL "server" that accepts connections and never says a word: a
+/// client waits for its greeting forever unless it bounds the wait.
+async fn silent_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (addr, task)
+}
+
+struct NoListener;
+
+impl command_server::store::CommitListener for NoListener {
+    fn committed(&self, _events: Vec<pb::EventEnvelope>) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_timeout_bites_on_a_server_that_never_answers() {
+    let db = TestDb::create().await;
+    let pool = command_server::store::prepare(&db.url, 2)
+        .await
+        .expect("migrate");
+    let (silent, task) = silent_server().await;
+    let options =
+        command_server::store::connect_options(&format!("mysql://hotel:hotel@{silent}/hotel"))
+            .expect("options");
+    let limits = command_server::store::writer::Limits {
+        connect_timeout: Duration::from_millis(300),
+        queue_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let writer = command_server::store::writer::Writer::spawn(
+        options,
+        pool,
+        limits,
+        std::sync::Arc::new(NoListener),
+    );
+    let command = command_server::commands::parse::validate(&booking("h1", "DBL", 10, 12, "ct"))
+        .expect("valid");
+    let started = Instant::now();
+    let outcome = writer.execute(command, None).await;
+    let took = started.elapsed();
+    let error = outcome.expect_err("no database answers");
+    assert_eq!(error.code(), Code::Unavailable, "{error}");
+    assert!(error.to_string().contains("300ms"), "{error}");
+    // Three attempts of 300 ms each, not a wait without end.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    task.abort();
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_timeout_cuts_a_batch_stalled_inside_the_lock() {
+    let db = TestDb::create().await;
+    let mut config = Config::for_tests(&db.url);
+    config.batch_timeout_ms = 400;
+    config.fence_after_ms = 5_000;
+    config.lock_wait_ms = 10_000;
+    let server = TestServer::start_with(config).await;
+    hotel(&server).await;
+
+    // The test's session holds the hotel's row: the writer gets the write
+    // lock, then stalls inside its batch on that row (InnoDB would let it
+    // wait --lock-wait-ms, 10 s).
+    let mut holder = MySqlConnection::connect(&db.url).await.expect("connect");
+    holder
+        .execute("SET SESSION autocommit = 0")
+        .await
+        .expect("autocommit off");
+    holder
+        .execute("SELECT version FROM hotels WHERE hotel_id = 'h1' FOR UPDATE")
+        .await
+        .expect("lock the hotel row");
+    let mut client = server.commands().await;
+    let request = pb::AddRoomTypeRequest {
+        command_id: new_id(),
+        hotel_id: "h1".to_owned(),
+        code: "SGL".to_owned(),
+        name: "Single".to_owned(),
+        max_guests: 1,
+        inventory: 3,
+        nightly_rate: Some(pb::Money {
+            amount_minor: 100,
+            currency: "EUR".to_owned(),
+        }),
+        precondition: None,
+        correlation_id: String::new(),
+    };
+    let started = Instant::now();
+    let refused = client
+        .add_room_type(request.clone())
+        .await
+        .expect_err("the batch stalls");
+    let took = started.elapsed();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused}");
+    assert!(
+        refused
+            .message()
+            .contains("longer than its deadline (400ms)"),
+        "{refused}"
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM room_types WHERE code = 'SGL'")
+            .await,
+        0,
+        "the cut batch was rolled back"
+    );
+    // Writes go on once the row is free; the retry runs the command once.
+    holder.execute("COMMIT").await.expect("release");
+    client
+        .add_room_type(request.clone())
+        .await
+        .expect("the retry runs");
+    assert_eq!(events_of(&db, &request.command_id).await, 1);
+    server.stop().await;
+    db.cleanup().await;
+}
+
+/// The ids of the sessions on the test database, the caller's excepted.
+async fn sessions_of(db: &TestDb) -> Vec<i64> {
+    let database = db
+        .url
+        .rsplit('/')
+        .next()
+        .expect("a database name")
+        .to_owned();
+    sqlx::query_scalar(
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
+    )
+    .bind(database)
+    .fetch_all(&db.pool)
+    .await
+    .expect("process list")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_timeout_lets_mysql_close_the_writer_session_and_it_reconnects() {
+    let db = TestDb::create().await;
+    let mut config = Config::for_tests(&db.url);
+    config.db_idle_timeout_secs = 1;
+    let server = TestServer::start_with(config).await;
+    hotel(&server).await;
+    let mut client = server.commands().await;
+    client
+        .book_room(booking("h1", "DBL", 10, 12, "it1"))
+        .await
+        .expect("book");
+    let serving = sessions_of(&db).await;
+    // Idle for longer than --db-idle-timeout-secs: MySQL ends the writer's
+    // session (readers' pooled sessions keep MySQL's default, 8 hours, and
+    // nothing else closes a session here).
+    tokio::time::sleep(Duration::from_millis(2_600)).await;
+    let idle = sessions_of(&db).await;
+    let closed: Vec<&i64> = serving.iter().filter(|id| !idle.contains(id)).collect();
+    assert_eq!(
+        closed.len(),
+        1,
+        "the idle writer session was closed: {serving:?} -> {idle:?}"
+    );
+    // The next command reconnects and runs once.
+    let request = booking("h1", "DBL", 10, 12, "it2");
+    client.book_room(request.clone()).await.expect("book again");
+    assert_eq!(events_of(&db, &request.command_id).await, 1);
+    server.stop().await;
+    db.cleanup().await;
+}

@@ -6,6 +6,7 @@
 //!   problem into one `INVALID_ARGUMENT` with `google.rpc.BadRequest` details.
 //! - [`dates`]: the calendar-date format of the API (`YYYY-MM-DD`).
 //! - [`server`]: health, reflection, metrics and shutdown plumbing for tonic.
+//! - [`process_metrics`]: the standard `process_*` metrics, from `/proc`.
 //! - [`limits`]: the flags every server shares for message sizes, timeouts,
 //!   streams and connections, and the tonic server they configure.
 //! - [`auth`]: bearer tokens mapped to roles; the interceptors that check
@@ -19,6 +20,7 @@
 pub mod auth;
 pub mod dates;
 pub mod limits;
+pub mod process_metrics;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

@@ -32,6 +32,8 @@ use tower_layer::{Identity, Layer, Stack};
 use tower_service::Service;
 use tracing::Instrument;
 
+use crate::server::PlumbingCall;
+
 /// Connection, stream, size and time limits of a gRPC server.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerLimits {
@@ -339,17 +341,24 @@ where
         // Fixed now, before tonic's own timer for the client's deadline, so
         // this one fires first and the answer says DEADLINE_EXCEEDED.
         let deadline = Instant::now() + timeout;
+        // Health and reflection have no handler of ours: counted here.
+        let plumbing = PlumbingCall::start(request.uri().path());
         let span = self
             .traced
             .then(|| crate::trace::request_span(request.headers(), request.uri().path()))
             .flatten();
         match span {
-            None => Box::pin(answer_within(self.inner.call(request), deadline, timeout)),
+            None => Box::pin(answer_within(
+                self.inner.call(request),
+                deadline,
+                timeout,
+                plumbing,
+            )),
             Some(span) => {
                 let call = span.in_scope(|| self.inner.call(request));
                 Box::pin(
                     async move {
-                        let answer = answer_within(call, deadline, timeout).await;
+                        let answer = answer_within(call, deadline, timeout, plumbing).await;
                         if let Ok(response) = &answer {
                             record_status(response.headers());
                         }
@@ -363,11 +372,12 @@ where
 }
 
 /// The call's answer, or `DEADLINE_EXCEEDED` at `deadline`; size errors
-/// as `RESOURCE_EXHAUSTED`.
+/// as `RESOURCE_EXHAUSTED`; a plumbing call counted by how it ends.
 async fn answer_within<F, RB, E>(
     call: F,
     deadline: Instant,
     timeout: Duration,
+    mut plumbing: Option<PlumbingCall>,
 ) -> Result<http::Response<Body>, E>
 where
     F: Future<Output = Result<http::Response<RB>, E>>,
@@ -375,13 +385,22 @@ where
     RB::Error: Into<tonic::codegen::StdError>,
 {
     match tokio::time::timeout_at(deadline, call).await {
-        Ok(Ok(response)) => Ok(size_errors_exhaust_resources(response)),
-        Ok(Err(error)) => Err(error),
-        Err(_) => Ok(Status::deadline_exceeded(format!(
-            "no answer within {} ms",
-            timeout.as_millis()
-        ))
-        .into_http()),
+        Ok(Ok(response)) => Ok(size_errors_exhaust_resources(response, plumbing)),
+        Ok(Err(error)) => {
+            if let Some(call) = &mut plumbing {
+                call.ended(Code::Unknown);
+            }
+            Err(error)
+        }
+        Err(_) => {
+            if let Some(call) = &mut plumbing {
+                call.ended(Code::DeadlineExceeded);
+            }
+            Ok(
+                Status::deadline_exceeded(format!("no answer within {} ms", timeout.as_millis()))
+                    .into_http(),
+            )
+        }
     }
 }
 
@@ -425,17 +444,29 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 }
 
 /// Rewrites the size errors in the response's headers (a refused request)
-/// and trailers (a refused reply).
-fn size_errors_exhaust_resources<RB>(response: http::Response<RB>) -> http::Response<Body>
+/// and trailers (a refused reply); counts a plumbing call by the status it
+/// ends with.
+fn size_errors_exhaust_resources<RB>(
+    response: http::Response<RB>,
+    mut plumbing: Option<PlumbingCall>,
+) -> http::Response<Body>
 where
     RB: http_body::Body<Data = tonic::codegen::Bytes> + Send + 'static,
     RB::Error: Into<tonic::codegen::StdError>,
 {
     let (mut parts, body) = response.into_parts();
     rewrite_size_error(&mut parts.headers);
-    let body = body.map_frame(|mut frame| {
+    if let Some(call) = &mut plumbing {
+        call.saw(&parts.headers);
+    }
+    // The call is counted when its trailers pass, or when the body is
+    // dropped without them (the closure owns it).
+    let body = body.map_frame(move |mut frame| {
         if let Some(trailers) = frame.trailers_mut() {
             rewrite_size_error(trailers);
+            if let Some(call) = &mut plumbing {
+                call.saw(trailers);
+            }
         }
         frame
     });

@@ -3,14 +3,18 @@
 
 use std::{
     net::SocketAddr,
+    sync::{Mutex, OnceLock, PoisonError},
     time::{Duration, Instant},
 };
 
 use http_body_util::Full;
 use metrics_exporter_prometheus::{Matcher, PrometheusHandle};
-use tonic::{Code, codegen::Bytes};
+use tonic::{
+    Code,
+    codegen::{Bytes, http::HeaderMap},
+};
 
-use crate::pb::FILE_DESCRIPTOR_SET;
+use crate::{pb::FILE_DESCRIPTOR_SET, process_metrics};
 
 /// Reflection services (v1 and v1alpha), so `grpcurl` needs no proto files,
 /// advertising `services` (fully-qualified names) and the health service.
@@ -54,11 +58,6 @@ fn reflection_builder(services: &[&str]) -> tonic_reflection::server::Builder<'s
     builder
 }
 
-/// Installs the Prometheus recorder and serves its metrics at
-/// `http://{addr}/metrics` (404 for any other request); a connection that
-/// has not sent its request and read the reply within `request_timeout` is
-/// dropped. Returns the bound address. Our own small server rather than the
-/// exporter's listener, which answers any path and waits on slow requests.
 /// Buckets of every `*_seconds` histogram: from 100 µs (a point read) to
 /// 10 s (a stalled commit), so latency aggregates across instances.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -104,6 +103,23 @@ fn describe_metrics() {
         "writer_jobs_not_started_total",
         "Commands not run: caller cancelled, deadline passed or queue timeout, by reason"
     );
+    describe_histogram!(
+        "writer_batch_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time a committed batch held the write lock, from taking it to the commit"
+    );
+    describe_gauge!(
+        "writer_queue_depth",
+        "Commands waiting for the writer, not yet in a batch (sampled at scrape)"
+    );
+    describe_gauge!(
+        "db_pool_connections",
+        "MySQL reader pool connections, by state (in_use, idle; sampled at scrape)"
+    );
+    describe_gauge!(
+        "db_pool_max_connections",
+        "Most connections the MySQL reader pool opens (--db-pool-size)"
+    );
     describe_counter!(
         "command_log_pruned_total",
         "Command records deleted after the retention window"
@@ -111,6 +127,14 @@ fn describe_metrics() {
     describe_gauge!(
         "submitted_queue_depth",
         "Submitted commands queued (PENDING or RUNNING) on the database"
+    );
+    describe_gauge!(
+        "submitted_queue_pending",
+        "Submitted commands waiting to be claimed (PENDING) on the database, by priority"
+    );
+    describe_gauge!(
+        "submitted_queue_running",
+        "Submitted commands claimed and running (RUNNING) on the database, all instances"
     );
     describe_counter!(
         "submitted_refused_total",
@@ -128,6 +152,19 @@ fn describe_metrics() {
     describe_counter!(
         "stream_subscribers_ended_total",
         "Subscribe streams ended, by status code name"
+    );
+    describe_counter!(
+        "stream_messages_sent_total",
+        "Subscribe messages handed to the transport, by kind (events, caught_up, heartbeat)"
+    );
+    describe_counter!(
+        "stream_events_sent_total",
+        "Events handed to the transport in Subscribe messages"
+    );
+    describe_counter!(
+        "stream_sent_bytes_total",
+        metrics::Unit::Bytes,
+        "Encoded bytes of the Subscribe messages handed to the transport"
     );
     describe_gauge!(
         "stream_log_reads_waiting",
@@ -147,8 +184,29 @@ fn describe_metrics() {
         "Events committed but not yet applied"
     );
     describe_gauge!(
+        "projection_lag_seconds",
+        "Seconds since the commit of the oldest event not yet applied; 0 when caught up (sampled at scrape)"
+    );
+    describe_gauge!(
+        "projection_last_event_timestamp_seconds",
+        "Commit time of the last applied event, seconds since the Unix epoch"
+    );
+    describe_histogram!(
+        "projection_commit_to_applied_seconds",
+        metrics::Unit::Seconds,
+        "Per applied batch: from the commit of its last event on the command server to its commit in the read model"
+    );
+    describe_gauge!(
+        "projection_state",
+        "1 for the read model's current state (live, catching_up, disconnected, stopped), 0 for the others"
+    );
+    describe_gauge!(
         "projection_stopped",
         "1 while the read model is stopped before an event, by reason"
+    );
+    describe_counter!(
+        "read_model_changes_pruned_total",
+        "Reservation changes pruned after --change-retention-secs"
     );
     describe_gauge!("query_watches_open", "Open Watch* streams");
     describe_counter!(
@@ -161,6 +219,40 @@ fn describe_metrics() {
     );
 }
 
+/// A gauge read just before each scrape; `false` once what it reads is gone
+/// (it is then dropped).
+type Sampler = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// The samplers run before each scrape; set once metrics are installed.
+static SAMPLERS: OnceLock<Mutex<Vec<Sampler>>> = OnceLock::new();
+
+/// Runs `sample` before every scrape, as long as it returns `true`: for
+/// gauges that cost nothing to read but would cost the hot path to keep up
+/// to date (a pool's connections, a channel's length, a time since). Does
+/// nothing while metrics are off.
+pub fn sample_at_scrape(sample: impl Fn() -> bool + Send + Sync + 'static) {
+    if let Some(samplers) = SAMPLERS.get() {
+        samplers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Box::new(sample));
+    }
+}
+
+fn run_samplers() {
+    if let Some(samplers) = SAMPLERS.get() {
+        samplers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|sample| sample());
+    }
+}
+
+/// Installs the Prometheus recorder and serves its metrics at
+/// `http://{addr}/metrics` (404 for any other request); a connection that
+/// has not sent its request and read the reply within `request_timeout` is
+/// dropped. Returns the bound address. Our own small server rather than the
+/// exporter's listener, which answers any path and waits on slow requests.
 pub fn install_metrics(addr: SocketAddr, request_timeout: Duration) -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
@@ -173,6 +265,7 @@ pub fn install_metrics(addr: SocketAddr, request_timeout: Duration) -> anyhow::R
             BATCH_BUCKETS,
         )?
         .install_recorder()?;
+    SAMPLERS.get_or_init(Mutex::default);
     describe_metrics();
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -218,14 +311,18 @@ async fn serve_metrics(
     }
 }
 
-/// The rendered metrics for `GET /metrics`, 404 for anything else.
+/// The rendered metrics for `GET /metrics` (samplers run first, the
+/// process's own figures last), 404 for anything else.
 fn metrics_reply<B>(
     request: &hyper::Request<B>,
     handle: &PrometheusHandle,
 ) -> hyper::Response<Full<Bytes>> {
     let mut reply = hyper::Response::new(Full::default());
     if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
-        *reply.body_mut() = Full::new(Bytes::from(handle.render()));
+        run_samplers();
+        let mut text = handle.render();
+        text.push_str(&process_metrics::render());
+        *reply.body_mut() = Full::new(Bytes::from(text));
         reply.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -243,6 +340,70 @@ pub fn record_rpc(method: &'static str, started: Instant, code: Code) {
     metrics::counter!("grpc_requests_total", "method" => method, "code" => code).increment(1);
     metrics::histogram!("grpc_request_duration_seconds", "method" => method)
         .record(started.elapsed().as_secs_f64());
+}
+
+/// The methods of the services that have no handler of ours to count
+/// them (health, reflection), as `grpc_requests_total` labels them.
+const PLUMBING_METHODS: [&str; 4] = [
+    "grpc.health.v1.Health/Check",
+    "grpc.health.v1.Health/Watch",
+    "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// One call of a health or reflection method, counted like our own RPCs
+/// once its status is seen (in the response's headers or trailers), or as
+/// `CANCELLED` when it ends without one (the client left).
+#[derive(Debug)]
+pub struct PlumbingCall {
+    /// The label, `service/Method`.
+    method: &'static str,
+    started: Instant,
+    /// Whether it has been counted.
+    counted: bool,
+}
+
+impl PlumbingCall {
+    /// A call to count, if `path` is one of the plumbing methods.
+    pub fn start(path: &str) -> Option<Self> {
+        let path = path.strip_prefix('/')?;
+        let method = PLUMBING_METHODS
+            .into_iter()
+            .find(|method| *method == path)?;
+        Some(Self {
+            method,
+            started: Instant::now(),
+            counted: false,
+        })
+    }
+
+    /// Counts the call if `headers` (headers or trailers) carry its status.
+    pub fn saw(&mut self, headers: &HeaderMap) {
+        if self.counted {
+            return;
+        }
+        if let Some(code) = headers.get("grpc-status") {
+            let code = std::str::from_utf8(code.as_bytes())
+                .ok()
+                .and_then(|code| code.parse::<i32>().ok())
+                .map_or(Code::Unknown, Code::from_i32);
+            self.ended(code);
+        }
+    }
+
+    /// Counts the call as ended with `code`.
+    pub fn ended(&mut self, code: Code) {
+        if !self.counted {
+            self.counted = true;
+            record_rpc(self.method, self.started, code);
+        }
+    }
+}
+
+impl Drop for PlumbingCall {
+    fn drop(&mut self) {
+        self.ended(Code::Cancelled);
+    }
 }
 
 /// The status code's name, as gRPC spells it, without allocating.
@@ -291,6 +452,38 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every metric given a `# HELP` line here is documented.
+    #[test]
+    fn every_described_metric_is_in_docs_metrics_md() {
+        let docs = include_str!("../../docs/metrics.md");
+        let source = include_str!("server.rs");
+        let mut described = 0;
+        for call in source.split("describe_").skip(1) {
+            if !["counter!(", "gauge!(", "histogram!("]
+                .iter()
+                .any(|kind| call.starts_with(kind))
+            {
+                continue;
+            }
+            let name = call
+                .split('"')
+                .nth(1)
+                .expect("a metric name in quotes after describe_*!(");
+            described += 1;
+            assert!(
+                docs.contains(&format!("| `{name}` |")),
+                "{name} is not in docs/metrics.md"
+            );
+        }
+        assert!(described > 30, "{described} metrics described");
+        for line in process_metrics::render().lines() {
+            if let Some(help) = line.strip_prefix("# HELP ") {
+                let name = help.split(' ').next().expect("a name");
+                assert!(docs.contains(&format!("| `{name}` |")), "{name}");
+            }
+        }
+    }
 
     /// Building and dropping the reflection services must not touch freed
     /// memory. Under rustc 1.95 with optimizations the closure this replaced

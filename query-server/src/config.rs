@@ -130,6 +130,37 @@ pub struct Config {
     )]
     pub scan_limit: u32,
 
+    /// Seconds the read model keeps each reservation change (the rows
+    /// WatchReservation replays when several changes land in one commit);
+    /// older ones are pruned, 1,000 per transaction, between batches. A
+    /// watcher further behind than this gets the current state and the
+    /// changes still kept.
+    #[arg(
+        long,
+        env = "HOTEL_CHANGE_RETENTION_SECS",
+        default_value_t = 7 * 24 * 3600,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub change_retention_secs: u64,
+
+    /// Milliseconds between two prunes of old reservation changes (sooner
+    /// while more than one page is due).
+    #[arg(
+        long,
+        env = "HOTEL_CHANGE_PRUNE_INTERVAL_MS",
+        default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub change_prune_interval_ms: u64,
+
+    /// Rebuild the read model from position 0 by itself when the command
+    /// server says the log was rewritten (LOG_REWRITTEN: a restore, a
+    /// failover to a replica that missed commits). Off: the read model stops
+    /// and waits for an operator's RebuildReadModel. Either way it answers
+    /// from the history it has (as_of_position) until the new one is in.
+    #[arg(long, env = "HOTEL_REBUILD_ON_REWRITE")]
+    pub rebuild_on_rewrite: bool,
+
     /// Tracing with OpenTelemetry: --otlp-endpoint, --trace-sample-ratio.
     #[command(flatten)]
     pub tracing: hotel_common::telemetry::TracingArgs,
@@ -174,9 +205,20 @@ impl Config {
 
             max_watchers: 4096,
             scan_limit: 1000,
+            change_retention_secs: 7 * 24 * 3600,
+            change_prune_interval_ms: 60_000,
+            rebuild_on_rewrite: false,
             log_json: false,
             tracing: hotel_common::telemetry::TracingArgs::default(),
             limits: hotel_common::limits::ServerLimits::default(),
+        }
+    }
+
+    /// How long the read model keeps reservation changes.
+    pub fn change_retention(&self) -> crate::read_model::retention::ChangeRetention {
+        crate::read_model::retention::ChangeRetention {
+            keep: std::time::Duration::from_secs(self.change_retention_secs),
+            every: std::time::Duration::from_millis(self.change_prune_interval_ms),
         }
     }
 

@@ -49,6 +49,21 @@ use crate::{
     rebuild::{LiveProjector, Rebuilder},
 };
 
+/// Series exported at 0 from the start, so that dashboards and alerts see a
+/// 0 rather than no series before the first event.
+fn zero_metrics() {
+    for reason in [
+        projector::UNKNOWN_EVENT_KIND,
+        projector::EVENT_REFUSED,
+        projector::LOG_REWRITTEN,
+    ] {
+        metrics::gauge!("projection_stopped", "reason" => reason).set(0.0);
+    }
+    metrics::counter!("query_watch_rereads_total").increment(0);
+    metrics::counter!("query_watches_refused_total").increment(0);
+    metrics::gauge!("query_watches_open").increment(0.0);
+}
+
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -79,6 +94,8 @@ pub struct QueryServer {
     watches: Arc<Watches>,
     /// Most rows one listing or search page examines.
     scan_limit: u32,
+    /// Rebuild by itself when the log was rewritten.
+    rebuild_on_rewrite: bool,
     /// Health of the gRPC services.
     health: HealthReporter,
     /// The health service to serve.
@@ -101,19 +118,27 @@ impl QueryServer {
                 .with_context(|| format!("serving metrics on {addr}"))?;
         }
         let path = config.database_path.clone();
-        let writer = tokio::task::spawn_blocking(move || {
+        let change_retention = config.change_retention();
+        let mut writer = tokio::task::spawn_blocking(move || {
             rebuild::remove_abandoned(&path);
             Writer::open(&path)
         })
         .await??;
+        writer.set_change_retention(change_retention);
         let checkpoint = writer.checkpoint()?;
-        let read_model = Arc::new(ReadModel::new(writer.path()));
+        let read_model =
+            Arc::new(ReadModel::new(writer.path()).with_change_retention(change_retention));
         let health = HealthReporter::new();
         let health_service = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(health.clone()),
         );
         let projection = Arc::new(Projection::new(checkpoint.clone(), Some(health.clone())));
         projection.init_health().await;
+        zero_metrics();
+        let sampled = Arc::downgrade(&projection);
+        hotel_common::server::sample_at_scrape(move || {
+            sampled.upgrade().map(|p| p.sample_metrics()).is_some()
+        });
         let channel = command_server
             .connect_timeout(COMMAND_SERVER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -146,6 +171,7 @@ impl QueryServer {
             projection,
             watches: Arc::new(Watches::new(config.max_watchers as usize)),
             scan_limit: config.scan_limit,
+            rebuild_on_rewrite: config.rebuild_on_rewrite,
             health,
             health_service,
             limits: config.limits,
@@ -184,16 +210,21 @@ impl QueryServer {
             self.watches.clone(),
             self.scan_limit,
         );
-        let admin = Admin::new(
-            Arc::new(Rebuilder::new(
-                self.channel.clone(),
-                self.read_model.clone(),
-                self.projection.clone(),
-                live.clone(),
-                stopping.clone(),
-            )),
+        let rebuilder = Arc::new(Rebuilder::new(
+            self.channel.clone(),
+            self.read_model.clone(),
             self.projection.clone(),
-        );
+            live.clone(),
+            stopping.clone(),
+        ));
+        if self.rebuild_on_rewrite {
+            tokio::spawn(rebuild::rebuild_when_rewritten(
+                rebuilder.clone(),
+                self.projection.watch_stops(),
+                stopping.clone(),
+            ));
+        }
+        let admin = Admin::new(rebuilder, self.projection.clone());
         let (reflection_v1, reflection_v1alpha) =
             reflection_services(&["hotel.v1.QueryService", "hotel.v1.QueryAdminService"])?;
         let mut stopped = stopping.clone();

@@ -89,9 +89,10 @@ impl Rebuilder {
 
     async fn rebuild_into(&self, path: &std::path::Path) -> Result<i64, QueryError> {
         let owned = path.to_owned();
-        let writer = tokio::task::spawn_blocking(move || Writer::open(&owned))
+        let mut writer = tokio::task::spawn_blocking(move || Writer::open(&owned))
             .await
             .context("opening the rebuild file")??;
+        writer.set_change_retention(self.read_model.change_retention());
         let shadow = Arc::new(Projection::new(
             writer.checkpoint().map_err(anyhow::Error::from)?,
             None,
@@ -202,7 +203,10 @@ impl Rebuilder {
     async fn reopen_and_resume(&self) {
         let path = self.read_model.path().to_owned();
         match tokio::task::spawn_blocking(move || Writer::open(&path)).await {
-            Ok(Ok(writer)) => self.resume(writer).await,
+            Ok(Ok(mut writer)) => {
+                writer.set_change_retention(self.read_model.change_retention());
+                self.resume(writer).await
+            }
             Ok(Err(error)) => tracing::error!(
                 error = format!("{error:#}"),
                 "cannot reopen the read model; the projection is stopped"
@@ -248,3 +252,53 @@ pub fn remove_abandoned(live_path: &std::path::Path) {
         }
     }
 }
+
+/// With `--rebuild-on-rewrite`: whenever the live projection stops because
+/// the log was rewritten (LOG_REWRITTEN), rebuilds the read model from
+/// position 0 with the usual rebuild-and-swap. The old model keeps serving,
+/// stopped and labelled with its `as_of_position`, until the new one is
+/// swapped in. A rebuild that fails is tried again while the projection is
+/// still stopped for that reason.
+pub async fn rebuild_when_rewritten(
+    rebuilder: Arc<Rebuilder>,
+    mut stops: watch::Receiver<Option<String>>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            changed = stops.changed() => if changed.is_err() { return },
+            _ = stopping.wait_for(|stopping| *stopping) => return,
+        }
+        while rebuilder
+            .projection
+            .report()
+            .stopped
+            .is_some_and(|stop| stop.reason == LOG_REWRITTEN)
+        {
+            tracing::warn!(
+                "the log was rewritten: rebuilding the read model from position 0 \
+                 (--rebuild-on-rewrite); the old one answers until the swap"
+            );
+            match rebuilder.rebuild().await {
+                Ok(done) => {
+                    tracing::info!(
+                        checkpoint = done.checkpoint,
+                        "rebuilt after a rewritten log"
+                    );
+                    break;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the rebuild after a rewritten log failed; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(REBUILD_RETRY) => {}
+                        _ = stopping.wait_for(|stopping| *stopping) => return,
+                    }
+                }
+            }
+        }
+        stops.borrow_and_update();
+    }
+}
+
+/// The pause before a failed automatic rebuild is tried again.
+const REBUILD_RETRY: Duration = Duration::from_secs(5);

@@ -665,3 +665,52 @@ fn the_wal_starts_over_while_batches_commit_and_readers_read() {
         "the database file holds {written} bytes"
     );
 }
+
+/// Rows of `reservation_changes`, read beside the writer.
+fn change_rows(f: &Fixture) -> i64 {
+    rusqlite::Connection::open(f.writer.path())
+        .expect("open")
+        .query_row("SELECT COUNT(*) FROM reservation_changes", [], |row| {
+            row.get(0)
+        })
+        .expect("count")
+}
+
+#[test]
+fn old_reservation_changes_are_pruned_after_the_window_at_the_interval() {
+    use query_server::read_model::retention::ChangeRetention;
+    use std::time::Duration;
+    let mut f = fixture();
+    let retention = ChangeRetention {
+        keep: Duration::from_secs(24 * 3600),
+        every: Duration::from_secs(3600),
+    };
+    f.writer.set_change_retention(retention);
+    // Changes committed ten days ago.
+    let day_ms = 24 * 3600 * 1000;
+    f.events.clock_ms = query_server::read_model::now_millis() - 10 * day_ms;
+    f.hotel_with_rooms(5);
+    let stays: Vec<Stay> = (0..3)
+        .map(|i| Stay::new("h1", "DBL", &format!("g{i}"), "2030-05-01", "2030-05-02"))
+        .collect();
+    let booked: Vec<_> = stays.iter().map(|s| f.events.confirmed(s)).collect();
+    f.apply(&booked);
+    let changed: Vec<_> = stays.iter().map(|s| f.events.checked_in(s)).collect();
+    f.apply(&changed);
+    assert_eq!(change_rows(&f), 3, "not yet: the writer pruned an hour ago");
+
+    // Once the interval has passed (a new setting starts it over), the
+    // next batch prunes what is older than the window, and keeps the rest.
+    f.writer.set_change_retention(retention);
+    f.events.clock_ms = query_server::read_model::now_millis();
+    let recent = f.events.checked_out(&stays[0]);
+    f.apply(&[recent]);
+    assert_eq!(change_rows(&f), 1, "only the recent change is left");
+    // The reservations themselves are untouched.
+    let reservation = f.reservation(&stays[0].reservation_id);
+    assert_eq!(
+        (reservation.status(), reservation.version),
+        (S::CheckedOut, 3)
+    );
+    assert_eq!(f.status(&stays[1].reservation_id), S::CheckedIn);
+}

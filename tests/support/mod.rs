@@ -229,7 +229,17 @@ pub fn signal(process: &Process, signal: &str) {
 
 /// A query server following `command_url`, with its read model in `path`.
 pub fn query_server(command_url: &str, path: &Path, log_dir: &Path) -> Process {
-    query_server_with_env(command_url, path, &[], &[], log_dir)
+    query_server_with(command_url, path, &[], log_dir)
+}
+
+/// A query server as [`query_server`], with `extra` flags.
+pub fn query_server_with(
+    command_url: &str,
+    path: &Path,
+    extra: &[&str],
+    log_dir: &Path,
+) -> Process {
+    query_server_with_env(command_url, path, extra, &[], log_dir)
 }
 
 /// A query server as [`query_server`] with `extra` flags and environment

@@ -12,6 +12,7 @@
 //! second run of a command a replay: each runs once.
 
 use std::{
+    collections::BTreeSet,
     sync::{
         Arc,
         atomic::{AtomicI64, Ordering},
@@ -220,6 +221,9 @@ async fn dispatch(
     let slots = Arc::new(Semaphore::new(settings.in_flight.max(1)));
     let mut poll = tokio::time::interval(settings.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Priorities with a `submitted_queue_pending` series, set to 0 once
+    // empty; the default priority's series always exists.
+    let mut exported_priorities = BTreeSet::from([0]);
     loop {
         let free = slots.available_permits().min(MAX_CLAIM);
         if free > 0 {
@@ -257,15 +261,37 @@ async fn dispatch(
         tokio::select! {
             _ = queue.inner.ready.notified() => {}
             _ = poll.tick() => match command_log::queued(&pool).await {
-                Ok(depth) => {
+                Ok(queued) => {
+                    let depth = queued.total();
                     queue.inner.depth.store(depth, Ordering::Relaxed);
                     metrics::gauge!("submitted_queue_depth").set(depth as f64);
+                    export_queue(&queued, &mut exported_priorities);
                 }
                 Err(error) => tracing::debug!(%error, "could not count queued commands"),
             },
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// Exports the queue as the dispatcher's poll counted it (every
+/// `--queue-poll-ms`, not per scrape: counting costs a query): PENDING
+/// commands by priority, RUNNING ones. A priority that emptied reads 0.
+fn export_queue(queued: &command_log::Queued, exported: &mut BTreeSet<i32>) {
+    let now: BTreeSet<i32> = queued
+        .pending
+        .iter()
+        .map(|(priority, _)| *priority)
+        .collect();
+    for emptied in exported.difference(&now) {
+        metrics::gauge!("submitted_queue_pending", "priority" => emptied.to_string()).set(0.0);
+    }
+    for (priority, count) in &queued.pending {
+        metrics::gauge!("submitted_queue_pending", "priority" => priority.to_string())
+            .set(*count as f64);
+    }
+    metrics::gauge!("submitted_queue_running").set(queued.running as f64);
+    exported.extend(now);
 }
 
 /// Runs one claimed command; the writer records its outcome.

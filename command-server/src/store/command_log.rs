@@ -238,11 +238,40 @@ pub async fn release(pool: &MySqlPool, command_id: &str, claimant: &str) -> sqlx
     Ok(())
 }
 
-/// Commands queued (PENDING or RUNNING) on the whole database.
-pub async fn queued(pool: &MySqlPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM commands WHERE state IN ('PENDING', 'RUNNING')")
-        .fetch_one(pool)
-        .await
+/// The queue of the whole database: what waits, by priority, and what runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Queued {
+    /// PENDING commands by priority, `(priority, count)`.
+    pub pending: Vec<(i32, i64)>,
+    /// RUNNING commands (claimed by an instance).
+    pub running: i64,
+}
+
+impl Queued {
+    /// Commands queued, PENDING or RUNNING.
+    pub fn total(&self) -> i64 {
+        self.running + self.pending.iter().map(|(_, count)| count).sum::<i64>()
+    }
+}
+
+/// Commands queued (PENDING or RUNNING) on the whole database. One scan of
+/// the `pending (state, priority, ...)` index, grouped in its order.
+pub async fn queued(pool: &MySqlPool) -> sqlx::Result<Queued> {
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT state, priority, COUNT(*) FROM commands \
+         WHERE state IN ('PENDING', 'RUNNING') GROUP BY state, priority",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut queued = Queued::default();
+    for (state, priority, count) in rows {
+        if state == PENDING {
+            queued.pending.push((priority, count));
+        } else {
+            queued.running += count;
+        }
+    }
+    Ok(queued)
 }
 
 /// Records a queued command that can never run (its stored request no

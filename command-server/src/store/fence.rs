@@ -103,3 +103,24 @@ async fn blocker_of(pool: &MySqlPool, waiter: u64) -> sqlx::Result<Option<Blocke
     })
     .transpose()
 }
+
+/// Ends a writer session this process gives up on in the middle of a
+/// statement (its batch ran out of time). Dropping the connection is not
+/// enough: MySQL notices a closed client only when the statement returns,
+/// and a statement waiting for a row lock keeps the write lock until then.
+pub async fn end_abandoned_session(pool: &MySqlPool, thread_id: u64, bound: Duration) {
+    let kill = format!("KILL CONNECTION {thread_id}");
+    let ended = tokio::time::timeout(bound, sqlx::query(sqlx::AssertSqlSafe(kill)).execute(pool));
+    match ended.await {
+        Ok(Ok(_)) => tracing::debug!(session = thread_id, "ended the abandoned writer session"),
+        // Gone already: nothing to end.
+        Ok(Err(sqlx::Error::Database(error))) if error.code().as_deref() == Some("HY000") => {}
+        Ok(Err(error)) => {
+            tracing::warn!(session = thread_id, %error, "could not end the abandoned writer session")
+        }
+        Err(_) => tracing::warn!(
+            session = thread_id,
+            "ending the abandoned writer session took longer than {bound:?}"
+        ),
+    }
+}

@@ -69,6 +69,24 @@ pub async fn prepare(database_url: &str, pool_size: u32) -> anyhow::Result<MySql
     Ok(pool)
 }
 
+/// Exports the reader pool's connections (in use, idle) and its size, read
+/// at scrape time: sqlx counts them anyway, nothing is added to acquiring.
+/// sqlx does not tell how many tasks wait for a connection.
+pub fn export_pool_metrics(pool: &MySqlPool) {
+    metrics::gauge!("db_pool_max_connections").set(f64::from(pool.options().get_max_connections()));
+    let pool = pool.clone();
+    hotel_common::server::sample_at_scrape(move || {
+        if pool.is_closed() {
+            return false;
+        }
+        let idle = pool.num_idle() as f64;
+        let open = f64::from(pool.size());
+        metrics::gauge!("db_pool_connections", "state" => "idle").set(idle);
+        metrics::gauge!("db_pool_connections", "state" => "in_use").set((open - idle).max(0.0));
+        true
+    });
+}
+
 async fn create_database_if_missing(
     options: &MySqlConnectOptions,
     database: &str,

@@ -152,6 +152,16 @@ impl Writer {
             retry: VecDeque::new(),
         };
         tokio::spawn(task.run(queue));
+        // Read at scrape time: nothing to keep up on the write path.
+        let waiting = jobs.downgrade();
+        hotel_common::server::sample_at_scrape(move || {
+            let Some(jobs) = waiting.upgrade() else {
+                return false;
+            };
+            let depth = jobs.max_capacity() - jobs.capacity();
+            metrics::gauge!("writer_queue_depth").set(depth as f64);
+            true
+        });
         Self {
             jobs,
             queue_timeout,
@@ -409,14 +419,23 @@ impl Task {
         let result = match ran {
             Ok(Ok(outcomes)) => Ok(outcomes),
             Ok(Err(error)) => Err(error),
-            Err(_) if session.committing => Err(BatchError::Unknown(format!(
-                "the commit took longer than the batch deadline ({:?})",
-                limits.batch_timeout
-            ))),
-            Err(_) => Err(BatchError::NotRun(format!(
-                "the batch took longer than its deadline ({:?}) and was rolled back",
-                limits.batch_timeout
-            ))),
+            Err(_) => {
+                // Cut in the middle of a statement: the server-side session
+                // may still hold the write lock; end it before anyone waits.
+                fence::end_abandoned_session(&self.pool, session.thread_id, limits.connect_timeout)
+                    .await;
+                Err(if session.committing {
+                    BatchError::Unknown(format!(
+                        "the commit took longer than the batch deadline ({:?})",
+                        limits.batch_timeout
+                    ))
+                } else {
+                    BatchError::NotRun(format!(
+                        "the batch took longer than its deadline ({:?}) and was rolled back",
+                        limits.batch_timeout
+                    ))
+                })
+            }
         };
         if result.is_err() {
             self.session = None;
@@ -579,6 +598,7 @@ async fn run_transaction(
     limits: &Limits,
     listener: &dyn CommitListener,
 ) -> Result<Vec<Outcome>, BatchError> {
+    let started = Instant::now();
     let carried = session.known.take();
     let tx = &mut session.conn;
     let sql = |error: sqlx::Error| classify(&error);
@@ -728,6 +748,7 @@ async fn run_transaction(
     }
     metrics::counter!("command_batches_total").increment(1);
     metrics::histogram!("command_batch_size").record(jobs.len() as f64);
+    metrics::histogram!("writer_batch_duration_seconds").record(started.elapsed().as_secs_f64());
     Ok(outcomes)
 }
 

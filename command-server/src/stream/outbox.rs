@@ -21,6 +21,7 @@ use std::{
 };
 
 use hotel_common::pb;
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::Status;
@@ -114,8 +115,9 @@ impl Stream for Delivery {
         let mut rx = self.rx.lock().expect("outbox lock poisoned");
         match rx.poll_recv(cx) {
             Poll::Ready(Some((item, through))) => {
-                if item.is_ok() {
+                if let Ok(response) = &item {
                     self.delivered.store(through, Ordering::Release);
+                    count_sent(response);
                 }
                 Poll::Ready(Some(item))
             }
@@ -123,6 +125,23 @@ impl Stream for Delivery {
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// Counts a message handed to the transport: by kind, its events, its
+/// encoded bytes (before gRPC framing).
+fn count_sent(response: &pb::SubscribeResponse) {
+    use pb::subscribe_response::Message;
+    let kind = match &response.message {
+        Some(Message::Events(batch)) => {
+            metrics::counter!("stream_events_sent_total").increment(batch.events.len() as u64);
+            "events"
+        }
+        Some(Message::CaughtUp(_)) => "caught_up",
+        Some(Message::Heartbeat(_)) => "heartbeat",
+        None => "empty",
+    };
+    metrics::counter!("stream_messages_sent_total", "kind" => kind).increment(1);
+    metrics::counter!("stream_sent_bytes_total").increment(response.encoded_len() as u64);
 }
 
 #[cfg(test)]

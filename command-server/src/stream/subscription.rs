@@ -109,7 +109,12 @@ impl Feed {
         let Err(ended) = self.follow(&mut sub).await;
         metrics::gauge!("stream_subscribers").decrement(1.0);
         let (code, reason) = match ended {
-            Ended::Gone => return,
+            Ended::Gone => {
+                // Nobody to tell; counted as the client's cancellation.
+                metrics::counter!("stream_subscribers_ended_total", "code" => "CANCELLED")
+                    .increment(1);
+                return;
+            }
             Ended::ShuttingDown => (
                 Code::Unavailable,
                 "the command server is shutting down".to_owned(),

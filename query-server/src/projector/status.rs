@@ -23,6 +23,8 @@ pub struct Projection {
     health: Option<HealthReporter>,
     /// Wakes a stopped projector when an operator resumes it.
     resume: tokio::sync::Notify,
+    /// The reason of the latest stop, published when it stops.
+    stops: watch::Sender<Option<String>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -43,6 +45,19 @@ struct Status {
     stopped: Option<pb::ProjectionStop>,
     /// Whether health says SERVING.
     serving: bool,
+}
+
+impl Status {
+    /// Seconds since the commit of the oldest event not yet applied (or,
+    /// before one arrives, of the last one applied); 0 when caught up.
+    fn lag_seconds(&self, lag_events: i64) -> f64 {
+        if lag_events == 0 {
+            return 0.0;
+        }
+        self.pending_since_ms
+            .or(self.last_event_at_ms)
+            .map_or(0.0, |since| (now_millis() - since).max(0) as f64 / 1000.0)
+    }
 }
 
 impl std::fmt::Debug for Projection {
@@ -66,7 +81,14 @@ impl Projection {
             }),
             health,
             resume: tokio::sync::Notify::new(),
+            stops: watch::channel(None).0,
         }
+    }
+
+    /// The reason of each stop, as it happens (`--rebuild-on-rewrite`
+    /// follows it).
+    pub fn watch_stops(&self) -> watch::Receiver<Option<String>> {
+        self.stops.subscribe()
     }
 
     /// Sets health to NOT_SERVING until the first catch-up.
@@ -111,6 +133,13 @@ impl Projection {
 
     /// Records a commit and wakes everyone waiting for positions up to it.
     pub fn committed(&self, position: i64, last_event_at_ms: i64) {
+        if self.health.is_some() && last_event_at_ms > 0 {
+            let behind_ms = (now_millis() - last_event_at_ms).max(0);
+            metrics::histogram!("projection_commit_to_applied_seconds")
+                .record(behind_ms as f64 / 1000.0);
+            metrics::gauge!("projection_last_event_timestamp_seconds")
+                .set(last_event_at_ms as f64 / 1000.0);
+        }
         self.with_status(|s| {
             s.last_applied_at_ms = Some(now_millis());
             s.last_event_at_ms = Some(last_event_at_ms);
@@ -199,12 +228,14 @@ impl Projection {
         if self.health.is_some() {
             metrics::gauge!("projection_stopped", "reason" => stop.reason.clone()).set(1.0);
         }
+        let reason = stop.reason.clone();
         self.with_status(|s| {
             s.state = pb::ProjectionState::Stopped;
             s.stopped = Some(stop);
             s.serving = false;
         });
         self.set_health(ServingStatus::NotServing).await;
+        self.stops.send_replace(Some(reason));
     }
 
     /// Lets a stopped projector try again; `false` when it was not stopped.
@@ -241,14 +272,7 @@ impl Projection {
         let checkpoint = self.checkpoint();
         let status = self.with_status(|s| s.clone());
         let lag_events = (status.head - checkpoint).max(0);
-        let lag_seconds = if lag_events == 0 {
-            0.0
-        } else {
-            status
-                .pending_since_ms
-                .or(status.last_event_at_ms)
-                .map_or(0.0, |since| (now_millis() - since).max(0) as f64 / 1000.0)
-        };
+        let lag_seconds = status.lag_seconds(lag_events);
         pb::GetProjectionStatusResponse {
             checkpoint,
             head: status.head.max(checkpoint),
@@ -257,6 +281,26 @@ impl Projection {
             state: status.state as i32,
             last_applied_at: status.last_applied_at_ms.map(timestamp_from_millis),
             stopped: status.stopped,
+        }
+    }
+
+    /// Sets the gauges that move with time alone (run at scrape time): the
+    /// lag in seconds and the state.
+    pub fn sample_metrics(&self) {
+        let checkpoint = self.checkpoint();
+        let (lag_seconds, state) = self.with_status(|s| {
+            let lag_events = (s.head - checkpoint).max(0);
+            (s.lag_seconds(lag_events), s.state)
+        });
+        metrics::gauge!("projection_lag_seconds").set(lag_seconds);
+        for (label, each) in [
+            ("live", pb::ProjectionState::Live),
+            ("catching_up", pb::ProjectionState::CatchingUp),
+            ("disconnected", pb::ProjectionState::Disconnected),
+            ("stopped", pb::ProjectionState::Stopped),
+        ] {
+            let current = if each == state { 1.0 } else { 0.0 };
+            metrics::gauge!("projection_state", "state" => label).set(current);
         }
     }
 

@@ -30,6 +30,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_versions",
         include_str!("../../migrations/0006_versions.sql"),
     ),
+    (
+        "0007_reservation_changes_by_time",
+        include_str!("../../migrations/0007_reservation_changes_by_time.sql"),
+    ),
 ];
 
 /// Applies the migrations the file has not seen yet, each in its own

@@ -13,6 +13,7 @@ pub mod apply;
 mod checkpointer;
 mod migrations;
 pub mod reads;
+pub mod retention;
 
 use std::{
     path::{Path, PathBuf},
@@ -57,6 +58,8 @@ pub struct Writer {
     conn: Connection,
     /// The file it writes.
     path: PathBuf,
+    /// Pruning of `reservation_changes` between batches.
+    pruning: retention::Pruning,
 }
 
 impl std::fmt::Debug for Writer {
@@ -110,7 +113,13 @@ impl Writer {
             checkpointer,
             conn,
             path: path.to_owned(),
+            pruning: retention::Pruning::new(retention::ChangeRetention::default()),
         })
+    }
+
+    /// How long this writer keeps `reservation_changes` (default 7 days).
+    pub fn set_change_retention(&mut self, retention: retention::ChangeRetention) {
+        self.pruning = retention::Pruning::new(retention);
     }
 
     /// The file this writer writes.
@@ -137,26 +146,13 @@ impl Writer {
         let gate = self.checkpointer.gate();
         let held = gate.hold();
         let applied_at_ms = now_millis();
-        let tx = self.conn.transaction()?;
-        let applied = apply::apply_batch(&tx, events, applied_at_ms);
-        let outcome = match applied {
-            Ok(checkpoint) => {
-                tx.commit()?;
-                Ok(checkpoint)
-            }
-            Err(ApplyError::Unapplicable { position, .. }) if events[0].position < position => {
-                // Keep the events before the one that cannot be applied: the
-                // read model stops right before it.
-                // The batch was contiguous up to it (checked while applying).
-                drop(tx);
-                let before = (position - events[0].position) as usize;
-                let tx = self.conn.transaction()?;
-                apply::apply_batch(&tx, &events[..before], applied_at_ms)?;
-                tx.commit()?;
-                applied
-            }
-            Err(error) => Err(error),
-        };
+        let outcome = apply_in_transaction(&mut self.conn, events, applied_at_ms);
+        if outcome.is_ok()
+            && let Err(error) = self.pruning.prune_if_due(&mut self.conn, applied_at_ms)
+        {
+            // Pruning is housekeeping: the batch is committed either way.
+            tracing::warn!(%error, "pruning reservation_changes failed");
+        }
         drop(held);
         self.checkpointer.nudge();
         outcome
@@ -188,6 +184,8 @@ impl Writer {
 pub struct ReadModel {
     /// The live file (the configured database path).
     path: PathBuf,
+    /// What every writer of the live file keeps of `reservation_changes`.
+    change_retention: retention::ChangeRetention,
     /// The readers new reads start on; locked only to clone or replace the `Arc`.
     current: RwLock<Arc<Readers>>,
 }
@@ -273,8 +271,20 @@ impl ReadModel {
     pub fn new(path: &Path) -> Self {
         Self {
             path: path.to_owned(),
+            change_retention: retention::ChangeRetention::default(),
             current: RwLock::new(Arc::new(Readers::new(path, false))),
         }
+    }
+
+    /// Sets how long writers of this file keep `reservation_changes`.
+    pub fn with_change_retention(mut self, retention: retention::ChangeRetention) -> Self {
+        self.change_retention = retention;
+        self
+    }
+
+    /// How long writers of this file keep `reservation_changes`.
+    pub fn change_retention(&self) -> retention::ChangeRetention {
+        self.change_retention
     }
 
     /// The live file.
@@ -373,7 +383,8 @@ impl ReadModel {
         std::fs::rename(&link, &self.path)
             .with_context(|| format!("renaming {} to {}", link.display(), self.path.display()))?;
         sync_parent_dir(&self.path);
-        let writer = Writer::open(&self.path)?;
+        let mut writer = Writer::open(&self.path)?;
+        writer.set_change_retention(self.change_retention);
         let readers = Readers::prepared(&self.path, false, PREPARED_READERS)
             .with_context(|| format!("opening {} to read", self.path.display()))?;
         // Frozen readers read the file without locks: the writer must not
@@ -522,4 +533,33 @@ pub fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Applies a batch in one transaction; when an event cannot be applied, the
+/// events before it are kept (the read model stops right before it).
+fn apply_in_transaction(
+    conn: &mut Connection,
+    events: &[pb::EventEnvelope],
+    applied_at_ms: i64,
+) -> Result<i64, ApplyError> {
+    let tx = conn.transaction()?;
+    let applied = apply::apply_batch(&tx, events, applied_at_ms);
+    match applied {
+        Ok(checkpoint) => {
+            tx.commit()?;
+            Ok(checkpoint)
+        }
+        Err(ApplyError::Unapplicable { position, .. }) if events[0].position < position => {
+            // Keep the events before the one that cannot be applied: the
+            // read model stops right before it.
+            // The batch was contiguous up to it (checked while applying).
+            drop(tx);
+            let before = (position - events[0].position) as usize;
+            let tx = conn.transaction()?;
+            apply::apply_batch(&tx, &events[..before], applied_at_ms)?;
+            tx.commit()?;
+            applied
+        }
+        Err(error) => Err(error),
+    }
 }
