@@ -9,6 +9,19 @@ use sqlx::{Connection, Executor, MySqlConnection, MySqlPool};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
+/// A session of the test's own that takes the write lock (the `event_head`
+/// row) and keeps it until it commits or rolls back: a stuck writer.
+pub async fn hold_write_lock(db: &TestDb) -> MySqlConnection {
+    let mut conn = MySqlConnection::connect(&db.url).await.expect("connect");
+    conn.execute("SET SESSION autocommit = 0")
+        .await
+        .expect("autocommit off");
+    conn.execute("SELECT position FROM event_head WHERE id = 1 FOR UPDATE")
+        .await
+        .expect("take the write lock");
+    conn
+}
+
 /// Server URL of the test MariaDB (no database name).
 pub fn server_url() -> String {
     std::env::var("HOTEL_TEST_DATABASE_URL")

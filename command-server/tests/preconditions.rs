@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use command_server::Config;
 use hotel_common::pb::{self, precondition::Condition};
-use sqlx::{Connection, Executor, MySqlConnection};
+use sqlx::Executor;
 use support::*;
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
@@ -237,18 +237,6 @@ async fn idempotency_rules_first_and_reuse_stays_distinguishable() {
 
     server.stop().await;
     db.cleanup().await;
-}
-
-/// A session of the test's own that takes the write lock and keeps it.
-async fn hold_write_lock(db: &TestDb) -> MySqlConnection {
-    let mut conn = MySqlConnection::connect(&db.url).await.expect("connect");
-    conn.execute("SET SESSION autocommit = 0")
-        .await
-        .expect("autocommit off");
-    conn.execute("SELECT position FROM event_head WHERE id = 1 FOR UPDATE")
-        .await
-        .expect("take the write lock");
-    conn
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

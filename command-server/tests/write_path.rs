@@ -21,18 +21,6 @@ use sqlx::{Connection, Executor, MySqlConnection};
 use support::*;
 use tonic::Code;
 
-/// A session of the test's own that takes the write lock and keeps it.
-async fn hold_write_lock(db: &TestDb) -> MySqlConnection {
-    let mut conn = MySqlConnection::connect(&db.url).await.expect("connect");
-    conn.execute("SET SESSION autocommit = 0")
-        .await
-        .expect("autocommit off");
-    conn.execute("SELECT position FROM event_head WHERE id = 1 FOR UPDATE")
-        .await
-        .expect("take the write lock");
-    conn
-}
-
 async fn hotel(server: &TestServer) {
     let mut client = server.commands().await;
     register_hotel(&mut client, "h1", "Porto").await;
