@@ -96,6 +96,61 @@ async fn wait_for_state(
     .await
 }
 
+/// A query server whose read model holds one booking more than a backup
+/// of the command database; the command server that wrote it is stopped.
+struct ShorterBackup {
+    logs: tempfile::TempDir,
+    _data: tempfile::TempDir,
+    db: TestDb,
+    /// Where the stopped command server listened (the query server's URL).
+    address: String,
+    query: Process,
+    queries: QueryServiceClient<Channel>,
+    /// The booking the backup holds.
+    kept: pb::BookRoomResponse,
+    backup: TestDb,
+    /// The booking after the backup, which the read model has applied.
+    lost: pb::BookRoomResponse,
+}
+
+async fn shorter_backup(query_flags: &[&str]) -> ShorterBackup {
+    let logs = tempfile::tempdir().expect("log dir");
+    let data = tempfile::tempdir().expect("data dir");
+    let db = TestDb::create().await;
+    let mut command = command_server(&db, logs.path());
+    let address = command.addr.to_string();
+    let query = query_server_with(
+        &command.url(),
+        &data.path().join("rm.db"),
+        query_flags,
+        logs.path(),
+    );
+    let mut commands = command.commands().await;
+    let queries = query.queries().await;
+    register_hotel(&mut commands, "h1", "Lagos").await;
+    add_room_type(&mut commands, "h1", "DBL", 100).await;
+    let kept = book(&mut commands, "kept").await;
+    let backup = copy_database(&db).await;
+    let lost = book(&mut commands, "lost").await;
+    eventually(PATIENCE, || {
+        let mut queries = queries.clone();
+        async move { (status(&mut queries).await.checkpoint == lost.position).then_some(()) }
+    })
+    .await;
+    assert!(command.terminate().success());
+    ShorterBackup {
+        logs,
+        _data: data,
+        db,
+        address,
+        query,
+        queries,
+        kept,
+        backup,
+        lost,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_and_rewritten_log_stops_the_read_model_until_rebuilt() {
     let logs = tempfile::tempdir().expect("log dir");
@@ -205,25 +260,17 @@ async fn a_restored_and_rewritten_log_stops_the_read_model_until_rebuilt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_restored_shorter_than_the_read_model_stops_it_and_a_rebuild_goes_back() {
-    let logs = tempfile::tempdir().expect("log dir");
-    let data = tempfile::tempdir().expect("data dir");
-    let db = TestDb::create().await;
-    let mut command = command_server(&db, logs.path());
-    let address = command.addr.to_string();
-    let query = query_server(&command.url(), &data.path().join("rm.db"), logs.path());
-    let mut commands = command.commands().await;
-    let mut queries = query.queries().await;
-    register_hotel(&mut commands, "h1", "Lagos").await;
-    add_room_type(&mut commands, "h1", "DBL", 100).await;
-    let kept = book(&mut commands, "kept").await;
-    let backup = copy_database(&db).await;
-    let lost = book(&mut commands, "lost").await;
-    eventually(PATIENCE, || {
-        let mut queries = queries.clone();
-        async move { (status(&mut queries).await.checkpoint == lost.position).then_some(()) }
-    })
-    .await;
-    assert!(command.terminate().success());
+    let ShorterBackup {
+        logs,
+        _data,
+        db,
+        address,
+        query,
+        mut queries,
+        kept,
+        backup,
+        lost,
+    } = shorter_backup(&[]).await;
 
     // The backup comes back as it was: its log ends before the checkpoint.
     let _restored = command_server_on(&backup, &address, logs.path());
@@ -259,30 +306,17 @@ async fn a_log_restored_shorter_than_the_read_model_stops_it_and_a_rebuild_goes_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_rebuild_on_rewrite_a_read_model_moves_onto_a_restored_log_by_itself() {
-    let logs = tempfile::tempdir().expect("log dir");
-    let data = tempfile::tempdir().expect("data dir");
-    let db = TestDb::create().await;
-    let mut command = command_server(&db, logs.path());
-    let address = command.addr.to_string();
-    let query = query_server_with(
-        &command.url(),
-        &data.path().join("rm.db"),
-        &["--rebuild-on-rewrite"],
-        logs.path(),
-    );
-    let mut commands = command.commands().await;
-    let mut queries = query.queries().await;
-    register_hotel(&mut commands, "h1", "Faro").await;
-    add_room_type(&mut commands, "h1", "DBL", 100).await;
-    let kept = book(&mut commands, "kept").await;
-    let backup = copy_database(&db).await;
-    let lost = book(&mut commands, "lost").await;
-    eventually(PATIENCE, || {
-        let mut queries = queries.clone();
-        async move { (status(&mut queries).await.checkpoint == lost.position).then_some(()) }
-    })
-    .await;
-    assert!(command.terminate().success());
+    let ShorterBackup {
+        logs,
+        _data,
+        db,
+        address,
+        query,
+        mut queries,
+        kept,
+        backup,
+        lost,
+    } = shorter_backup(&["--rebuild-on-rewrite"]).await;
 
     // The backup comes back (shorter than the read model) and is written
     // again: the query server notices, and rebuilds with nobody asking.

@@ -16,16 +16,10 @@ async fn a_generated_python_client_books_a_room() {
     let generated = generate_python(repo);
     let db = TestDb::create().await;
     let server = command_server(&db, logs.path());
-    let run = Command::new("python3")
-        .arg(repo.join("examples/python/book_room.py"))
-        .arg(server.addr.to_string())
-        .env("PYTHONPATH", generated.path())
-        .output()
-        .expect("run the Python client");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    let run = run_python(
+        &repo.join("examples/python/book_room.py"),
+        &[server.addr.to_string()],
+        generated.path(),
     );
     let stdout = String::from_utf8_lossy(&run.stdout);
     let field = |name: &str| -> String {
@@ -49,6 +43,23 @@ async fn a_generated_python_client_books_a_room() {
     assert_eq!(stored, 1, "the retry wrote nothing");
     drop(server);
     db.cleanup().await;
+}
+
+/// Runs a Python client with the generated modules on its path; asserts
+/// that it succeeded.
+fn run_python(script: &Path, args: &[String], generated: &Path) -> std::process::Output {
+    let run = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .env("PYTHONPATH", generated)
+        .output()
+        .expect("run the Python client");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    run
 }
 
 /// Generates the Python modules of `proto/` into a temporary directory.
@@ -85,17 +96,10 @@ async fn a_python_client_decides_on_a_read_and_recovers_from_a_stale_one() {
     let db = TestDb::create().await;
     let commands = command_server(&db, logs.path());
     let queries = query_server(&commands.url(), &data.path().join("read.db"), logs.path());
-    let run = Command::new("python3")
-        .arg(repo.join("examples/python/stale_read.py"))
-        .arg(commands.addr.to_string())
-        .arg(queries.addr.to_string())
-        .env("PYTHONPATH", generated.path())
-        .output()
-        .expect("run the Python client");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    let run = run_python(
+        &repo.join("examples/python/stale_read.py"),
+        &[commands.addr.to_string(), queries.addr.to_string()],
+        generated.path(),
     );
     let seen: serde_json::Value =
         serde_json::from_slice(&run.stdout).expect("the client prints JSON");
