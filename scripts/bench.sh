@@ -13,13 +13,18 @@
 #               chart goes to docs/benchmarks.svg, or beside FILE with --out)
 #
 # What it runs, in order (each load is loadgen, over gRPC on loopback):
-#   sysbench oltp_write_only, 16 threads, on the same MariaDB (database
-#     sbtest: prepare, run, cleanup); installed from Debian when missing
+#   sysbench oltp_write_only, 16 threads then 1 thread, on the same MariaDB
+#     (database sbtest: prepare, run, cleanup); installed from Debian when
+#     missing
 #   commands/s at concurrency 1, 16 and 64 (book=80,cancel=15,checkin=5),
 #     then 64 spread over two command servers on the same database
 #   queries/s at concurrency 64 (GetReservation, GetAvailability,
 #     SearchAvailability in equal shares, then each alone), then the echo
 #     service (Health/Check) at 64
+#   the cost of metrics and of tracing: commands/s and queries/s (mix, c64)
+#     against servers with metrics off, metrics on, and metrics on plus
+#     tracing sampled at 10 % (exported to `loadgen otlp-sink`), alternated
+#     over BENCH_OBS_ROUNDS rounds
 #   projection lag at half the concurrency-64 command rate
 #   catch-up: the log filled to >= 200,000 events, then a fresh query
 #     server replays it
@@ -32,6 +37,8 @@
 #   BENCH_DB               (hotel_bench) the database, dropped and created
 #   BENCH_SECONDS          (10; 2 with --quick) length of each load
 #   BENCH_CATCHUP_EVENTS   (200000; 3000 with --quick)
+#   BENCH_OBS_ROUNDS       (3; 1 with --quick) rounds of the metrics and
+#                          tracing cost comparison
 
 set -euo pipefail
 
@@ -69,6 +76,7 @@ if ((QUICK)); then
     CATCHUP_EVENTS=${BENCH_CATCHUP_EVENTS:-3000}
     SYSBENCH_SECONDS=3
     SYSBENCH_ROWS=1000
+    OBS_ROUNDS=1
     RESULTS=target/bench/quick
     OUT=${OUT:-$RESULTS/BENCHMARKS.md}
 else
@@ -76,6 +84,7 @@ else
     CATCHUP_EVENTS=${BENCH_CATCHUP_EVENTS:-200000}
     SYSBENCH_SECONDS=10
     SYSBENCH_ROWS=10000
+    OBS_ROUNDS=${BENCH_OBS_ROUNDS:-3}
     RESULTS=target/bench/$(date -u +%Y%m%d-%H%M%S)
     OUT=${OUT:-BENCHMARKS.md}
 fi
@@ -234,12 +243,15 @@ sql 'DROP DATABASE IF EXISTS sbtest; CREATE DATABASE sbtest'
 SYSBENCH=(sysbench oltp_write_only --db-driver=mysql
     --mysql-host="$HOTEL_DB_HOST" --mysql-port="$HOTEL_DB_PORT"
     --mysql-user="$HOTEL_DB_USER" --mysql-password="$HOTEL_DB_PASSWORD" --mysql-db=sbtest
-    --tables=4 --table-size="$SYSBENCH_ROWS" --threads=16 --time="$SYSBENCH_SECONDS")
+    --tables=4 --table-size="$SYSBENCH_ROWS" --time="$SYSBENCH_SECONDS")
 "${SYSBENCH[@]}" prepare >"$RESULTS/sysbench-prepare.txt"
-"${SYSBENCH[@]}" run >"$RESULTS/sysbench.txt"
+"${SYSBENCH[@]}" --threads=16 run >"$RESULTS/sysbench.txt"
+# One thread: the reference of one client's commands (issue 15).
+"${SYSBENCH[@]}" --threads=1 run >"$RESULTS/sysbench-1.txt"
 "${SYSBENCH[@]}" cleanup >/dev/null
 sql 'DROP DATABASE IF EXISTS sbtest'
-hotel_log "sysbench: $(grep -m1 'transactions:' "$RESULTS/sysbench.txt" | sed 's/^ *//')"
+hotel_log "sysbench, 16 threads: $(grep -m1 'transactions:' "$RESULTS/sysbench.txt" | sed 's/^ *//')"
+hotel_log "sysbench, 1 thread: $(grep -m1 'transactions:' "$RESULTS/sysbench-1.txt" | sed 's/^ *//')"
 
 hotel_section "servers (database $BENCH_DB)"
 sql "DROP DATABASE IF EXISTS \`$BENCH_DB\`; CREATE DATABASE \`$BENCH_DB\`"
@@ -291,6 +303,54 @@ start echo-server "$LOADGEN" echo-server --listen 127.0.0.1:0
     >"$RESULTS/echo-c64.json"
 hotel_log "echo: $(grep -m1 '"per_sec"' "$RESULTS/echo-c64.json" | sed 's/[^0-9.]//g') per_sec"
 stop_all_but 2
+
+hotel_section "the cost of metrics, then of tracing (sampled at 10 %), ${OBS_ROUNDS} rounds"
+# Three variants of each server side by side on the same database: plain
+# (metrics and tracing off: the servers above), metrics on, and metrics on
+# with tracing exported to loadgen's counting OTLP sink. Loads alternate
+# between them, round after round, so that drift in the machine's load
+# falls on all three alike; the report takes each variant's median.
+start otlp-sink "$LOADGEN" otlp-sink --listen 127.0.0.1:0
+OTLP_URL=http://$ADDR
+OTLP_INDEX=$((${#PIDS[@]} - 1))
+start command-server-metrics target/release/command-server \
+    --listen-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 \
+    --database-url "$SERVER_URL/$BENCH_DB"
+declare -A OBS_COMMAND_URLS=([plain]=$COMMAND_URL [metrics]=http://$ADDR)
+start command-server-traced target/release/command-server \
+    --listen-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 \
+    --otlp-endpoint "$OTLP_URL" --trace-sample-ratio 0.1 \
+    --database-url "$SERVER_URL/$BENCH_DB"
+OBS_COMMAND_URLS[traced]=http://$ADDR
+start query-server-metrics target/release/query-server \
+    --listen-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 \
+    --command-server-url "${OBS_COMMAND_URLS[metrics]}" --database-path "$RESULTS/read-model-metrics.db"
+declare -A OBS_QUERY_URLS=([plain]=$QUERY_URL [metrics]=http://$ADDR)
+start query-server-traced target/release/query-server \
+    --listen-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 \
+    --otlp-endpoint "$OTLP_URL" --trace-sample-ratio 0.1 \
+    --command-server-url "${OBS_COMMAND_URLS[traced]}" --database-path "$RESULTS/read-model-traced.db"
+OBS_QUERY_URLS[traced]=http://$ADDR
+for ((round = 1; round <= OBS_ROUNDS; round++)); do
+    for variant in plain metrics traced; do
+        "$LOADGEN" run --command-url "${OBS_COMMAND_URLS[$variant]}" --concurrency 64 \
+            --duration "${LOAD_SECONDS}s" --mix book=80,cancel=15,checkin=5 --json \
+            >"$RESULTS/obs-commands-$variant-r$round.json"
+        said "commands, $variant, round $round" "$RESULTS/obs-commands-$variant-r$round.json" commands_per_sec
+    done
+    for variant in plain metrics traced; do
+        "$LOADGEN" run --command-url "${OBS_COMMAND_URLS[$variant]}" \
+            --query-url "${OBS_QUERY_URLS[$variant]}" --concurrency 64 \
+            --duration "${LOAD_SECONDS}s" --mix query=100 --json \
+            >"$RESULTS/obs-queries-$variant-r$round.json"
+        said "queries, $variant, round $round" "$RESULTS/obs-queries-$variant-r$round.json" queries_per_sec
+    done
+done
+# The sink says at exit how many spans it was sent: proof that tracing was on.
+stop_all_but $((OTLP_INDEX + 1))
+stop_all_but "$OTLP_INDEX"
+sed -n 's/^received \([0-9]*\) spans.*/\1/p' "$RESULTS/otlp-sink.out" >"$RESULTS/obs-spans"
+hotel_log "the OTLP sink received $(cat "$RESULTS/obs-spans") spans"
 
 hotel_section "projection lag at half the concurrency-64 command rate"
 MAX_RATE=$(json_number "$RESULTS/commands-c64.json" commands_per_sec)

@@ -102,6 +102,36 @@ pub async fn register_hotel(
         .position
 }
 
+/// Registers hotel `h` and appends `n` (at most 99,999) copies of its
+/// registration (about 400 bytes each) straight into the log; returns the
+/// head. The server learns of the new head at its next commit.
+pub async fn fill_log(db: &TestDb, client: &mut CommandServiceClient<Channel>, n: i64) -> i64 {
+    assert!(n < 100_000, "fill_log appends at most 99,999 events");
+    let first = register_hotel(client, "h", "Evora").await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO events (position, event_id, event_type, aggregate_kind, aggregate_id, \
+             aggregate_version, hotel_id, command_id, correlation_id, occurred_at_ms, payload) \
+         WITH d AS (SELECT 0 AS n UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 \
+             UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 \
+             UNION ALL SELECT 8 UNION ALL SELECT 9), \
+         s AS (SELECT a.n + 10 * b.n + 100 * c.n + 1000 * e.n + 10000 * f.n + 1 AS n \
+             FROM d a, d b, d c, d e, d f) \
+         SELECT {first} + s.n, UUID(), x.event_type, x.aggregate_kind, \
+             CONCAT('bulk-', s.n, '-', REPEAT('a', 50)), 1, x.hotel_id, x.command_id, \
+             REPEAT('c', 128), x.occurred_at_ms, x.payload \
+         FROM events x, s WHERE x.position = {first} AND s.n <= {n}"
+    )))
+    .execute(&db.pool)
+    .await
+    .expect("append copies");
+    sqlx::query("UPDATE event_head SET position = ? WHERE id = 1")
+        .bind(first + n)
+        .execute(&db.pool)
+        .await
+        .expect("raise the head");
+    first + n
+}
+
 pub async fn add_room_type(
     client: &mut CommandServiceClient<Channel>,
     hotel_id: &str,

@@ -35,34 +35,6 @@ fn config(db: &TestDb) -> Config {
     config
 }
 
-/// Registers hotel `h` and appends `n` copies of its registration (about
-/// 400 bytes each) straight into the log; returns the head.
-async fn fill_log(db: &TestDb, server: &TestServer, n: i64) -> i64 {
-    let mut client = server.commands().await;
-    let first = register_hotel(&mut client, "h", "Evora").await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO events (position, event_id, event_type, aggregate_kind, aggregate_id, \
-             aggregate_version, hotel_id, command_id, correlation_id, occurred_at_ms, payload) \
-         WITH d AS (SELECT 0 AS n UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 \
-             UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 \
-             UNION ALL SELECT 8 UNION ALL SELECT 9), \
-         s AS (SELECT a.n + 10 * b.n + 100 * c.n + 1000 * e.n + 1 AS n FROM d a, d b, d c, d e) \
-         SELECT {first} + s.n, UUID(), x.event_type, x.aggregate_kind, \
-             CONCAT('bulk-', s.n, '-', REPEAT('a', 50)), 1, x.hotel_id, x.command_id, \
-             REPEAT('c', 128), x.occurred_at_ms, x.payload \
-         FROM events x, s WHERE x.position = {first} AND s.n <= {n}"
-    )))
-    .execute(&db.pool)
-    .await
-    .expect("append copies");
-    sqlx::query("UPDATE event_head SET position = ? WHERE id = 1")
-        .bind(first + n)
-        .execute(&db.pool)
-        .await
-        .expect("raise the head");
-    first + n
-}
-
 /// A channel whose streams get no flow-control window: the server can send
 /// them nothing, as with a client that never reads.
 async fn non_reading_channel(server: &TestServer) -> Channel {
@@ -233,7 +205,7 @@ async fn a_stalled_subscriber_is_dropped_with_the_exact_position_to_resume_from(
     config.stream_stall_ms = 400;
     config.stream_batch_bytes = 4 * 1024;
     let server = TestServer::start_with(config).await;
-    let head = fill_log(&db, &server, 300).await;
+    let head = fill_log(&db, &mut server.commands().await, 300).await;
 
     let mut slow = EventStreamClient::new(small_window_channel(&server, 8 * 1024).await);
     let mut stream = slow
@@ -372,7 +344,7 @@ async fn a_burst_of_catch_ups_waits_its_turn_and_leaves_connections_for_the_rest
     config.db_pool_size = 4;
     config.stream_log_reads = 2;
     let server = TestServer::start_with(config).await;
-    let head = fill_log(&db, &server, 100).await;
+    let head = fill_log(&db, &mut server.commands().await, 100).await;
     let mut commands = server.commands().await;
     add_room_type(&mut commands, "h", "DBL", 1000).await;
     let head = head + 1;
@@ -467,7 +439,7 @@ async fn catch_ups_past_the_read_queue_are_turned_away_with_a_resume_hint() {
     config.stream_read_queue = 2;
     config.stream_batch_bytes = 1024 * 1024;
     let server = TestServer::start_with(config).await;
-    let head = fill_log(&db, &server, 1000).await;
+    let head = fill_log(&db, &mut server.commands().await, 1000).await;
     let channel = server.channel().await;
     let subscribers: Vec<_> = (0..30)
         .map(|_| {
@@ -508,7 +480,7 @@ async fn non_reading_subscribers_cost_little_and_are_dropped_after_the_stall() {
     // The default --stream-batch-bytes: this test shows the bound it gives.
     config.stream_stall_ms = 3000;
     let server = TestServer::start_with(config).await;
-    let head = fill_log(&db, &server, 3000).await;
+    let head = fill_log(&db, &mut server.commands().await, 3000).await;
     let mut commands = server.commands().await;
     add_room_type(&mut commands, "h", "DBL", 1000).await;
 
@@ -602,7 +574,7 @@ async fn shutdown_cuts_a_non_reading_client_at_the_grace_and_ends_the_others_at_
     config.stream_shutdown_flush_ms = 30_000;
     config.stream_batch_bytes = 4 * 1024;
     let server = TestServer::start_with(config).await;
-    fill_log(&db, &server, 300).await;
+    fill_log(&db, &mut server.commands().await, 300).await;
     let mut commands = server.commands().await;
     add_room_type(&mut commands, "h", "DBL", 100).await;
 
@@ -683,7 +655,7 @@ async fn shutdown_does_not_wait_the_grace_for_a_client_that_does_not_read() {
     config.shutdown_grace_secs = 10;
     config.stream_shutdown_flush_ms = 500;
     let server = TestServer::start_with(config).await;
-    fill_log(&db, &server, 300).await;
+    fill_log(&db, &mut server.commands().await, 300).await;
     let mut stuck = EventStreamClient::new(non_reading_channel(&server).await)
         .subscribe(from(0))
         .await

@@ -18,6 +18,8 @@
 //!   of a run (text and JSON).
 //! - [`echo`]: the trivial unary service (`grpc.health.v1.Health/Check`) and
 //!   its driver: the transport's ceiling.
+//! - [`otlp_sink`]: an OTLP trace receiver that only counts, for runs
+//!   with tracing on.
 //! - [`lag`]: projection lag, commit to queryable.
 //! - [`catchup`]: replay speed of a fresh query server.
 //! - [`report`] and [`chart`]: `BENCHMARKS.md` and its SVG chart from the
@@ -32,6 +34,7 @@ mod echo;
 mod hotels;
 mod lag;
 mod mix;
+mod otlp_sink;
 mod report;
 mod setup;
 mod stats;
@@ -67,6 +70,9 @@ enum Command {
     /// Drives `Health/Check` on an echo server (or any gRPC server with the
     /// standard health service).
     Echo(echo::EchoArgs),
+    /// Receives OpenTelemetry trace exports (OTLP/gRPC) and only counts
+    /// them: the endpoint for servers run with tracing on in a benchmark.
+    OtlpSink(otlp_sink::OtlpSinkArgs),
     /// Measures projection lag: from a command's reply until the query
     /// server can answer at its position.
     Lag(lag::LagArgs),
@@ -86,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => workload::run(args).await,
         Command::EchoServer(args) => echo::serve(args).await,
         Command::Echo(args) => echo::run(args).await,
+        Command::OtlpSink(args) => otlp_sink::serve(args).await,
         Command::Lag(args) => lag::run(args).await,
         Command::Catchup(args) => catchup::run(args).await,
         Command::Report(args) => report::run(args),

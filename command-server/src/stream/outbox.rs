@@ -80,6 +80,19 @@ impl Outbox {
         }
     }
 
+    /// Queues `message` only if there is room now: `None` when the queue
+    /// is full (the subscriber has not read what it was sent).
+    pub fn try_send(&self, message: pb::subscribe_response::Message, through: i64) -> Option<Sent> {
+        let response = pb::SubscribeResponse {
+            message: Some(message),
+        };
+        match self.tx.try_send((Ok(response), through)) {
+            Ok(()) => Some(Sent::Sent),
+            Err(mpsc::error::TrySendError::Closed(_)) => Some(Sent::Gone),
+            Err(mpsc::error::TrySendError::Full(_)) => None,
+        }
+    }
+
     /// Resolves when the client has gone away, or the transport has sent
     /// the whole stream.
     pub async fn closed(&self) {

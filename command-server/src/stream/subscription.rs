@@ -236,14 +236,27 @@ impl Feed {
         let log_reads = self.log_reads.clone();
         let turn = log_reads.acquire();
         tokio::pin!(turn);
+        let mut beat_at = *last_sent + self.limits.heartbeat;
         let _permit = loop {
             tokio::select! {
                 permit = &mut turn => break permit.map_err(|_| Ended::LineFull)?,
-                _ = tokio::time::sleep_until(*last_sent + self.limits.heartbeat) => {}
+                _ = tokio::time::sleep_until(beat_at) => {}
                 _ = self.shutdown.wait_for(|stop| *stop) => return Err(Ended::ShuttingDown),
                 _ = self.out.closed() => return Err(Ended::Gone),
             }
-            self.heartbeat(head, sub.next - 1, last_sent).await?;
+            // Never wait for the subscriber while in line: the semaphore
+            // hands the permit to the head of the line even while its
+            // future is not polled, so a subscriber that does not read
+            // would keep a log read slot, and everyone behind it, for the
+            // whole stall limit. A subscriber with unread messages needs
+            // no heartbeat anyway.
+            let through = sub.next - 1;
+            match self.out.try_send(heartbeat(head, through), through) {
+                Some(Sent::Sent) => *last_sent = Instant::now(),
+                Some(_) => return Err(Ended::Gone),
+                None => {}
+            }
+            beat_at = Instant::now() + self.limits.heartbeat;
         };
         events::read_range(&self.pool, sub.next, head, limit)
             .await
@@ -256,12 +269,8 @@ impl Feed {
         through: i64,
         last_sent: &mut Instant,
     ) -> Result<(), Ended> {
-        let message = pb::subscribe_response::Message::Heartbeat(pb::Heartbeat {
-            head,
-            time: Some(timestamp_now()),
-            through_position: through,
-        });
-        self.send(message, through, last_sent).await
+        self.send(heartbeat(head, through), through, last_sent)
+            .await
     }
 
     /// Sends one message, waiting while the subscriber is slow, at most the
@@ -288,6 +297,15 @@ impl Feed {
             Sent::Stalled => Err(Ended::Stalled),
         }
     }
+}
+
+/// A heartbeat: the head now, and how far the subscriber's stream covers.
+fn heartbeat(head: i64, through: i64) -> pb::subscribe_response::Message {
+    pb::subscribe_response::Message::Heartbeat(pb::Heartbeat {
+        head,
+        time: Some(timestamp_now()),
+        through_position: through,
+    })
 }
 
 #[cfg(test)]
