@@ -34,17 +34,6 @@ fn from(position: i64) -> pb::SubscribeRequest {
     }
 }
 
-/// A connection whose streams get no flow-control window: the server can
-/// send them nothing, as with a client that never reads.
-async fn non_reading_channel(server: &Process) -> Channel {
-    Channel::from_shared(server.url())
-        .expect("valid url")
-        .initial_stream_window_size(Some(0))
-        .connect()
-        .await
-        .expect("connect")
-}
-
 /// Reads `stream` until a batch reaches `position`.
 async fn follow_to(stream: &mut Streaming<pb::SubscribeResponse>, position: i64) {
     loop {
@@ -96,7 +85,7 @@ async fn five_hundred_subscribers_that_never_read_cost_under_200_mb_and_are_drop
     // them: all at once.
     let mut subscribing = Vec::new();
     for _ in 0..STUCK / 50 {
-        let channel = non_reading_channel(&server).await;
+        let channel = non_reading_channel(server.url()).await;
         for _ in 0..50 {
             let mut events = EventStreamClient::new(channel.clone());
             subscribing.push(async move { events.subscribe(from(0)).await });

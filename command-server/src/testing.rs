@@ -22,6 +22,18 @@ pub async fn hold_write_lock(db: &TestDb) -> MySqlConnection {
     conn
 }
 
+/// A connection to the server at `url` whose streams get no flow-control
+/// window: the server can send them nothing, as with a client that never
+/// reads.
+pub async fn non_reading_channel(url: String) -> Channel {
+    Channel::from_shared(url)
+        .expect("valid url")
+        .initial_stream_window_size(Some(0))
+        .connect()
+        .await
+        .expect("connect")
+}
+
 /// Server URL of the test MariaDB (no database name).
 pub fn server_url() -> String {
     std::env::var("HOTEL_TEST_DATABASE_URL")

@@ -35,17 +35,6 @@ fn config(db: &TestDb) -> Config {
     config
 }
 
-/// A channel whose streams get no flow-control window: the server can send
-/// them nothing, as with a client that never reads.
-async fn non_reading_channel(server: &TestServer) -> Channel {
-    Channel::from_shared(server.url())
-        .expect("valid url")
-        .initial_stream_window_size(Some(0))
-        .connect()
-        .await
-        .expect("connect")
-}
-
 /// A channel whose streams hold about `window` bytes the client has not read.
 async fn small_window_channel(server: &TestServer, window: u32) -> Channel {
     Channel::from_shared(server.url())
@@ -495,7 +484,7 @@ async fn non_reading_subscribers_cost_little_and_are_dropped_after_the_stall() {
     let mut stuck = Vec::new();
     for i in 0..STUCK {
         if i % 50 == 0 {
-            stuck.push((non_reading_channel(&server).await, Vec::new()));
+            stuck.push((non_reading_channel(server.url()).await, Vec::new()));
         }
         let (channel, streams) = stuck.last_mut().expect("a channel");
         let mut events = EventStreamClient::new(channel.clone());
@@ -578,7 +567,7 @@ async fn shutdown_cuts_a_non_reading_client_at_the_grace_and_ends_the_others_at_
     let mut commands = server.commands().await;
     add_room_type(&mut commands, "h", "DBL", 100).await;
 
-    let mut stuck = EventStreamClient::new(non_reading_channel(&server).await)
+    let mut stuck = EventStreamClient::new(non_reading_channel(server.url()).await)
         .subscribe(from(0))
         .await
         .expect("stuck subscribes")
@@ -656,7 +645,7 @@ async fn shutdown_does_not_wait_the_grace_for_a_client_that_does_not_read() {
     config.stream_shutdown_flush_ms = 500;
     let server = TestServer::start_with(config).await;
     fill_log(&db, &mut server.commands().await, 300).await;
-    let mut stuck = EventStreamClient::new(non_reading_channel(&server).await)
+    let mut stuck = EventStreamClient::new(non_reading_channel(server.url()).await)
         .subscribe(from(0))
         .await
         .expect("stuck subscribes")
