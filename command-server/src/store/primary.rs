@@ -36,7 +36,7 @@ struct Inner {
 }
 
 /// Reads `@@server_id` on `conn`.
-pub async fn server_id(conn: &mut MySqlConnection) -> sqlx::Result<u64> {
+async fn server_id(conn: &mut MySqlConnection) -> sqlx::Result<u64> {
     sqlx::query_scalar("SELECT @@server_id")
         .fetch_one(conn)
         .await
