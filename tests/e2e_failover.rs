@@ -17,9 +17,13 @@
 //!   read-only again.
 //! - Asynchronous: the replica misses the last commits, which the query
 //!   servers applied; after the failover new commits take the head past
-//!   their checkpoint. A query server stops (LOG_REWRITTEN), keeps serving
-//!   the history it has and never the new one; with `--rebuild-on-rewrite`
-//!   one rebuilds onto the new history and ends equal to MySQL.
+//!   their checkpoint while the command server they follow still runs. It
+//!   stops when its database address leads to the new primary (going on,
+//!   it would stream the new history on top of the old to its live
+//!   subscribers); started again, a query server stops (LOG_REWRITTEN),
+//!   keeps serving the history it has and never the new one; with
+//!   `--rebuild-on-rewrite` one rebuilds onto the new history and ends
+//!   equal to MySQL.
 //!
 //! `HOTEL_FAILOVER_CLIENTS` (32) and `HOTEL_FAILOVER_COMMANDS` (150, the
 //! acknowledged commands wanted before the kill and again after the
@@ -568,7 +572,17 @@ async fn async_failover_that_lost_commits_stops_read_models_or_rebuilds_them() {
     let mut pair = ReplicatedPair::start(Replication::Async).await;
     let database = pair.create_database().await;
     let new_primary = pair.replica.test_db(&database);
-    let mut old = command_server(&pair.primary.test_db(&database), logs.path());
+    let address = TcpProxy::start(pair.primary.addr()).await;
+    let via_address = TestDb {
+        url: format!("mysql://root@{}/{database}", address.addr),
+        ..pair.replica.test_db(&database)
+    };
+    let mut old = command_server_with(
+        &via_address,
+        "127.0.0.1:0",
+        &["--shutdown-grace-secs", "2"],
+        logs.path(),
+    );
     let listen = old.addr.to_string();
     let waiting = query_server(&old.url(), &data.path().join("waits.db"), logs.path());
     let rebuilding = query_server_with(
@@ -599,11 +613,10 @@ async fn async_failover_that_lost_commits_stops_read_models_or_rebuilds_them() {
     wait_for_checkpoint(&rebuilds, old_head, pb::ProjectionState::Live).await;
     pair.primary.kill9();
 
-    // Promoted, then written past the query servers' checkpoint through a
-    // command server they do not follow yet.
+    // Promoted, and written past the query servers' checkpoint by another
+    // command server, while the one they follow still runs.
     pair.promote_replica().await;
     pair.open_for_writes().await;
-    assert!(old.terminate().success());
     assert_eq!(
         head_of(&new_primary).await,
         kept.last().expect("ten").position,
@@ -617,9 +630,23 @@ async fn async_failover_that_lost_commits_stops_read_models_or_rebuilds_them() {
     }
     let new_head = rewritten.last().expect("eight").position;
     assert!(new_head > old_head, "the new history passed the checkpoint");
+
+    // The database address moves to the new primary. The command server
+    // the query servers follow meets it and stops: going on, it would hand
+    // them the new history's events right after the old history's (their
+    // subscriptions are live, the positions continue), and they would
+    // apply them, never checked again.
+    address.point_at(pair.replica.addr());
+    let exit = old.exited_within(PATIENCE).await;
+    assert!(!exit.success(), "it stops with an error: {exit}");
+    assert!(
+        old.logs().contains("another MySQL server"),
+        "{}",
+        old.logs()
+    );
     writer.terminate();
-    // Where the query servers look for their command server.
-    let _new = command_server_on(&new_primary, &listen, logs.path());
+    // Started again where it listened (its supervisor's job).
+    let _new = command_server_on(&via_address, &listen, logs.path());
 
     // Without --rebuild-on-rewrite: stopped, visibly, on its own history.
     let stopped = wait_for_checkpoint(&waits, old_head, pb::ProjectionState::Stopped).await;
