@@ -300,16 +300,7 @@ async fn client(
                     });
                     break;
                 }
-                // The database or the command server is away: the same
-                // command again, as the API says.
-                Ok(Err(status))
-                    if matches!(
-                        status.code(),
-                        Code::Unavailable
-                            | Code::Unknown
-                            | Code::Cancelled
-                            | Code::DeadlineExceeded
-                    ) => {}
+                Ok(Err(status)) if sent_again(&status) => {}
                 Ok(Err(status)) => panic!(
                     "command {} refused: {status:?} (a booking acknowledged before the \
                      failover and missing after it shows as NOT_FOUND here)",
@@ -324,6 +315,18 @@ async fn client(
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
+    }
+}
+
+/// Whether a failed call is one to send again, the same command, as the
+/// API says: the database or the command server is away, or the
+/// connection broke under the call (which tonic may report as `INTERNAL`
+/// with an h2 error).
+fn sent_again(status: &tonic::Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => true,
+        Code::Internal => status.message().contains("h2 protocol error"),
+        _ => false,
     }
 }
 
