@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 #
 # Runs the whole test suite: makes sure MariaDB and the project user are there
-# (scripts/bootstrap-mariadb.sh), that the tools the tests call are on PATH
+# (scripts/bootstrap-mariadb.sh) and the MariaDB server binaries for the
+# failover tests' own servers, that the tools the tests call are on PATH
 # (grpcurl; Python's grpcio and grpcio-tools for the Python-client test;
 # Node.js, npm and examples/js's npm modules for the JavaScript-client test;
 # prometheus and promtool for the alert rules and the scrape test),
@@ -138,8 +139,36 @@ ensure_prometheus() {
     hotel_log "$(promtool --version 2>&1 | head -n 1)"
 }
 
+# The failover tests (tests/e2e_failover.rs) start a primary and a replica
+# mariadbd of their own, so the server's binaries must be on this machine
+# even when the test database is another machine's or a container's (then
+# the bootstrap installs only the client).
+ensure_mariadb_server() {
+    if { command -v mariadbd || [[ -x /usr/sbin/mariadbd || -x /usr/sbin/mysqld ]]; } >/dev/null &&
+        { command -v mariadb-install-db || [[ -x /usr/bin/mariadb-install-db ]]; } >/dev/null; then
+        return 0
+    fi
+    ((EUID == 0)) && command -v apt-get >/dev/null ||
+        hotel_die "the failover tests need mariadbd and mariadb-install-db: install mariadb-server"
+    hotel_log "installing Debian's mariadb-server for the failover tests (its service is not started)"
+    apt-get update -q >&2
+    # The package must not start a server of its own on 3306, where the test
+    # database may already answer: invoke-rc.d asks policy-rc.d first.
+    local policy=/usr/sbin/policy-rc.d added=no
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        added=yes
+    fi
+    local status=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q mariadb-server >&2 || status=$?
+    [[ $added == yes ]] && rm -f "$policy"
+    ((status == 0)) || hotel_die "installing mariadb-server failed"
+}
+
 hotel_section "database"
 bash "$REPO/scripts/bootstrap-mariadb.sh"
+ensure_mariadb_server
 
 hotel_section "test tools"
 command -v python3 >/dev/null || hotel_die "python3 not found: install python3 (and python3-pip)"

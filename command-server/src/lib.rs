@@ -30,7 +30,7 @@ use tonic::{service::interceptor::InterceptedService, transport::ServerTlsConfig
 pub use config::Config;
 
 use commands::{service::CommandApi, submitted::SubmittedQueue};
-use store::writer::Writer;
+use store::{primary::Primary, writer::Writer};
 use stream::{Publisher, head::HeadSender, recent::Recent, service::EventStreamApi};
 
 /// Counters and gauges exported at 0 from the start, so that dashboards
@@ -43,6 +43,7 @@ fn zero_metrics() {
     for counter in [
         "command_batches_total",
         "writer_fenced_sessions_total",
+        "writer_read_only_refusals_total",
         "command_log_pruned_total",
         "stream_subscribers_refused_total",
         "stream_log_rewritten_total",
@@ -66,6 +67,8 @@ pub struct CommandServer {
     /// TLS settings read at build (`None`: plain text).
     tls: Option<ServerTlsConfig>,
     pool: MySqlPool,
+    /// The MySQL server this process works on; another one stops it.
+    primary: Primary,
     head: HeadSender,
     recent: Recent,
     writer: Writer,
@@ -85,7 +88,8 @@ impl CommandServer {
             server::install_metrics(addr, config.limits.metrics_request_timeout())?;
         }
         zero_metrics();
-        let pool = store::prepare(&config.database_url, config.db_pool_size).await?;
+        let (pool, primary) = store::prepare(&config.database_url, config.db_pool_size).await?;
+        tracing::info!(server_id = primary.server_id(), "connected to MySQL");
         store::export_pool_metrics(&pool);
         let head_now = store::events::head(&pool).await?;
         let head: HeadSender = Arc::new(watch::channel(head_now).0);
@@ -97,6 +101,7 @@ impl CommandServer {
         let writer = Writer::spawn(
             store::connect_options(&config.database_url)?,
             pool.clone(),
+            primary.clone(),
             limits,
             Arc::new(publisher),
         );
@@ -106,6 +111,7 @@ impl CommandServer {
             config,
             tls,
             pool,
+            primary,
             head,
             recent,
             writer,
@@ -120,7 +126,10 @@ impl CommandServer {
     }
 
     /// Serves until `shutdown` resolves, then ends open streams and waits
-    /// for calls to finish (at most the configured grace period).
+    /// for calls to finish (at most the configured grace period). Stops the
+    /// same way, and returns an error, when the database URL leads to
+    /// another MySQL server than the one it started on (a failover: see
+    /// [`store::primary`]).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop, stopping) = watch::channel(false);
         tokio::spawn(stream::head::poll(
@@ -189,10 +198,12 @@ impl CommandServer {
                 let _ = signal.wait_for(|stop| *stop).await;
             });
         tokio::pin!(serve);
-        tokio::select! {
+        let primary = self.primary.clone();
+        let moved = tokio::select! {
             served = &mut serve => return Ok(served?),
-            () = shutdown => {}
-        }
+            () = shutdown => None,
+            why = primary.moved() => Some(why),
+        };
         tracing::info!("shutting down: ending streams and waiting for open calls");
         health
             .set_not_serving::<pb::command_service_server::CommandServiceServer<CommandApi>>()
@@ -212,6 +223,9 @@ impl CommandServer {
             }
         }
         self.pool.close().await;
-        Ok(())
+        match moved {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => Ok(()),
+        }
     }
 }

@@ -600,7 +600,7 @@ impl command_server::store::CommitListener for NoListener {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connect_timeout_bites_on_a_server_that_never_answers() {
     let db = TestDb::create().await;
-    let pool = command_server::store::prepare(&db.url, 2)
+    let (pool, primary) = command_server::store::prepare(&db.url, 2)
         .await
         .expect("migrate");
     let (silent, task) = silent_server().await;
@@ -615,6 +615,7 @@ async fn the_connect_timeout_bites_on_a_server_that_never_answers() {
     let writer = command_server::store::writer::Writer::spawn(
         options,
         pool,
+        primary,
         limits,
         std::sync::Arc::new(NoListener),
     );

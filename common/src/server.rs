@@ -100,6 +100,10 @@ fn describe_metrics() {
         "MySQL sessions ended for holding the write lock past --fence-after-ms"
     );
     describe_counter!(
+        "writer_read_only_refusals_total",
+        "Batches that found the database read-only at the write lock and wrote nothing"
+    );
+    describe_counter!(
         "writer_jobs_not_started_total",
         "Commands not run: caller cancelled, deadline passed or queue timeout, by reason"
     );

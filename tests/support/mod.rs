@@ -5,6 +5,10 @@
 
 #![allow(dead_code)]
 
+pub mod convergence;
+pub mod mariadb;
+pub mod tcp_proxy;
+
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
@@ -170,6 +174,28 @@ impl Process {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits (at most `patience`) for the process to exit by itself.
+    pub async fn exited_within(&mut self, patience: Duration) -> ExitStatus {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still runs after {patience:?}; its log:\n{}",
+                self.name,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
     }
 
     /// SIGKILL: no chance to clean up.

@@ -8,6 +8,8 @@
 //! - [`events`]: the event log: appending, reading, the head.
 //! - [`command_log`]: stored command outcomes (idempotency, the async queue).
 //! - [`fence`]: ends a session that holds the write lock past its lease.
+//! - [`primary`]: the server this process works on; a connection that
+//!   meets another one (a failover) stops the process.
 //! - [`retention`]: prunes command outcomes older than the retention window.
 
 pub mod command_log;
@@ -15,6 +17,7 @@ pub mod events;
 pub mod execute;
 pub mod fence;
 pub mod precondition;
+pub mod primary;
 pub mod retention;
 pub mod working_set;
 pub mod writer;
@@ -46,8 +49,13 @@ pub fn connect_options(database_url: &str) -> anyhow::Result<MySqlConnectOptions
 }
 
 /// Creates the database named in `database_url` if it does not exist, then
-/// applies the migrations; returns a pool for readers.
-pub async fn prepare(database_url: &str, pool_size: u32) -> anyhow::Result<MySqlPool> {
+/// applies the migrations; returns a pool for readers and the server they
+/// are on. Every connection the pool opens later must be on that server
+/// ([`primary`]).
+pub async fn prepare(
+    database_url: &str,
+    pool_size: u32,
+) -> anyhow::Result<(MySqlPool, primary::Primary)> {
     let options = connect_options(database_url)?;
     let database = options
         .get_database()
@@ -55,10 +63,12 @@ pub async fn prepare(database_url: &str, pool_size: u32) -> anyhow::Result<MySql
             "the database URL must name a database, e.g. mysql://hotel:hotel@127.0.0.1:3306/hotel",
         )?
         .to_owned();
-    create_database_if_missing(&options, &database).await?;
+    let primary = create_database_if_missing(&options, &database).await?;
+    let guard = primary.clone();
     let pool = MySqlPoolOptions::new()
         .max_connections(pool_size)
         .acquire_timeout(std::time::Duration::from_secs(5))
+        .after_connect(move |conn, _| guard.check_connection(conn))
         .connect_with(options)
         .await
         .with_context(|| format!("connecting to {}", redact(database_url)))?;
@@ -66,7 +76,7 @@ pub async fn prepare(database_url: &str, pool_size: u32) -> anyhow::Result<MySql
         .run(&pool)
         .await
         .context("applying the MySQL migrations")?;
-    Ok(pool)
+    Ok((pool, primary))
 }
 
 /// Exports the reader pool's connections (in use, idle) and its size, read
@@ -87,10 +97,12 @@ pub fn export_pool_metrics(pool: &MySqlPool) {
     });
 }
 
+/// Creates `database` if it does not exist; returns the server it is on
+/// (refusing a read-only one).
 async fn create_database_if_missing(
     options: &MySqlConnectOptions,
     database: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<primary::Primary> {
     if !database
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -101,12 +113,15 @@ async fn create_database_if_missing(
     let mut conn = MySqlConnection::connect_with(&server)
         .await
         .context("connecting to the MySQL server")?;
+    let primary = primary::Primary::learn(&mut conn)
+        .await
+        .context("checking the MySQL server")?;
     let create = format!("CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4");
     conn.execute(sqlx::AssertSqlSafe(create))
         .await
         .with_context(|| format!("creating database {database}"))?;
     conn.close().await.ok();
-    Ok(())
+    Ok(primary)
 }
 
 /// The URL with its password hidden, for messages.

@@ -31,6 +31,7 @@ use super::{
     events,
     execute::{Batch, execute},
     fence, now_ms,
+    primary::{Primary, is_read_only},
     working_set::{KnownRoomTypes, WorkingSet},
 };
 use crate::{
@@ -133,11 +134,13 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer task. `listener` is told of every commit. `pool`
-    /// is used to watch (and fence) whoever blocks the write lock. The task
+    /// is used to watch (and fence) whoever blocks the write lock. Every
+    /// connection the writer opens must be on `primary`'s server. The task
     /// ends when every `Writer` handle is dropped.
     pub fn spawn(
         options: MySqlConnectOptions,
         pool: MySqlPool,
+        primary: Primary,
         limits: Limits,
         listener: Arc<dyn CommitListener>,
     ) -> Self {
@@ -146,6 +149,7 @@ impl Writer {
         let task = Task {
             options,
             pool,
+            primary,
             limits,
             listener,
             session: None,
@@ -241,13 +245,19 @@ enum BatchError {
 /// connection killed, statement time exceeded, server shutting down.
 const TRANSIENT_MYSQL_ERRORS: [&str; 7] = ["1205", "1213", "1317", "1927", "1969", "3024", "1053"];
 
+/// Also transient: the server is read-only (a replica, or a primary being
+/// demoted, ADR 0013): the next batch finds out at its lock (see
+/// [`lock_head`]) and waits for a writable primary, never writing to a replica.
+const READ_ONLY_MYSQL_ERRORS: [&str; 2] = ["1290", "1836"];
+
 /// How a failed statement (before the commit) is treated.
 fn classify(error: &sqlx::Error) -> BatchError {
     match error {
         sqlx::Error::Database(db)
-            if !db
-                .code()
-                .is_some_and(|code| TRANSIENT_MYSQL_ERRORS.contains(&code.as_ref())) =>
+            if !db.code().is_some_and(|code| {
+                TRANSIENT_MYSQL_ERRORS.contains(&code.as_ref())
+                    || READ_ONLY_MYSQL_ERRORS.contains(&code.as_ref())
+            }) =>
         {
             BatchError::Statement(error.to_string())
         }
@@ -267,6 +277,8 @@ fn batch_error(error: CommandError) -> BatchError {
 struct Task {
     options: MySqlConnectOptions,
     pool: MySqlPool,
+    /// The server every connection must be on.
+    primary: Primary,
     limits: Limits,
     listener: Arc<dyn CommitListener>,
     session: Option<Session>,
@@ -368,8 +380,8 @@ impl Task {
     ) -> (Vec<Job>, Result<Vec<Outcome>, BatchError>) {
         let limits = &self.limits;
         if self.session.is_none() {
-            match tokio::time::timeout(limits.connect_timeout, connect(&self.options, limits)).await
-            {
+            let connecting = connect(&self.options, &self.primary, limits);
+            match tokio::time::timeout(limits.connect_timeout, connecting).await {
                 Ok(Ok(session)) => self.session = Some(session),
                 Ok(Err(error)) => {
                     return (
@@ -500,7 +512,12 @@ fn answer_all(jobs: Vec<Job>, outcomes: Vec<Outcome>) {
 }
 
 /// Takes the write lock: waits at most `lock_wait`, fencing a holder past
-/// its lease meanwhile. Returns the head.
+/// its lease meanwhile. Returns the head. A read-only server (a replica not
+/// yet promoted, a primary being demoted) is refused here, before anything
+/// is written: a user with `SUPER` or `READ_ONLY ADMIN` would otherwise
+/// write through `read_only` and fork the replica's history from its
+/// primary's. Reading the flag in the lock's own statement costs no round
+/// trip.
 async fn lock_head(
     session: &mut Session,
     pool: &MySqlPool,
@@ -508,14 +525,24 @@ async fn lock_head(
 ) -> Result<i64, String> {
     let waiter = session.thread_id;
     // The session has autocommit off: this statement opens the transaction.
-    let lock = sqlx::query("SELECT position FROM event_head WHERE id = 1 FOR UPDATE")
-        .fetch_one(&mut session.conn);
+    let lock = sqlx::query(
+        "SELECT position, CAST(@@global.read_only AS CHAR) AS read_only \
+         FROM event_head WHERE id = 1 FOR UPDATE",
+    )
+    .fetch_one(&mut session.conn);
     let started = Instant::now();
     tokio::select! {
         locked = tokio::time::timeout(limits.lock_wait, lock) => {
             metrics::histogram!("writer_lock_wait_seconds").record(started.elapsed().as_secs_f64());
             match locked {
-                Ok(Ok(row)) => row.try_get("position").map_err(|e| e.to_string()),
+                Ok(Ok(row)) => {
+                    let read_only: String = row.try_get("read_only").map_err(|e| e.to_string())?;
+                    if is_read_only(&read_only) {
+                        metrics::counter!("writer_read_only_refusals_total").increment(1);
+                        return Err(READ_ONLY.to_owned());
+                    }
+                    row.try_get("position").map_err(|e| e.to_string())
+                }
                 Ok(Err(error)) => Err(format!("waiting for the write lock failed: {error}")),
                 Err(_) => Err(format!("the write lock was not free within {:?}", limits.lock_wait)),
             }
@@ -524,24 +551,43 @@ async fn lock_head(
     }
 }
 
-async fn connect(options: &MySqlConnectOptions, limits: &Limits) -> sqlx::Result<Session> {
+/// Why a batch did not run on a read-only server.
+pub const READ_ONLY: &str = "the database is read-only (a replica not yet promoted, or a primary \
+     being demoted): nothing was written";
+
+/// Opens the writer's session. A server other than `primary`'s is refused
+/// before any statement runs there (and stops the process, see [`Primary`]).
+async fn connect(
+    options: &MySqlConnectOptions,
+    primary: &Primary,
+    limits: &Limits,
+) -> Result<Session, String> {
+    let sql = |error: sqlx::Error| error.to_string();
     let options = options
         .clone()
         .statement_cache_capacity(super::WRITER_STATEMENT_CACHE);
-    let mut conn = MySqlConnection::connect_with(&options).await?;
+    let mut conn = MySqlConnection::connect_with(&options).await.map_err(sql)?;
+    let (thread_id, server_id): (u64, u64) = sqlx::query_as("SELECT CONNECTION_ID(), @@server_id")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(sql)?;
+    primary.check(server_id)?;
     // The head lock already serialises command transactions; READ COMMITTED
     // makes every read see the latest commit rather than a snapshot. With
     // autocommit off, a batch's first statement opens its transaction: no
     // BEGIN round trip.
     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        .await?;
+        .await
+        .map_err(sql)?;
     let lock_secs = whole_seconds(limits.lock_wait);
     let settings = format!(
         "SET SESSION autocommit = 0, SESSION innodb_lock_wait_timeout = {lock_secs}, \
          SESSION lock_wait_timeout = {lock_secs}, SESSION wait_timeout = {}",
         whole_seconds(limits.idle_timeout)
     );
-    conn.execute(sqlx::AssertSqlSafe(settings)).await?;
+    conn.execute(sqlx::AssertSqlSafe(settings))
+        .await
+        .map_err(sql)?;
     // MariaDB only: the server ends a writer that goes quiet inside its
     // transaction (a paused process), and a statement that runs away.
     let mariadb = format!(
@@ -552,9 +598,6 @@ async fn connect(options: &MySqlConnectOptions, limits: &Limits) -> sqlx::Result
     if let Err(error) = conn.execute(sqlx::AssertSqlSafe(mariadb)).await {
         tracing::warn!(%error, "no idle_transaction_timeout (not MariaDB?): a paused writer is fenced by its peers only");
     }
-    let thread_id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-        .fetch_one(&mut conn)
-        .await?;
     Ok(Session {
         conn,
         thread_id,

@@ -80,6 +80,23 @@ impl Events {
         }
     }
 
+    /// A builder that goes on after `log` (positions, clock and versions),
+    /// as the command server would after writing it.
+    pub fn after(log: &[pb::EventEnvelope]) -> Self {
+        let mut events = Self::new();
+        for envelope in log {
+            events.position = envelope.position;
+            events.clock_ms =
+                query_server::read_model::apply::millis(envelope.occurred_at.as_ref());
+            let version = events
+                .versions
+                .entry(envelope.aggregate_id.clone())
+                .or_default();
+            *version = (*version).max(envelope.aggregate_version);
+        }
+        events
+    }
+
     pub fn envelope(
         &mut self,
         aggregate_id: &str,
