@@ -55,8 +55,10 @@ const CATCH_UP_COMMIT_EVENTS: usize = 5_000;
 /// The longest events wait for a fuller commit during catch-up.
 const CATCH_UP_HOLD: Duration = Duration::from_millis(100);
 /// Most events held in memory waiting for the writer; past it the projector
-/// stops reading the stream (HTTP/2 flow control slows the server).
-const MAX_BUFFERED: usize = 20_000;
+/// stops reading the stream (HTTP/2 flow control slows the server). One
+/// full commit's worth: during a replay the writer is the slower side, so
+/// more only held memory (the replaying server's peak RSS, ADR 0014).
+const MAX_BUFFERED: usize = MAX_EVENTS_PER_COMMIT;
 /// A stream that sends nothing (not even a heartbeat) this long is dead.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest message accepted from the command server.
