@@ -56,9 +56,11 @@ const CATCH_UP_COMMIT_EVENTS: usize = 5_000;
 const CATCH_UP_HOLD: Duration = Duration::from_millis(100);
 /// Most events held in memory waiting for the writer; past it the projector
 /// stops reading the stream (HTTP/2 flow control slows the server). One
-/// full commit's worth: during a replay the writer is the slower side, so
-/// more only held memory (the replaying server's peak RSS, ADR 0014).
-const MAX_BUFFERED: usize = MAX_EVENTS_PER_COMMIT;
+/// catch-up commit's worth: during a replay the writer is the slower side,
+/// so more only held memory (20,000 were a large part of the replaying
+/// server's peak RSS, ADR 0014), and commits of 5,000 or 10,000 events
+/// cost the writer the same per event.
+const MAX_BUFFERED: usize = CATCH_UP_COMMIT_EVENTS;
 /// A stream that sends nothing (not even a heartbeat) this long is dead.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest message accepted from the command server.
