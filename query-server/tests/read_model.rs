@@ -835,6 +835,6 @@ fn a_rebuilt_file_swaps_in_with_its_listing_indexes() {
     assert!(!writer.listing_indexes_deferred());
     assert_eq!(
         listing_of(&readers, "ana").expect("listed"),
-        [stay.reservation_id.clone()]
+        std::slice::from_ref(&stay.reservation_id)
     );
 }
