@@ -4,7 +4,10 @@
 mod support;
 
 use hotel_common::pb::{self, ReservationStatus as S};
-use query_server::read_model::{ApplyError, ReadModel, Writer, reads};
+use query_server::{
+    queries::QueryError,
+    read_model::{ApplyError, ListingIndexes, ReadError, ReadModel, Writer, reads},
+};
 use support::{Events, Stay, TempDir};
 
 struct Fixture {
@@ -713,4 +716,125 @@ fn old_reservation_changes_are_pruned_after_the_window_at_the_interval() {
         (S::CheckedOut, 3)
     );
     assert_eq!(f.status(&stays[1].reservation_id), S::CheckedIn);
+}
+
+/// The ids a guest's listing shows, newest first.
+fn listing_of(readers: &ReadModel, guest: &str) -> Result<Vec<String>, ReadError> {
+    let filter = reads::ListFilter {
+        statuses: [Some("CONFIRMED"), Some("WAITLISTED"), None, None, None],
+        before_position: i64::MAX,
+        limit: 100,
+        max_examined: 100,
+        owner: guest,
+    };
+    readers.read(|tx| {
+        Ok(reads::reservations_of_guest(tx, &filter)?
+            .listed
+            .into_iter()
+            .map(|(r, _)| r.reservation_id)
+            .collect())
+    })
+}
+
+/// A replay from position 1 with more of the log to come drops the listing
+/// indexes in its first commit; the file stays without them across a
+/// restart (the absence is the state), listings answer UNAVAILABLE rather
+/// than scan, and the commit that reaches the head builds them.
+#[test]
+fn a_replay_from_scratch_builds_the_listing_indexes_in_the_commit_that_reaches_the_head() {
+    let dir = TempDir::new();
+    let mut events = Events::new();
+    let stays: Vec<Stay> = (0..4)
+        .map(|i| {
+            Stay::new(
+                "h1",
+                "DBL",
+                "ana",
+                &format!("2030-05-0{}", i + 1),
+                &format!("2030-05-0{}", i + 2),
+            )
+        })
+        .collect();
+    let first = [
+        events.hotel("h1", "Hotel One", "Lisboa"),
+        events.room_type("h1", "DBL", 2, 5, 12_000),
+        events.confirmed(&stays[0]),
+        events.confirmed(&stays[1]),
+    ];
+    let second = [events.confirmed(&stays[2]), events.confirmed(&stays[3])];
+
+    let mut writer = Writer::open(&dir.db()).expect("open");
+    assert!(!writer.listing_indexes_deferred(), "a new file has them");
+    writer
+        .apply_batch_and(&first, ListingIndexes::DeferIfEmpty)
+        .expect("applies");
+    assert!(writer.listing_indexes_deferred());
+    let readers = ReadModel::new(&dir.db());
+    let missing = listing_of(&readers, "ana").expect_err("no listing without its index");
+    assert!(missing.listing_index_missing(), "{missing}");
+    let status = tonic::Status::from(QueryError::Read(missing));
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    // Other reads go on.
+    let one = readers
+        .read(|tx| reads::reservation(tx, &stays[0].reservation_id))
+        .expect("read");
+    assert!(one.is_some());
+
+    // A writer opened again on the file (a restart) knows.
+    drop(writer);
+    let mut writer = Writer::open(&dir.db()).expect("reopen");
+    assert!(writer.listing_indexes_deferred());
+    // Not empty any more: nothing to defer, and nothing is built before the head.
+    writer
+        .apply_batch_and(&[], ListingIndexes::DeferIfEmpty)
+        .expect("nothing");
+    assert!(writer.listing_indexes_deferred());
+
+    writer
+        .apply_batch_and(&second, ListingIndexes::Build)
+        .expect("applies");
+    assert!(!writer.listing_indexes_deferred());
+    let newest_first: Vec<String> = stays
+        .iter()
+        .rev()
+        .map(|s| s.reservation_id.clone())
+        .collect();
+    assert_eq!(listing_of(&readers, "ana").expect("listed"), newest_first);
+
+    // A file that holds events is never stripped.
+    let third = [events.confirmed(&Stay::new("h1", "DBL", "bo", "2030-06-01", "2030-06-02"))];
+    writer
+        .apply_batch_and(&third, ListingIndexes::DeferIfEmpty)
+        .expect("applies");
+    assert!(!writer.listing_indexes_deferred());
+    assert_eq!(listing_of(&readers, "ana").expect("listed"), newest_first);
+}
+
+/// A rebuild that hands over before its stream reached the head still
+/// swaps in a file with its listing indexes.
+#[test]
+fn a_rebuilt_file_swaps_in_with_its_listing_indexes() {
+    let dir = TempDir::new();
+    let mut events = Events::new();
+    let stay = Stay::new("h1", "DBL", "ana", "2030-05-01", "2030-05-02");
+    let batch = [
+        events.hotel("h1", "Hotel One", "Lisboa"),
+        events.room_type("h1", "DBL", 2, 5, 12_000),
+        events.confirmed(&stay),
+    ];
+    let mut live = Writer::open(&dir.db()).expect("open");
+    live.apply_batch(&batch).expect("applies");
+    let readers = ReadModel::new(&dir.db());
+
+    let mut rebuilt = Writer::open(&dir.path().join("read-model.db.rebuild-1")).expect("open");
+    rebuilt
+        .apply_batch_and(&batch, ListingIndexes::DeferIfEmpty)
+        .expect("applies");
+    assert!(rebuilt.listing_indexes_deferred());
+    let writer = readers.swap_in(live, rebuilt).expect("swap");
+    assert!(!writer.listing_indexes_deferred());
+    assert_eq!(
+        listing_of(&readers, "ana").expect("listed"),
+        std::slice::from_ref(&stay.reservation_id)
+    );
 }

@@ -30,7 +30,7 @@ use tonic_types::StatusExt;
 
 pub use status::Projection;
 
-use crate::read_model::{ApplyError, Writer, apply::millis};
+use crate::read_model::{ApplyError, ListingIndexes, Writer, apply::millis};
 
 /// Events asked for per stream message (the most the command server sends).
 const MAX_BATCH: i32 = 5000;
@@ -55,8 +55,12 @@ const CATCH_UP_COMMIT_EVENTS: usize = 5_000;
 /// The longest events wait for a fuller commit during catch-up.
 const CATCH_UP_HOLD: Duration = Duration::from_millis(100);
 /// Most events held in memory waiting for the writer; past it the projector
-/// stops reading the stream (HTTP/2 flow control slows the server).
-const MAX_BUFFERED: usize = 20_000;
+/// stops reading the stream (HTTP/2 flow control slows the server). One
+/// catch-up commit's worth: during a replay the writer is the slower side,
+/// so more only held memory (20,000 were a large part of the replaying
+/// server's peak RSS, ADR 0014), and commits of 5,000 or 10,000 events
+/// cost the writer the same per event.
+const MAX_BUFFERED: usize = CATCH_UP_COMMIT_EVENTS;
 /// A stream that sends nothing (not even a heartbeat) this long is dead.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest message accepted from the command server.
@@ -267,8 +271,9 @@ pub async fn run(
     }
 }
 
-/// A commit running on a blocking thread: the writer comes back with the outcome.
-type Commit = JoinHandle<(Writer, Result<i64, ApplyError>, i64)>;
+/// A commit running on a blocking thread: the writer comes back with the
+/// outcome and the commit time of its last event (none for an empty batch).
+type Commit = JoinHandle<(Writer, Result<i64, ApplyError>, Option<i64>)>;
 
 /// Reads one subscription and commits what it delivers; returns the writer
 /// and why the subscription ended. Events accepted before the end are
@@ -310,7 +315,16 @@ async fn follow(
             let take = buffer.len().min(MAX_EVENTS_PER_COMMIT);
             let batch: Vec<EventEnvelope> = buffer.drain(..take).collect();
             buffered_since = (!buffer.is_empty()).then(Instant::now);
-            in_flight = Some(spawn_commit(writer, batch));
+            let indexes = listing_indexes(&batch, known_head);
+            in_flight = Some(spawn_commit(writer, batch, indexes));
+        }
+        if in_flight.is_none()
+            && live_at.is_some_and(|through| projection.checkpoint() >= through)
+            && let Some(writer) = idle.take_if(|writer| writer.listing_indexes_deferred())
+        {
+            // Live, and no commit reached the head the stream announced
+            // (it moved on meanwhile): the listing indexes come now.
+            in_flight = Some(spawn_commit(writer, Vec::new(), ListingIndexes::Build));
         }
         if in_flight.is_none() {
             if live_at.is_some_and(|through| projection.checkpoint() >= through) {
@@ -334,8 +348,9 @@ async fn follow(
                 };
                 idle = Some(writer);
                 match outcome {
+                    Ok(_) if last_event_at.is_none() => {}
                     Ok(checkpoint) => {
-                        projection.committed(checkpoint, last_event_at);
+                        projection.committed(checkpoint, last_event_at.unwrap_or(0));
                         projection.set_pending_since(buffer.first().map(occurred_at));
                     }
                     Err(error) => {
@@ -353,7 +368,7 @@ async fn follow(
                                 checkpoint,
                             } => {
                                 // The events before it were kept.
-                                projection.committed(checkpoint, last_event_at);
+                                projection.committed(checkpoint, last_event_at.unwrap_or(0));
                                 Ended::Refused(pb::ProjectionStop {
                                     position,
                                     event_id,
@@ -399,13 +414,26 @@ async fn follow(
     }
 }
 
-/// Commits `batch` on a blocking thread.
-fn spawn_commit(mut writer: Writer, batch: Vec<EventEnvelope>) -> Commit {
+/// What a commit of `batch` does with the listing indexes: a batch that
+/// starts a replay with more of the log known than it holds defers them (if
+/// the file is empty), one that reaches the head the stream announced
+/// builds them (if missing), in the same transaction.
+fn listing_indexes(batch: &[EventEnvelope], known_head: i64) -> ListingIndexes {
+    match (batch.first(), batch.last()) {
+        (_, Some(last)) if last.position >= known_head => ListingIndexes::Build,
+        (Some(first), _) if first.position == 1 => ListingIndexes::DeferIfEmpty,
+        _ => ListingIndexes::Keep,
+    }
+}
+
+/// Commits `batch` on a blocking thread. An empty batch only does what
+/// `indexes` says (its commit reports no event time).
+fn spawn_commit(mut writer: Writer, batch: Vec<EventEnvelope>, indexes: ListingIndexes) -> Commit {
     let span = apply_span(&batch);
     tokio::task::spawn_blocking(move || {
         let _applying = span.as_ref().map(tracing::Span::enter);
-        let last_event_at = batch.last().map_or(0, occurred_at);
-        let outcome = writer.apply_batch(&batch);
+        let last_event_at = batch.last().map(occurred_at);
+        let outcome = writer.apply_batch_and(&batch, indexes);
         if let (Some(span), Err(error)) = (&span, &outcome) {
             span.record("otel.status_code", "ERROR");
             span.record("error", tracing::field::display(error));

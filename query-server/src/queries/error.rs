@@ -46,6 +46,10 @@ impl From<QueryError> for Status {
             QueryError::NotFound { .. } => Status::not_found(error.to_string()),
             QueryError::Busy(message) => Status::failed_precondition(message),
             QueryError::Exhausted(message) => Status::resource_exhausted(message),
+            QueryError::Read(read) if read.listing_index_missing() => Status::unavailable(
+                "listings are served once this read model has replayed the log to its head \
+                 (it builds their index then); retry, or ask a replica that is live",
+            ),
             QueryError::Read(_) | QueryError::Internal(_) => {
                 tracing::error!(error = format!("{error:#}"), "query failed");
                 Status::internal("the read model could not be read; see the server log")

@@ -72,6 +72,7 @@ pub fn apply_batch(
     let mut checkpoint: i64 = tx
         .prepare_cached("SELECT position FROM checkpoint WHERE id = 1")?
         .query_row([], |row| row.get(0))?;
+    let mut nights = NightDeltas::default();
     for envelope in events {
         if envelope.position != checkpoint + 1 {
             return Err(ApplyError::OutOfOrder {
@@ -79,7 +80,7 @@ pub fn apply_batch(
                 got: envelope.position,
             });
         }
-        apply_event(tx, envelope).map_err(|error| ApplyError::Unapplicable {
+        apply_event(tx, envelope, &mut nights).map_err(|error| ApplyError::Unapplicable {
             position: envelope.position,
             event_id: envelope.event_id.clone(),
             unknown_kind: matches!(error, ApplyError::UnknownKind { .. }),
@@ -88,6 +89,7 @@ pub fn apply_batch(
         })?;
         checkpoint = envelope.position;
     }
+    nights.write(tx)?;
     let Some(last) = events.last() else {
         return Ok(checkpoint);
     };
@@ -98,8 +100,79 @@ pub fn apply_batch(
     Ok(checkpoint)
 }
 
-/// Applies one event. Does not touch the checkpoint.
-pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result<(), ApplyError> {
+/// What a batch adds to each night's counts, written once per night at the
+/// end of the batch, in key order. The counts only ever change by these
+/// sums, and nothing reads them while a batch applies, so the end state is
+/// the one event-by-event upserts gave, for fewer statements, each next to
+/// the last one in the B-tree (ADR 0014).
+#[derive(Debug, Default)]
+pub struct NightDeltas<'e> {
+    /// (hotel, room type, night) and (booked, waiting) to add, in event
+    /// order; sorted and summed per night when written.
+    deltas: Vec<(NightKey<'e>, (i64, i64))>,
+}
+
+/// A row of `nights`: hotel, room type, night.
+type NightKey<'e> = (&'e str, &'e str, Date);
+
+impl<'e> NightDeltas<'e> {
+    /// Adds `booked` and `waiting` (either may be negative) to every night of the stay.
+    fn add(
+        &mut self,
+        hotel_id: &'e str,
+        room_type_code: &'e str,
+        stay: Stay,
+        booked: i64,
+        waiting: i64,
+    ) {
+        for night in stay.nights() {
+            self.deltas
+                .push(((hotel_id, room_type_code, night), (booked, waiting)));
+        }
+    }
+
+    /// Upserts every night touched (a night whose sums are 0 still gets its
+    /// row, as the event-by-event upserts left one).
+    fn write(mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        if self.deltas.is_empty() {
+            return Ok(());
+        }
+        // Stable: the sums do not depend on the order, but stay exact.
+        self.deltas.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO nights (hotel_id, room_type_code, night, booked, waiting)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (hotel_id, room_type_code, night) DO UPDATE
+             SET booked = booked + excluded.booked, waiting = waiting + excluded.waiting",
+        )?;
+        let mut deltas = self.deltas.into_iter().peekable();
+        while let Some((key, (mut booked, mut waiting))) = deltas.next() {
+            while let Some((_, (more_booked, more_waiting))) =
+                deltas.next_if(|(next, _)| *next == key)
+            {
+                booked += more_booked;
+                waiting += more_waiting;
+            }
+            let (hotel_id, room_type_code, night) = key;
+            upsert.execute(params![
+                hotel_id,
+                room_type_code,
+                dates::format(night),
+                booked,
+                waiting
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies one event, adding its night counts to `nights`. Does not touch
+/// the checkpoint.
+pub fn apply_event<'e>(
+    tx: &Transaction<'_>,
+    envelope: &'e pb::EventEnvelope,
+    nights: &mut NightDeltas<'e>,
+) -> Result<(), ApplyError> {
     let position = envelope.position;
     let Some(kind) = envelope.event.as_ref().and_then(|e| e.kind.as_ref()) else {
         // A kind this binary does not know (a newer command server): never
@@ -161,13 +234,13 @@ pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result
             let booking = booking(position, e.booking.as_ref())?;
             insert_reservation(tx, envelope, booking, pb::ReservationStatus::Confirmed)?;
             let stay = Stay::parse(position, &booking.check_in, &booking.check_out)?;
-            add_to_nights(tx, &booking.hotel_id, &booking.room_type_code, stay, 1, 0)?;
+            nights.add(&booking.hotel_id, &booking.room_type_code, stay, 1, 0);
         }
         Kind::ReservationWaitlisted(e) => {
             let booking = booking(position, e.booking.as_ref())?;
             insert_reservation(tx, envelope, booking, pb::ReservationStatus::Waitlisted)?;
             let stay = Stay::parse(position, &booking.check_in, &booking.check_out)?;
-            add_to_nights(tx, &booking.hotel_id, &booking.room_type_code, stay, 0, 1)?;
+            nights.add(&booking.hotel_id, &booking.room_type_code, stay, 0, 1);
         }
         Kind::ReservationPromoted(e) => {
             set_status(
@@ -177,7 +250,7 @@ pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result
                 envelope,
             )?;
             let stay = Stay::parse(position, &e.check_in, &e.check_out)?;
-            add_to_nights(tx, &e.hotel_id, &e.room_type_code, stay, 1, -1)?;
+            nights.add(&e.hotel_id, &e.room_type_code, stay, 1, -1);
         }
         Kind::ReservationCancelled(e) => {
             set_status(
@@ -193,7 +266,7 @@ pub fn apply_event(tx: &Transaction<'_>, envelope: &pb::EventEnvelope) -> Result
             };
             if (booked, waiting) != (0, 0) {
                 let stay = Stay::parse(position, &e.check_in, &e.check_out)?;
-                add_to_nights(tx, &e.hotel_id, &e.room_type_code, stay, booked, waiting)?;
+                nights.add(&e.hotel_id, &e.room_type_code, stay, booked, waiting);
             }
         }
         Kind::GuestCheckedIn(e) => {
@@ -370,32 +443,5 @@ fn set_status(
 fn set_hotel_version(tx: &Transaction<'_>, hotel_id: &str, version: i64) -> Result<(), ApplyError> {
     tx.prepare_cached("UPDATE hotels SET version = ?2 WHERE hotel_id = ?1")?
         .execute(params![hotel_id, version])?;
-    Ok(())
-}
-
-/// Adds `booked` and `waiting` (either may be negative) to every night of the stay.
-fn add_to_nights(
-    tx: &Transaction<'_>,
-    hotel_id: &str,
-    room_type_code: &str,
-    stay: Stay,
-    booked: i64,
-    waiting: i64,
-) -> Result<(), ApplyError> {
-    let mut upsert = tx.prepare_cached(
-        "INSERT INTO nights (hotel_id, room_type_code, night, booked, waiting)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (hotel_id, room_type_code, night) DO UPDATE
-         SET booked = booked + excluded.booked, waiting = waiting + excluded.waiting",
-    )?;
-    for night in stay.nights() {
-        upsert.execute(params![
-            hotel_id,
-            room_type_code,
-            dates::format(night),
-            booked,
-            waiting
-        ])?;
-    }
     Ok(())
 }

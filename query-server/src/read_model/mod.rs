@@ -49,6 +49,38 @@ pub struct Checkpoint {
     pub event_id: Option<String>,
 }
 
+/// The indexes only `ListReservations` reads, by name, with the statement
+/// that builds each. A fresh read model replaying a long log leaves them out
+/// and builds them, sorted in one pass, in the transaction that reaches the
+/// head: kept up row by row they were about a quarter of the replay's
+/// writer time (ADR 0014). Their absence is the state (a crash leaves the
+/// file without them and the next writer sees it), and listings name them
+/// with `INDEXED BY`, so no listing ever runs without its index.
+pub const LISTING_INDEXES: [(&str, &str); 2] = [
+    (
+        "reservations_by_guest",
+        "CREATE INDEX IF NOT EXISTS reservations_by_guest \
+         ON reservations (guest_id, booked_position DESC)",
+    ),
+    (
+        "reservations_by_hotel",
+        "CREATE INDEX IF NOT EXISTS reservations_by_hotel \
+         ON reservations (hotel_id, booked_position DESC)",
+    ),
+];
+
+/// What a commit does with the [`LISTING_INDEXES`] besides its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListingIndexes {
+    /// Leaves them as they are (built or not).
+    Keep,
+    /// Drops them, if nothing was applied before this batch: the start of a
+    /// replay of a long log.
+    DeferIfEmpty,
+    /// Builds them if they are missing: the batch reaches the head.
+    Build,
+}
+
 /// The read model's only read-write connection.
 pub struct Writer {
     /// Copies the WAL into the file beside the writer (declared first: it
@@ -60,6 +92,8 @@ pub struct Writer {
     path: PathBuf,
     /// Pruning of `reservation_changes` between batches.
     pruning: retention::Pruning,
+    /// Whether any of the [`LISTING_INDEXES`] is missing from the file.
+    listing_indexes_deferred: bool,
 }
 
 impl std::fmt::Debug for Writer {
@@ -96,10 +130,13 @@ impl Writer {
         // drop the last commits, never half of one; the projector re-fetches.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // Large catch-up transactions touch many pages; keeping them in memory
-        // (32 MiB at most) avoids spilling to the WAL before the commit. 64
-        // MiB was no faster (replaying 304,594 events: 61k events/s and 145
-        // MiB peak RSS with 64; 66-71k events/s and 108-115 MiB with 32).
-        conn.pragma_update(None, "cache_size", -32_768)?;
+        // avoids spilling to the WAL before the commit. 64 MiB was no faster
+        // than 32 (replaying 304,594 events: 61k events/s and 145 MiB peak
+        // RSS with 64; 66-71k events/s and 108-115 MiB with 32). Since the
+        // listing indexes are built after a replay (ADR 0014) the pages a
+        // commit touches are fewer: 16 MiB cost ~5 % of writer CPU and took
+        // 10-20 MiB off the replaying server's peak RSS.
+        conn.pragma_update(None, "cache_size", -16_384)?;
         // The WAL is copied into the file by a thread of its own
         // ([`checkpointer`]), not by the commit that fills it. The WAL file
         // is cut back to 64 MiB when it starts over.
@@ -107,6 +144,7 @@ impl Writer {
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         conn.set_prepared_statement_cache_capacity(64);
         migrations::run(&mut conn)?;
+        let listing_indexes_deferred = listing_indexes_missing(&conn)?;
         let checkpointer = Checkpointer::start(path)
             .with_context(|| format!("starting the checkpointer of {}", path.display()))?;
         Ok(Self {
@@ -114,7 +152,31 @@ impl Writer {
             conn,
             path: path.to_owned(),
             pruning: retention::Pruning::new(retention::ChangeRetention::default()),
+            listing_indexes_deferred,
         })
+    }
+
+    /// Whether the file lacks the [`LISTING_INDEXES`] (a replay from
+    /// scratch that has not reached the head yet): listings answer
+    /// UNAVAILABLE until a commit builds them.
+    pub fn listing_indexes_deferred(&self) -> bool {
+        self.listing_indexes_deferred
+    }
+
+    /// Builds the [`LISTING_INDEXES`] that are missing, in one transaction.
+    pub fn build_listing_indexes(&mut self) -> rusqlite::Result<()> {
+        if !self.listing_indexes_deferred {
+            return Ok(());
+        }
+        let gate = self.checkpointer.gate();
+        let _held = gate.hold();
+        let tx = self.conn.transaction()?;
+        build_listing_indexes(&tx)?;
+        tx.commit()?;
+        self.listing_indexes_deferred = false;
+        drop(_held);
+        self.checkpointer.nudge();
+        Ok(())
     }
 
     /// How long this writer keeps `reservation_changes` (default 7 days).
@@ -143,10 +205,30 @@ impl Writer {
     /// either all of it commits or none of it. Refuses a batch that does not
     /// start at `checkpoint + 1` or is not contiguous.
     pub fn apply_batch(&mut self, events: &[pb::EventEnvelope]) -> Result<i64, ApplyError> {
+        self.apply_batch_and(events, ListingIndexes::Keep)
+    }
+
+    /// [`Self::apply_batch`], and in the same transaction what `indexes`
+    /// says: the listing indexes go and come with the events that make
+    /// them worth it, so a crash never leaves one without the other.
+    pub fn apply_batch_and(
+        &mut self,
+        events: &[pb::EventEnvelope],
+        indexes: ListingIndexes,
+    ) -> Result<i64, ApplyError> {
+        let indexes = match indexes {
+            ListingIndexes::DeferIfEmpty if self.listing_indexes_deferred => ListingIndexes::Keep,
+            ListingIndexes::Build if !self.listing_indexes_deferred => ListingIndexes::Keep,
+            other => other,
+        };
         let gate = self.checkpointer.gate();
         let held = gate.hold();
         let applied_at_ms = now_millis();
-        let outcome = apply_in_transaction(&mut self.conn, events, applied_at_ms);
+        let outcome = apply_in_transaction(&mut self.conn, events, applied_at_ms, indexes);
+        if let Ok((_, Some(deferred))) = outcome {
+            self.listing_indexes_deferred = deferred;
+        }
+        let outcome = outcome.map(|(checkpoint, _)| checkpoint);
         if outcome.is_ok()
             && let Err(error) = self.pruning.prune_if_due(&mut self.conn, applied_at_ms)
         {
@@ -202,6 +284,20 @@ impl std::fmt::Debug for ReadModel {
 #[derive(Debug, thiserror::Error)]
 #[error("reading the read model: {0}")]
 pub struct ReadError(#[from] pub rusqlite::Error);
+
+impl ReadError {
+    /// Whether the read named one of the [`LISTING_INDEXES`] (`INDEXED BY`)
+    /// in a file that does not have it yet: a fresh read model still
+    /// replaying the log.
+    pub fn listing_index_missing(&self) -> bool {
+        match &self.0 {
+            rusqlite::Error::SqliteFailure(_, Some(message)) => LISTING_INDEXES
+                .iter()
+                .any(|(name, _)| message.as_str() == format!("no such index: {name}")),
+            _ => false,
+        }
+    }
+}
 
 /// Read-only connections to one file.
 struct Readers {
@@ -341,8 +437,13 @@ impl ReadModel {
     ///    and the rebuilt one is renamed over it, under the frozen readers'
     ///    open descriptors;
     /// 2. to ordinary readers of the live path, before anything writes it.
-    pub fn swap_in(&self, live: Writer, rebuilt: Writer) -> anyhow::Result<Writer> {
+    pub fn swap_in(&self, live: Writer, mut rebuilt: Writer) -> anyhow::Result<Writer> {
         let rebuilt_path = rebuilt.path.clone();
+        // A rebuild hands over at the live checkpoint, maybe before its
+        // stream reached the head: it serves listings from the swap on.
+        rebuilt
+            .build_listing_indexes()
+            .context("building the rebuilt file's listing indexes")?;
         // The bulk of the work: the WAL is copied into the file and removed.
         rebuilt.close()?;
         let frozen = Readers::prepared(&rebuilt_path, true, PREPARED_READERS)
@@ -535,19 +636,64 @@ pub fn now_millis() -> i64 {
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Applies a batch in one transaction; when an event cannot be applied, the
-/// events before it are kept (the read model stops right before it).
+/// Whether any of the [`LISTING_INDEXES`] is missing.
+fn listing_indexes_missing(conn: &Connection) -> rusqlite::Result<bool> {
+    let mut exists =
+        conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1")?;
+    for (name, _) in LISTING_INDEXES {
+        if !exists.exists([name])? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn build_listing_indexes(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    for (name, create) in LISTING_INDEXES {
+        let started = std::time::Instant::now();
+        tx.execute_batch(create)?;
+        tracing::info!(
+            index = name,
+            ms = started.elapsed().as_millis() as u64,
+            "built a listing index at the end of the replay"
+        );
+    }
+    Ok(())
+}
+
+/// Applies a batch in one transaction, with what `indexes` says; when an
+/// event cannot be applied, the events before it are kept (the read model
+/// stops right before it) and the indexes stay as they were. Returns the
+/// new checkpoint and, when the commit changed it, whether the listing
+/// indexes are missing now.
 fn apply_in_transaction(
     conn: &mut Connection,
     events: &[pb::EventEnvelope],
     applied_at_ms: i64,
-) -> Result<i64, ApplyError> {
+    indexes: ListingIndexes,
+) -> Result<(i64, Option<bool>), ApplyError> {
     let tx = conn.transaction()?;
+    let mut deferred = None;
+    if indexes == ListingIndexes::DeferIfEmpty {
+        let empty: bool = tx
+            .prepare_cached("SELECT position = 0 FROM checkpoint WHERE id = 1")?
+            .query_row([], |row| row.get(0))?;
+        if empty {
+            for (name, _) in LISTING_INDEXES {
+                tx.execute_batch(&format!("DROP INDEX IF EXISTS {name}"))?;
+            }
+            deferred = Some(true);
+        }
+    }
     let applied = apply::apply_batch(&tx, events, applied_at_ms);
     match applied {
         Ok(checkpoint) => {
+            if indexes == ListingIndexes::Build {
+                build_listing_indexes(&tx)?;
+                deferred = Some(false);
+            }
             tx.commit()?;
-            Ok(checkpoint)
+            Ok((checkpoint, deferred))
         }
         Err(ApplyError::Unapplicable { position, .. }) if events[0].position < position => {
             // Keep the events before the one that cannot be applied: the
@@ -558,7 +704,7 @@ fn apply_in_transaction(
             let tx = conn.transaction()?;
             apply::apply_batch(&tx, &events[..before], applied_at_ms)?;
             tx.commit()?;
-            applied
+            applied.map(|checkpoint| (checkpoint, None))
         }
         Err(error) => Err(error),
     }
