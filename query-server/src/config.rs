@@ -130,6 +130,17 @@ pub struct Config {
     )]
     pub scan_limit: u32,
 
+    /// Most per-night counts (rows of the read model's nights) held in
+    /// memory for GetAvailability and SearchAvailability, about 20 bytes
+    /// each. Past it (or at 0) those queries read the SQLite file instead,
+    /// slower but the same answers, until the next start or rebuild.
+    #[arg(
+        long,
+        env = "HOTEL_QUERY_MAX_NIGHTS_IN_MEMORY",
+        default_value_t = crate::read_model::memory::DEFAULT_MAX_NIGHTS
+    )]
+    pub max_nights_in_memory: u64,
+
     /// Seconds the read model keeps each reservation change (the rows
     /// WatchReservation replays when several changes land in one commit);
     /// older ones are pruned, 1,000 per transaction, between batches. A
@@ -205,6 +216,7 @@ impl Config {
 
             max_watchers: 4096,
             scan_limit: 1000,
+            max_nights_in_memory: crate::read_model::memory::DEFAULT_MAX_NIGHTS,
             change_retention_secs: 7 * 24 * 3600,
             change_prune_interval_ms: 60_000,
             rebuild_on_rewrite: false,
