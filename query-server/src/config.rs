@@ -286,6 +286,17 @@ mod tests {
     }
 
     #[test]
+    fn the_nights_in_memory_cap_parses_and_zero_turns_it_off() {
+        let config = Config::try_parse_from(["query-server"]).expect("defaults parse");
+        assert_eq!(config.max_nights_in_memory, 500_000);
+        let config = Config::try_parse_from(["query-server", "--max-nights-in-memory", "0"])
+            .expect("0 parses: nothing held");
+        assert_eq!(config.max_nights_in_memory, 0);
+        Config::try_parse_from(["query-server", "--max-nights-in-memory", "-1"])
+            .expect_err("a negative cap is refused");
+    }
+
+    #[test]
     fn auth_flags_parse_and_report_bad_specs() {
         let config = Config::try_parse_from([
             "query-server",
