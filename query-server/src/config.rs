@@ -130,6 +130,17 @@ pub struct Config {
     )]
     pub scan_limit: u32,
 
+    /// Most per-night counts (rows of the read model's nights) held in
+    /// memory for GetAvailability and SearchAvailability, about 20 bytes
+    /// each. Past it (or at 0) those queries read the SQLite file instead,
+    /// slower but the same answers, until the next start or rebuild.
+    #[arg(
+        long,
+        env = "HOTEL_QUERY_MAX_NIGHTS_IN_MEMORY",
+        default_value_t = crate::read_model::memory::DEFAULT_MAX_NIGHTS
+    )]
+    pub max_nights_in_memory: u64,
+
     /// Seconds the read model keeps each reservation change (the rows
     /// WatchReservation replays when several changes land in one commit);
     /// older ones are pruned, 1,000 per transaction, between batches. A
@@ -205,6 +216,7 @@ impl Config {
 
             max_watchers: 4096,
             scan_limit: 1000,
+            max_nights_in_memory: crate::read_model::memory::DEFAULT_MAX_NIGHTS,
             change_retention_secs: 7 * 24 * 3600,
             change_prune_interval_ms: 60_000,
             rebuild_on_rewrite: false,
@@ -271,6 +283,17 @@ mod tests {
         for flag in ["--max-watchers", "--scan-limit"] {
             Config::try_parse_from(["query-server", flag, "0"]).expect_err("0 is refused");
         }
+    }
+
+    #[test]
+    fn the_nights_in_memory_cap_parses_and_zero_turns_it_off() {
+        let config = Config::try_parse_from(["query-server"]).expect("defaults parse");
+        assert_eq!(config.max_nights_in_memory, 500_000);
+        let config = Config::try_parse_from(["query-server", "--max-nights-in-memory", "0"])
+            .expect("0 parses: nothing held");
+        assert_eq!(config.max_nights_in_memory, 0);
+        Config::try_parse_from(["query-server", "--max-nights-in-memory", "-1"])
+            .expect_err("a negative cap is refused");
     }
 
     #[test]

@@ -126,8 +126,18 @@ impl QueryServer {
         .await??;
         writer.set_change_retention(change_retention);
         let checkpoint = writer.checkpoint()?;
-        let read_model =
-            Arc::new(ReadModel::new(writer.path()).with_change_retention(change_retention));
+        let read_model = Arc::new(
+            ReadModel::new(writer.path())
+                .with_change_retention(change_retention)
+                .with_max_nights_in_memory(config.max_nights_in_memory),
+        );
+        let attaching = read_model.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut writer = writer;
+            attaching.attach(&mut writer);
+            writer
+        })
+        .await?;
         let health = HealthReporter::new();
         let health_service = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(health.clone()),

@@ -201,8 +201,13 @@ impl Rebuilder {
     }
 
     async fn reopen_and_resume(&self) {
-        let path = self.read_model.path().to_owned();
-        match tokio::task::spawn_blocking(move || Writer::open(&path)).await {
+        let read_model = self.read_model.clone();
+        let reopened = tokio::task::spawn_blocking(move || {
+            let mut writer = Writer::open(read_model.path())?;
+            read_model.attach(&mut writer);
+            anyhow::Ok(writer)
+        });
+        match reopened.await {
             Ok(Ok(mut writer)) => {
                 writer.set_change_retention(self.read_model.change_retention());
                 self.resume(writer).await

@@ -5,6 +5,10 @@
 //! `min_position` ([`crate::freshness`]), then reads inline on a read-only
 //! connection in one read transaction, so the reply's `as_of_position` is
 //! the checkpoint of the very snapshot the data came from.
+//! GetAvailability and SearchAvailability answer from the availability the
+//! writer holds in memory ([`crate::read_model::memory`]) when it is at
+//! `min_position` or later, with its position as `as_of_position`; else
+//! (not held, or behind) from SQLite the same way.
 
 mod admin;
 mod error;
@@ -26,7 +30,7 @@ pub use watch::Watches;
 use crate::{
     freshness::{wait_budget, wait_for_position},
     projector::Projection,
-    read_model::{ReadModel, Snapshot, reads},
+    read_model::{ReadModel, Snapshot, memory, reads},
 };
 
 /// The query handlers; cheap to clone (everything is shared).
@@ -109,6 +113,15 @@ impl Queries {
         })
     }
 
+    /// The availability held in memory, when it holds `min_position`
+    /// (else the caller reads SQLite, which does: see [`Self::fresh`]).
+    fn memory(&self, min_position: i64) -> Option<Arc<memory::State>> {
+        self.read_model
+            .memory()
+            .state()
+            .filter(|state| state.position() >= min_position)
+    }
+
     fn get_availability_now(
         &self,
         query: &request::GetAvailability,
@@ -116,12 +129,21 @@ impl Queries {
         let code = query.room_type_code.as_deref();
         let from = query.range.from_text();
         let to = query.range.to_text();
-        let ((hotel, room_types, counts), as_of_position) = self.read(|tx| {
-            let hotel = reads::hotel(tx, &query.hotel_id)?;
-            let room_types = reads::room_types(tx, &query.hotel_id, code)?;
-            let counts = reads::night_counts(tx, &query.hotel_id, code, &from, &to)?;
-            Ok((hotel, room_types, counts))
-        })?;
+        let held = self.memory(query.min_position).and_then(|state| {
+            let counts = state.night_counts(&query.hotel_id, code, &from, &to)?;
+            let hotel = state.hotel(&query.hotel_id);
+            let room_types = state.room_types(&query.hotel_id, code);
+            Some(((hotel, room_types, counts), state.position()))
+        });
+        let ((hotel, room_types, counts), as_of_position) = match held {
+            Some(held) => held,
+            None => self.read(|tx| {
+                let hotel = reads::hotel(tx, &query.hotel_id)?;
+                let room_types = reads::room_types(tx, &query.hotel_id, code)?;
+                let counts = reads::night_counts(tx, &query.hotel_id, code, &from, &to)?;
+                Ok((hotel, room_types, counts))
+            })?,
+        };
         let Some(hotel) = hotel else {
             return Err(QueryError::not_found("hotel", &query.hotel_id));
         };
@@ -276,7 +298,13 @@ impl pb::query_service_server::QueryService for Queries {
                 limit: query.page_size + 1,
                 max_examined: self.scan_limit,
             };
-            let (found, as_of_position) = self.read(|tx| reads::search(tx, &search))?;
+            let held = self
+                .memory(query.min_position)
+                .and_then(|state| Some((state.search(&search)?, state.position())));
+            let (found, as_of_position) = match held {
+                Some(held) => held,
+                None => self.read(|tx| reads::search(tx, &search))?,
+            };
             let mut results = found.results;
             let mut next_page_token = String::new();
             if results.len() as i64 > query.page_size {

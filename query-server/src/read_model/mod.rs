@@ -11,6 +11,7 @@
 
 pub mod apply;
 mod checkpointer;
+pub mod memory;
 mod migrations;
 pub mod reads;
 pub mod retention;
@@ -27,6 +28,7 @@ use rusqlite::{Connection, OpenFlags, config::DbConfig};
 
 pub use apply::ApplyError;
 use checkpointer::Checkpointer;
+use memory::Memory;
 
 /// How long a connection waits for a lock before reporting `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,6 +96,9 @@ pub struct Writer {
     pruning: retention::Pruning,
     /// Whether any of the [`LISTING_INDEXES`] is missing from the file.
     listing_indexes_deferred: bool,
+    /// The in-memory availability this writer keeps current, if any
+    /// ([`ReadModel::attach`]).
+    memory: Option<Arc<Memory>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -153,6 +158,7 @@ impl Writer {
             path: path.to_owned(),
             pruning: retention::Pruning::new(retention::ChangeRetention::default()),
             listing_indexes_deferred,
+            memory: None,
         })
     }
 
@@ -237,6 +243,9 @@ impl Writer {
         }
         drop(held);
         self.checkpointer.nudge();
+        if let Some(memory) = &self.memory {
+            memory.committed(&self.conn, events);
+        }
         outcome
     }
 
@@ -270,6 +279,8 @@ pub struct ReadModel {
     change_retention: retention::ChangeRetention,
     /// The readers new reads start on; locked only to clone or replace the `Arc`.
     current: RwLock<Arc<Readers>>,
+    /// Availability in memory, kept by the attached writer.
+    memory: Arc<Memory>,
 }
 
 impl std::fmt::Debug for ReadModel {
@@ -369,7 +380,27 @@ impl ReadModel {
             path: path.to_owned(),
             change_retention: retention::ChangeRetention::default(),
             current: RwLock::new(Arc::new(Readers::new(path, false))),
+            memory: Arc::new(Memory::new(memory::DEFAULT_MAX_NIGHTS)),
         }
+    }
+
+    /// Holds at most `max_nights` nights in memory (0: none; the
+    /// availability queries then read SQLite).
+    pub fn with_max_nights_in_memory(mut self, max_nights: u64) -> Self {
+        self.memory = Arc::new(Memory::new(max_nights));
+        self
+    }
+
+    /// The availability held in memory.
+    pub fn memory(&self) -> &Memory {
+        &self.memory
+    }
+
+    /// Makes `writer` (of the live file) keep the in-memory availability
+    /// current: loads it from the file now, then after each commit.
+    pub fn attach(&self, writer: &mut Writer) {
+        self.memory.load(&writer.conn);
+        writer.memory = Some(Arc::clone(&self.memory));
     }
 
     /// Sets how long writers of this file keep `reservation_changes`.
@@ -438,6 +469,9 @@ impl ReadModel {
     ///    open descriptors;
     /// 2. to ordinary readers of the live path, before anything writes it.
     pub fn swap_in(&self, live: Writer, mut rebuilt: Writer) -> anyhow::Result<Writer> {
+        // Another file, maybe another history: reads use SQLite until the
+        // new writer loads it.
+        self.memory.clear();
         let rebuilt_path = rebuilt.path.clone();
         // A rebuild hands over at the live checkpoint, maybe before its
         // stream reached the head: it serves listings from the swap on.
@@ -486,6 +520,7 @@ impl ReadModel {
         sync_parent_dir(&self.path);
         let mut writer = Writer::open(&self.path)?;
         writer.set_change_retention(self.change_retention);
+        self.attach(&mut writer);
         let readers = Readers::prepared(&self.path, false, PREPARED_READERS)
             .with_context(|| format!("opening {} to read", self.path.display()))?;
         // Frozen readers read the file without locks: the writer must not
