@@ -464,3 +464,76 @@ async fn with_tracing_off_nothing_is_exported_or_stored() {
     drop(command_server);
     db.cleanup().await;
 }
+
+/// Ratio 1 and no caller context: every call starts a trace of its own
+/// here. The sampling decision is taken before the call's span is made
+/// (docs/decisions/0012), so this is the path where the server, not the
+/// sampler of the SDK, decides: each call is exported as one trace with the
+/// handler's span inside the call's, and a booking's commit joins it.
+#[tokio::test]
+async fn at_ratio_one_every_call_starts_its_own_whole_trace() {
+    let db = TestDb::create().await;
+    let logs = tempfile::tempdir().expect("temp dir");
+    let (receiver, receiver_addr) = Receiver::start().await;
+    let endpoint = format!("http://{receiver_addr}");
+    let command_server = command_server_with_env(
+        &db,
+        "127.0.0.1:0",
+        &["--otlp-endpoint", &endpoint, "--trace-sample-ratio", "1"],
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", Some(EXPORT_EVERY_MS)),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", None),
+            ("HOTEL_TRACE_SAMPLE_RATIO", None),
+        ],
+        logs.path(),
+    );
+    let mut commands = command_server.commands().await;
+    let hotel_id = hotel(&mut commands).await;
+    let booked = commands
+        .book_room(booking(&hotel_id, "DBL", 10, 12, "ada"))
+        .await
+        .expect("book")
+        .into_inner();
+    let stored = stored_traceparent(&db, booked.position)
+        .await
+        .expect("a booking traced here stores its context");
+    let trace_id = stored[3..35].to_owned();
+
+    let spans = eventually(PATIENCE, || {
+        let spans = receiver.spans();
+        let committed = spans
+            .iter()
+            .any(|r| r.span.name == "commit batch" && hex(&r.span.trace_id) == trace_id);
+        async move { committed.then_some(spans) }
+    })
+    .await;
+    let in_trace: Vec<&Received> = spans
+        .iter()
+        .filter(|r| hex(&r.span.trace_id) == trace_id)
+        .collect();
+    let call = in_trace
+        .iter()
+        .find(|r| r.span.name == "hotel.v1.CommandService/BookRoom")
+        .expect("the call's span, in the booking's trace");
+    assert!(call.span.parent_span_id.is_empty(), "the call is the root");
+    let handler = in_trace
+        .iter()
+        .find(|r| r.span.name == "book_room")
+        .expect("the handler's span, in the booking's trace");
+    assert_eq!(handler.span.parent_span_id, call.span.span_id);
+    // The registration's calls (two of them) were each a trace of their own.
+    let registrations: std::collections::HashSet<String> = spans
+        .iter()
+        .filter(|r| {
+            r.span.name == "hotel.v1.CommandService/RegisterHotel"
+                || r.span.name == "hotel.v1.CommandService/AddRoomType"
+        })
+        .map(|r| hex(&r.span.trace_id))
+        .collect();
+    assert_eq!(registrations.len(), 2, "one trace per call");
+    assert!(!registrations.contains(&trace_id));
+
+    drop(commands);
+    assert!(stop(command_server).await.success());
+    db.cleanup().await;
+}

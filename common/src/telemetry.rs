@@ -11,7 +11,7 @@ use opentelemetry_sdk::{
     resource::ResourceBuilder,
     trace::{Sampler, SdkTracerProvider},
 };
-use tracing_subscriber::{EnvFilter, Layer, filter::LevelFilter, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, Layer, filter, fmt, prelude::*};
 
 use crate::trace;
 
@@ -111,13 +111,14 @@ pub fn init(json: bool, tracing: &TracingArgs, service: &'static str) -> anyhow:
         return Ok(Telemetry { provider: None });
     };
 
-    let (provider, instance) = span_pipeline(endpoint, tracing.trace_sample_ratio, service)?;
-    // What the layer records costs: no busy/idle timings, no thread names.
+    let (provider, instance) = span_pipeline(endpoint, service)?;
+    // What the layer records costs: no busy/idle timings, no thread names;
+    // and it sees sampled traces only (the decision is taken in `trace`).
     let spans = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(service))
         .with_tracked_inactivity(false)
         .with_threads(false)
-        .with_filter(LevelFilter::INFO);
+        .with_filter(filter::dynamic_filter_fn(trace::export_filter));
     let logs = fmt::layer()
         .with_target(true)
         .with_ansi(std::io::stderr().is_terminal())
@@ -129,7 +130,7 @@ pub fn init(json: bool, tracing: &TracingArgs, service: &'static str) -> anyhow:
         registry.with(logs.with_filter(filter)).try_init()
     };
     if installed.is_ok() {
-        trace::set_exporting(instance.clone());
+        trace::set_exporting(instance.clone(), tracing.trace_sample_ratio);
     }
     tracing::info!(
         endpoint,
@@ -145,11 +146,12 @@ pub fn init(json: bool, tracing: &TracingArgs, service: &'static str) -> anyhow:
 /// The OTLP/gRPC exporter behind a batching processor (a bounded queue on
 /// its own thread: a slow or absent collector costs dropped spans, never a
 /// wait; the `OTEL_BSP_*` and `OTEL_EXPORTER_OTLP_TIMEOUT` variables tune
-/// it), the parent-based ratio sampler, and this process's resource.
+/// it), and this process's resource. The sampler keeps every root it is
+/// given: the ratio is drawn before a root span is made (`trace`), and
+/// everything else follows its parent.
 /// Returns the provider and the `service.instance.id`.
 fn span_pipeline(
     endpoint: &str,
-    ratio: f64,
     service: &'static str,
 ) -> anyhow::Result<(SdkTracerProvider, String)> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -180,9 +182,7 @@ fn span_pipeline(
     };
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            ratio,
-        ))))
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_resource(resource)
         .build();
     Ok((provider, instance))
