@@ -24,7 +24,8 @@
 #   the cost of metrics and of tracing: commands/s and queries/s (mix, c64)
 #     against servers with metrics off, metrics on, and metrics on plus
 #     tracing sampled at 10 % (exported to `loadgen otlp-sink`), alternated
-#     over BENCH_OBS_ROUNDS rounds
+#     over BENCH_OBS_ROUNDS rounds, with the CPU time the loaded server
+#     used per operation
 #   projection lag at half the concurrency-64 command rate
 #   catch-up: the log filled to >= 200,000 events, then a fresh query
 #     server replays it
@@ -37,7 +38,7 @@
 #   BENCH_DB               (hotel_bench) the database, dropped and created
 #   BENCH_SECONDS          (10; 2 with --quick) length of each load
 #   BENCH_CATCHUP_EVENTS   (200000; 3000 with --quick)
-#   BENCH_OBS_ROUNDS       (3; 1 with --quick) rounds of the metrics and
+#   BENCH_OBS_ROUNDS       (5; 1 with --quick) rounds of the metrics and
 #                          tracing cost comparison
 
 set -euo pipefail
@@ -84,7 +85,7 @@ else
     CATCHUP_EVENTS=${BENCH_CATCHUP_EVENTS:-200000}
     SYSBENCH_SECONDS=10
     SYSBENCH_ROWS=10000
-    OBS_ROUNDS=${BENCH_OBS_ROUNDS:-3}
+    OBS_ROUNDS=${BENCH_OBS_ROUNDS:-5}
     RESULTS=target/bench/$(date -u +%Y%m%d-%H%M%S)
     OUT=${OUT:-BENCHMARKS.md}
 fi
@@ -178,6 +179,11 @@ stop_all_but() {
         reap "${PIDS[i]}" "${NAMES[i]}"
         unset 'PIDS[i]' 'NAMES[i]'
     done
+}
+
+# CPU time a running process has used (user and system), in clock ticks.
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
 }
 
 # Peak resident memory (VmHWM, KiB) of a running process.
@@ -308,8 +314,9 @@ hotel_section "the cost of metrics, then of tracing (sampled at 10 %), ${OBS_ROU
 # Three variants of each server side by side on the same database: plain
 # (metrics and tracing off: the servers above), metrics on, and metrics on
 # with tracing exported to loadgen's counting OTLP sink. Loads alternate
-# between them, round after round, so that drift in the machine's load
-# falls on all three alike; the report takes each variant's median.
+# between them, round after round, each round starting with the next
+# variant, so that drift in the machine's load and the growing log fall on
+# all three alike; the report takes each variant's median.
 start otlp-sink "$LOADGEN" otlp-sink --listen 127.0.0.1:0
 OTLP_URL=http://$ADDR
 OTLP_INDEX=$((${#PIDS[@]} - 1))
@@ -317,32 +324,48 @@ start command-server-metrics target/release/command-server \
     --listen-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 \
     --database-url "$SERVER_URL/$BENCH_DB"
 declare -A OBS_COMMAND_URLS=([plain]=$COMMAND_URL [metrics]=http://$ADDR)
+declare -A OBS_COMMAND_PIDS=([plain]=$COMMAND_PID [metrics]=$PID)
 start command-server-traced target/release/command-server \
     --listen-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 \
     --otlp-endpoint "$OTLP_URL" --trace-sample-ratio 0.1 \
     --database-url "$SERVER_URL/$BENCH_DB"
 OBS_COMMAND_URLS[traced]=http://$ADDR
+OBS_COMMAND_PIDS[traced]=$PID
 start query-server-metrics target/release/query-server \
     --listen-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 \
     --command-server-url "${OBS_COMMAND_URLS[metrics]}" --database-path "$RESULTS/read-model-metrics.db"
 declare -A OBS_QUERY_URLS=([plain]=$QUERY_URL [metrics]=http://$ADDR)
+declare -A OBS_QUERY_PIDS=([plain]=$QUERY_PID [metrics]=$PID)
 start query-server-traced target/release/query-server \
     --listen-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 \
     --otlp-endpoint "$OTLP_URL" --trace-sample-ratio 0.1 \
     --command-server-url "${OBS_COMMAND_URLS[traced]}" --database-path "$RESULTS/read-model-traced.db"
 OBS_QUERY_URLS[traced]=http://$ADDR
+OBS_QUERY_PIDS[traced]=$PID
+getconf CLK_TCK >"$RESULTS/obs-clock-ticks"
+OBS_VARIANTS=(plain metrics traced)
 for ((round = 1; round <= OBS_ROUNDS; round++)); do
-    for variant in plain metrics traced; do
+    # Each round starts with another variant: the log grows with every
+    # load, and a fixed order would give the last variant the largest one.
+    shift_by=$(((round - 1) % 3))
+    ORDER=("${OBS_VARIANTS[@]:shift_by}" "${OBS_VARIANTS[@]:0:shift_by}")
+    for variant in "${ORDER[@]}"; do
+        before=$(cpu_ticks "${OBS_COMMAND_PIDS[$variant]}")
         "$LOADGEN" run --command-url "${OBS_COMMAND_URLS[$variant]}" --concurrency 64 \
             --duration "${LOAD_SECONDS}s" --mix book=80,cancel=15,checkin=5 --json \
             >"$RESULTS/obs-commands-$variant-r$round.json"
+        echo $(($(cpu_ticks "${OBS_COMMAND_PIDS[$variant]}") - before)) \
+            >"$RESULTS/obs-commands-$variant-r$round.cpu"
         said "commands, $variant, round $round" "$RESULTS/obs-commands-$variant-r$round.json" commands_per_sec
     done
-    for variant in plain metrics traced; do
+    for variant in "${ORDER[@]}"; do
+        before=$(cpu_ticks "${OBS_QUERY_PIDS[$variant]}")
         "$LOADGEN" run --command-url "${OBS_COMMAND_URLS[$variant]}" \
             --query-url "${OBS_QUERY_URLS[$variant]}" --concurrency 64 \
             --duration "${LOAD_SECONDS}s" --mix query=100 --json \
             >"$RESULTS/obs-queries-$variant-r$round.json"
+        echo $(($(cpu_ticks "${OBS_QUERY_PIDS[$variant]}") - before)) \
+            >"$RESULTS/obs-queries-$variant-r$round.cpu"
         said "queries, $variant, round $round" "$RESULTS/obs-queries-$variant-r$round.json" queries_per_sec
     done
 done

@@ -11,7 +11,13 @@ use opentelemetry_sdk::{
     resource::ResourceBuilder,
     trace::{Sampler, SdkTracerProvider},
 };
-use tracing_subscriber::{EnvFilter, Layer, filter, fmt, prelude::*};
+use tracing::subscriber::Interest;
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{self, LevelFilter},
+    fmt,
+    prelude::*,
+};
 
 use crate::trace;
 
@@ -112,13 +118,30 @@ pub fn init(json: bool, tracing: &TracingArgs, service: &'static str) -> anyhow:
     };
 
     let (provider, instance) = span_pipeline(endpoint, service)?;
-    // What the layer records costs: no busy/idle timings, no thread names;
-    // and it sees sampled traces only (the decision is taken in `trace`).
+    // What the layer records costs: no busy/idle timings, no thread names,
+    // no source locations (three attributes a span), and no OpenTelemetry
+    // context made current at every poll of a traced future (nothing here
+    // reads it: the trace context is taken from the `tracing` span); and
+    // it sees sampled traces only (the decision is taken in `trace`).
     let spans = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(service))
         .with_tracked_inactivity(false)
         .with_threads(false)
-        .with_filter(filter::dynamic_filter_fn(trace::export_filter));
+        .with_location(false)
+        .with_context_activation(false)
+        .with_filter(
+            filter::dynamic_filter_fn(trace::export_filter)
+                // Below INFO, never asked again per call site: the
+                // dependencies' debug and trace events cost nothing here.
+                .with_callsite_filter(|metadata| {
+                    if metadata.level() <= &tracing::Level::INFO {
+                        Interest::sometimes()
+                    } else {
+                        Interest::never()
+                    }
+                })
+                .with_max_level_hint(LevelFilter::INFO),
+        );
     let logs = fmt::layer()
         .with_target(true)
         .with_ansi(std::io::stderr().is_terminal())

@@ -86,10 +86,30 @@ pub struct Results {
     rss_query: Option<u64>,
     /// The metrics and tracing comparison: per variant (`OBS_VARIANTS`),
     /// the rounds of commands and of queries.
-    obs_commands: Vec<Vec<RunReport>>,
-    obs_queries: Vec<Vec<RunReport>>,
+    obs_commands: Vec<Vec<ObsRun>>,
+    obs_queries: Vec<Vec<ObsRun>>,
     /// Spans the counting OTLP sink received from the traced variant.
     obs_spans: Option<u64>,
+    /// Clock ticks per second of the CPU times in `ObsRun`.
+    obs_clock_ticks: Option<u64>,
+}
+
+/// One load of the metrics and tracing comparison.
+#[derive(Debug, Clone)]
+struct ObsRun {
+    report: RunReport,
+    /// CPU time (clock ticks) the loaded server used during the load.
+    server_cpu_ticks: Option<u64>,
+}
+
+impl ObsRun {
+    /// The loaded server's CPU time per operation, in microseconds.
+    fn cpu_us_per_op(&self, per_sec: f64, clock_ticks: Option<u64>) -> Option<f64> {
+        let operations = per_sec * self.report.elapsed_s;
+        let ticks = self.server_cpu_ticks? as f64;
+        let per_second = clock_ticks? as f64;
+        (operations > 0.0 && per_second > 0.0).then(|| ticks / per_second * 1e6 / operations)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -197,15 +217,19 @@ impl Results {
                 query_parts.push((rpc, report));
             }
         }
-        let rounds = |kind: &str, variant: &str| -> anyhow::Result<Vec<RunReport>> {
-            let mut reports = Vec::new();
+        let rounds = |kind: &str, variant: &str| -> anyhow::Result<Vec<ObsRun>> {
+            let mut runs = Vec::new();
             for round in 1.. {
-                match read_json(&dir.join(format!("obs-{kind}-{variant}-r{round}.json")))? {
-                    Some(report) => reports.push(report),
+                let name = format!("obs-{kind}-{variant}-r{round}");
+                match read_json(&dir.join(format!("{name}.json")))? {
+                    Some(report) => runs.push(ObsRun {
+                        report,
+                        server_cpu_ticks: read_number(&dir.join(format!("{name}.cpu"))),
+                    }),
                     None => break,
                 }
             }
-            Ok(reports)
+            Ok(runs)
         };
         let sysbench = |file: &str| {
             std::fs::read_to_string(dir.join(file))
@@ -226,6 +250,7 @@ impl Results {
                 .map(|variant| rounds("queries", variant))
                 .collect::<anyhow::Result<_>>()?,
             obs_spans: read_number(&dir.join("obs-spans")),
+            obs_clock_ticks: read_number(&dir.join("obs-clock-ticks")),
             commands,
             commands_two: read_json(&dir.join("commands-c64-two.json"))?,
             queries: read_json(&dir.join("queries-c64.json"))?,
@@ -413,53 +438,80 @@ impl Results {
             ]);
         }
 
-        // 6. What metrics, then tracing, cost.
-        for (kind, runs, per_sec) in [
+        // 6. What metrics, then tracing, cost: in throughput, and in the
+        // CPU time the loaded server spends per operation (steadier on a
+        // shared machine, where the throughput moves with everything else).
+        for (kind, rate_name, runs, per_sec) in [
             (
+                "commands, concurrency 64",
                 "commands/s, concurrency 64",
                 &self.obs_commands,
                 (|r: &RunReport| r.commands_per_sec) as fn(&RunReport) -> f64,
             ),
             (
+                "queries, concurrency 64, equal mix",
                 "queries/s, concurrency 64, equal mix",
                 &self.obs_queries,
                 |r: &RunReport| r.queries_per_sec,
             ),
         ] {
-            let medians: Vec<Option<f64>> = runs
+            let throughput: Vec<Option<f64>> = runs
                 .iter()
-                .map(|rounds| median(rounds.iter().map(per_sec).collect()))
+                .map(|rounds| median(rounds.iter().map(|r| per_sec(&r.report)).collect()))
                 .collect();
-            let [plain, metrics, traced] = [0, 1, 2].map(|i| medians.get(i).copied().flatten());
-            for (figure, measured, base, base_name, target) in [
-                (
-                    "metrics on",
-                    metrics,
-                    plain,
-                    "metrics off",
-                    METRICS_ON_VS_OFF,
-                ),
+            let cpu: Vec<Option<f64>> = runs
+                .iter()
+                .map(|rounds| {
+                    median(
+                        rounds
+                            .iter()
+                            .filter_map(|r| {
+                                r.cpu_us_per_op(per_sec(&r.report), self.obs_clock_ticks)
+                            })
+                            .collect(),
+                    )
+                })
+                .collect();
+            let variant = |figures: &[Option<f64>], i: usize| figures.get(i).copied().flatten();
+            for (figure, on, off, off_name, target) in [
+                ("metrics on", 1, 0, "metrics off", METRICS_ON_VS_OFF),
                 (
                     "metrics and tracing (10 % sampled) on",
-                    traced,
-                    metrics,
+                    2,
+                    1,
                     "metrics on, tracing off",
                     TRACING_ON_VS_OFF,
                 ),
             ] {
+                let (measured, base) = (variant(&throughput, on), variant(&throughput, off));
                 if measured.is_none() && base.is_none() {
                     continue;
                 }
                 let rounds = runs.first().map_or(0, Vec::len);
                 let ratio = measured.zip(base).map(|(m, b)| m / b);
                 rows.push([
-                    format!("6. {kind}, {figure} (median of {rounds})"),
+                    format!("6. {rate_name}, {figure} (median of {rounds})"),
                     measured.map_or_else(missing, |m| format!("{}/s", number(m))),
-                    base.map_or_else(missing, |b| format!("{base_name}: {}/s", number(b))),
+                    base.map_or_else(missing, |b| format!("{off_name}: {}/s", number(b))),
                     ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
                     format!("≥ {target:.2} ×"),
                     ratio.map_or_else(|| "-".to_owned(), |r| verdict(r >= target)),
                 ]);
+                // The same cost as the server's CPU per operation: the
+                // ratio is off/on, the throughput a CPU-bound server would
+                // keep.
+                let (measured, base) = (variant(&cpu, on), variant(&cpu, off));
+                if let (Some(measured), Some(base)) = (measured, base) {
+                    let ratio = base / measured;
+                    rows.push([
+                        format!("6. {kind}, {figure}: server CPU per operation (median)"),
+                        format!("{measured:.1} µs"),
+                        format!("{off_name}: {base:.1} µs"),
+                        format!("{ratio:.2}"),
+                        format!("≥ {target:.2} ×"),
+                        verdict(ratio >= target),
+                    ]);
+                }
             }
         }
         rows
@@ -691,7 +743,7 @@ impl Results {
              servers of the figures above), metrics on (`--metrics-addr`), and metrics on with \
              tracing sampled at 10 % (`--otlp-endpoint` to `loadgen otlp-sink`, which counts \
              and drops; it received {} spans). The loads alternate between them round after \
-             round; per second:\n",
+             round; per second, with the CPU time the loaded server used per operation:\n",
             self.obs_spans
                 .map_or("an unknown number of".to_owned(), |n| number(n as f64))
         );
@@ -710,15 +762,18 @@ impl Results {
                 r.queries_per_sec
             }),
         ] {
+            let per_sec = |run: &ObsRun| {
+                let rate = per_sec(&run.report);
+                match run.cpu_us_per_op(rate, self.obs_clock_ticks) {
+                    Some(cpu) => format!("{} ({cpu:.0} µs CPU/op)", number(rate)),
+                    None => number(rate),
+                }
+            };
             let rounds = runs.iter().map(Vec::len).max().unwrap_or(0);
             for round in 0..rounds {
                 let cells: Vec<String> = runs
                     .iter()
-                    .map(|reports| {
-                        reports
-                            .get(round)
-                            .map_or("-".to_owned(), |r| number(per_sec(r)))
-                    })
+                    .map(|reports| reports.get(round).map_or("-".to_owned(), per_sec))
                     .collect();
                 let _ = writeln!(
                     md,
@@ -846,6 +901,32 @@ Latency (ms):
             })
         );
         assert_eq!(parse_sysbench("nothing"), None);
+    }
+
+    #[test]
+    fn server_cpu_per_operation() {
+        let report = RunReport::new(
+            "run",
+            64,
+            None,
+            std::time::Duration::from_secs(10),
+            &crate::stats::Recorder::default(),
+        );
+        let run = ObsRun {
+            report,
+            // 2.5 s of CPU at 100 ticks a second.
+            server_cpu_ticks: Some(250),
+        };
+        // 2,500 operations a second for 10 s: 100 µs each.
+        let cpu = run.cpu_us_per_op(2_500.0, Some(100)).expect("a figure");
+        assert!((cpu - 100.0).abs() < 1e-9, "{cpu}");
+        assert_eq!(run.cpu_us_per_op(2_500.0, None), None);
+        assert_eq!(run.cpu_us_per_op(0.0, Some(100)), None);
+        let unmeasured = ObsRun {
+            server_cpu_ticks: None,
+            ..run
+        };
+        assert_eq!(unmeasured.cpu_us_per_op(2_500.0, Some(100)), None);
     }
 
     #[test]
