@@ -265,3 +265,75 @@ async fn killed_connections_lose_nothing_acknowledged_and_apply_nothing_twice() 
     db.pool.close().await;
     check.cleanup().await;
 }
+
+/// Records the size of every commit the writer reports.
+#[derive(Default)]
+struct CommitSizes(std::sync::Mutex<Vec<usize>>);
+
+impl command_server::store::CommitListener for CommitSizes {
+    fn committed(&self, events: Vec<pb::EventEnvelope>) {
+        self.0.lock().expect("sizes").push(events.len());
+    }
+}
+
+/// Another process (here, the test's own session) holds the write lock
+/// while one booking waits for it; twenty more arrive meanwhile. Once the
+/// lock is free they all commit in the waiting batch: one commit, not one
+/// of one and another of twenty. This is what keeps two command servers on
+/// one database as fast as one (each one's batches stay full while the
+/// other holds the lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_that_queue_while_the_lock_is_held_elsewhere_join_the_waiting_batch() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut client = server.commands().await;
+    register_hotel(&mut client, "h1", "Porto").await;
+    add_room_type(&mut client, "h1", "DBL", 100).await;
+
+    let (pool, primary) = command_server::store::prepare(&db.url, 2)
+        .await
+        .expect("migrate");
+    let sizes = std::sync::Arc::new(CommitSizes::default());
+    let writer = command_server::store::writer::Writer::spawn(
+        command_server::store::connect_options(&db.url).expect("options"),
+        pool,
+        primary,
+        command_server::store::writer::Limits {
+            fence_after: std::time::Duration::from_secs(30),
+            lock_wait: std::time::Duration::from_secs(30),
+            queue_timeout: std::time::Duration::from_secs(30),
+            ..Default::default()
+        },
+        sizes.clone(),
+    );
+    let book = |guest: String| {
+        let writer = writer.clone();
+        let command =
+            command_server::commands::parse::validate(&booking("h1", "DBL", 10, 12, &guest))
+                .expect("valid");
+        tokio::spawn(async move { writer.execute(command, None).await })
+    };
+
+    let holder = hold_write_lock(&db).await;
+    let first = book("first".to_owned());
+    // The first booking's batch is formed and waits for the lock.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let later: Vec<_> = (0..20).map(|i| book(format!("later-{i}"))).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!first.is_finished(), "the lock is still held");
+    // Closing the session rolls its transaction back: the lock is free.
+    sqlx::Connection::close(holder)
+        .await
+        .expect("release the write lock");
+
+    first.await.expect("joined").expect("the first booking");
+    for booked in join_all(later).await {
+        booked.expect("joined").expect("a later booking");
+    }
+    assert_eq!(
+        *sizes.0.lock().expect("sizes"),
+        vec![21],
+        "one commit for the waiting batch and everything that queued behind it"
+    );
+    db.cleanup().await;
+}
