@@ -2,8 +2,13 @@
 //! and the shutdown signal.
 
 use std::{
+    cell::RefCell,
+    collections::HashMap,
     net::SocketAddr,
-    sync::{Mutex, OnceLock, PoisonError},
+    sync::{
+        Mutex, OnceLock, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -270,6 +275,7 @@ pub fn install_metrics(addr: SocketAddr, request_timeout: Duration) -> anyhow::R
         )?
         .install_recorder()?;
     SAMPLERS.get_or_init(Mutex::default);
+    METRICS_ON.store(true, Ordering::Release);
     describe_metrics();
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -338,12 +344,35 @@ fn metrics_reply<B>(
     reply
 }
 
+/// Set once the Prometheus recorder is installed.
+static METRICS_ON: AtomicBool = AtomicBool::new(false);
+
 /// Counts one finished RPC by method and status code, and its latency.
+/// Nothing at all while metrics are off. The handles of each (method,
+/// code) are looked up in the recorder once per thread, then kept: every
+/// call would otherwise build the labelled key and find it in the
+/// registry again, a few per cent of a point read's CPU.
 pub fn record_rpc(method: &'static str, started: Instant, code: Code) {
-    let code = code_name(code);
-    metrics::counter!("grpc_requests_total", "method" => method, "code" => code).increment(1);
-    metrics::histogram!("grpc_request_duration_seconds", "method" => method)
-        .record(started.elapsed().as_secs_f64());
+    if !METRICS_ON.load(Ordering::Acquire) {
+        return;
+    }
+    type Handles = (metrics::Counter, metrics::Histogram);
+    thread_local! {
+        static HANDLES: RefCell<HashMap<(&'static str, i32), Handles>> =
+            RefCell::new(HashMap::new());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    HANDLES.with_borrow_mut(|handles| {
+        let (count, latency) = handles.entry((method, code as i32)).or_insert_with(|| {
+            let code = code_name(code);
+            (
+                metrics::counter!("grpc_requests_total", "method" => method, "code" => code),
+                metrics::histogram!("grpc_request_duration_seconds", "method" => method),
+            )
+        });
+        count.increment(1);
+        latency.record(seconds);
+    });
 }
 
 /// The methods of the services that have no handler of ours to count

@@ -455,24 +455,18 @@ impl Results {
                 |r: &RunReport| r.queries_per_sec,
             ),
         ] {
-            let throughput: Vec<Option<f64>> = runs
-                .iter()
-                .map(|rounds| median(rounds.iter().map(|r| per_sec(&r.report)).collect()))
-                .collect();
-            let cpu: Vec<Option<f64>> = runs
-                .iter()
-                .map(|rounds| {
-                    median(
-                        rounds
-                            .iter()
-                            .filter_map(|r| {
-                                r.cpu_us_per_op(per_sec(&r.report), self.obs_clock_ticks)
-                            })
-                            .collect(),
-                    )
-                })
-                .collect();
-            let variant = |figures: &[Option<f64>], i: usize| figures.get(i).copied().flatten();
+            // Each round's variants ran minutes apart, while the machine
+            // and the growing database move the throughput from round to
+            // round by more than the costs measured: each cost is the
+            // median of the rounds' own ratios (ADR 0005, point 7).
+            let rate = |variant: usize, round: usize| {
+                runs.get(variant)?.get(round).map(|r| per_sec(&r.report))
+            };
+            let cpu = |variant: usize, round: usize| {
+                let run = runs.get(variant)?.get(round)?;
+                run.cpu_us_per_op(per_sec(&run.report), self.obs_clock_ticks)
+            };
+            let rounds = runs.iter().map(Vec::len).max().unwrap_or(0);
             for (figure, on, off, off_name, target) in [
                 ("metrics on", 1, 0, "metrics off", METRICS_ON_VS_OFF),
                 (
@@ -483,14 +477,21 @@ impl Results {
                     TRACING_ON_VS_OFF,
                 ),
             ] {
-                let (measured, base) = (variant(&throughput, on), variant(&throughput, off));
+                let medians = |figure: &dyn Fn(usize, usize) -> Option<f64>| {
+                    let of =
+                        |variant| median((0..rounds).filter_map(|r| figure(variant, r)).collect());
+                    let ratios = (0..rounds)
+                        .filter_map(|r| Some((figure(on, r)?, figure(off, r)?)))
+                        .collect::<Vec<_>>();
+                    (of(on), of(off), ratios)
+                };
+                let (measured, base, pairs) = medians(&rate);
                 if measured.is_none() && base.is_none() {
                     continue;
                 }
-                let rounds = runs.first().map_or(0, Vec::len);
-                let ratio = measured.zip(base).map(|(m, b)| m / b);
+                let ratio = median(pairs.iter().map(|(on, off)| on / off).collect());
                 rows.push([
-                    format!("6. {rate_name}, {figure} (median of {rounds})"),
+                    format!("6. {rate_name}, {figure} (medians of {rounds} rounds)"),
                     measured.map_or_else(missing, |m| format!("{}/s", number(m))),
                     base.map_or_else(missing, |b| format!("{off_name}: {}/s", number(b))),
                     ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
@@ -500,11 +501,11 @@ impl Results {
                 // The same cost as the server's CPU per operation: the
                 // ratio is off/on, the throughput a CPU-bound server would
                 // keep.
-                let (measured, base) = (variant(&cpu, on), variant(&cpu, off));
-                if let (Some(measured), Some(base)) = (measured, base) {
-                    let ratio = base / measured;
+                let (measured, base, pairs) = medians(&cpu);
+                let ratio = median(pairs.iter().map(|(on, off)| off / on).collect());
+                if let (Some(measured), Some(base), Some(ratio)) = (measured, base, ratio) {
                     rows.push([
-                        format!("6. {kind}, {figure}: server CPU per operation (median)"),
+                        format!("6. {kind}, {figure}: server CPU per operation"),
                         format!("{measured:.1} µs"),
                         format!("{off_name}: {base:.1} µs"),
                         format!("{ratio:.2}"),
@@ -743,7 +744,10 @@ impl Results {
              servers of the figures above), metrics on (`--metrics-addr`), and metrics on with \
              tracing sampled at 10 % (`--otlp-endpoint` to `loadgen otlp-sink`, which counts \
              and drops; it received {} spans). The loads alternate between them round after \
-             round; per second, with the CPU time the loaded server used per operation:\n",
+             round, each round starting with the next variant; per second, with the CPU time \
+             the loaded server used per operation. The throughput falls from round to round as \
+             the database grows (by more than the costs measured), so each cost in the table \
+             above is the median of the rounds' own ratios, not the ratio of the medians:\n",
             self.obs_spans
                 .map_or("an unknown number of".to_owned(), |n| number(n as f64))
         );
