@@ -155,6 +155,27 @@ async fn stop(mut process: Process) -> std::process::ExitStatus {
         .expect("the wait for the process")
 }
 
+/// A command server exporting to `endpoint` every 100 ms, starting traces
+/// at `ratio`: its flag alone decides (the environment's variables unset).
+fn traced_command_server(
+    db: &TestDb,
+    endpoint: &str,
+    ratio: &str,
+    logs: &std::path::Path,
+) -> Process {
+    command_server_with_env(
+        db,
+        "127.0.0.1:0",
+        &["--otlp-endpoint", endpoint, "--trace-sample-ratio", ratio],
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", Some(EXPORT_EVERY_MS)),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", None),
+            ("HOTEL_TRACE_SAMPLE_RATIO", None),
+        ],
+        logs,
+    )
+}
+
 /// A hotel with one room type, registered without trace context.
 async fn hotel(commands: &mut CommandServiceClient<Channel>) -> String {
     let hotel_id = format!("trace-{}", new_id());
@@ -225,17 +246,7 @@ async fn a_sampled_booking_is_one_trace_from_call_to_replica() {
     let logs = tempfile::tempdir().expect("temp dir");
     let (receiver, receiver_addr) = Receiver::start().await;
     let endpoint = format!("http://{receiver_addr}");
-    let command_server = command_server_with_env(
-        &db,
-        "127.0.0.1:0",
-        &["--otlp-endpoint", &endpoint, "--trace-sample-ratio", "0"],
-        &[
-            ("OTEL_BSP_SCHEDULE_DELAY", Some(EXPORT_EVERY_MS)),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", None),
-            ("HOTEL_TRACE_SAMPLE_RATIO", None),
-        ],
-        logs.path(),
-    );
+    let command_server = traced_command_server(&db, &endpoint, "0", logs.path());
     let query_server = query_server_with_env(
         &command_server.url(),
         &logs.path().join("read.db"),
@@ -476,17 +487,7 @@ async fn at_ratio_one_every_call_starts_its_own_whole_trace() {
     let logs = tempfile::tempdir().expect("temp dir");
     let (receiver, receiver_addr) = Receiver::start().await;
     let endpoint = format!("http://{receiver_addr}");
-    let command_server = command_server_with_env(
-        &db,
-        "127.0.0.1:0",
-        &["--otlp-endpoint", &endpoint, "--trace-sample-ratio", "1"],
-        &[
-            ("OTEL_BSP_SCHEDULE_DELAY", Some(EXPORT_EVERY_MS)),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", None),
-            ("HOTEL_TRACE_SAMPLE_RATIO", None),
-        ],
-        logs.path(),
-    );
+    let command_server = traced_command_server(&db, &endpoint, "1", logs.path());
     let mut commands = command_server.commands().await;
     let hotel_id = hotel(&mut commands).await;
     let booked = commands
