@@ -316,7 +316,8 @@ hotel_section "the cost of metrics, then of tracing (sampled at 10 %), ${OBS_ROU
 # with tracing exported to loadgen's counting OTLP sink. Loads alternate
 # between them, round after round, each round starting with the next
 # variant, so that drift in the machine's load and the growing log fall on
-# all three alike; the report takes each variant's median.
+# all three alike; the report takes each cost as the median of the rounds'
+# own ratios (a variant against its reference in the same round).
 start otlp-sink "$LOADGEN" otlp-sink --listen 127.0.0.1:0
 OTLP_URL=http://$ADDR
 OTLP_INDEX=$((${#PIDS[@]} - 1))

@@ -331,7 +331,12 @@ async fn a_sampled_booking_is_one_trace_from_call_to_replica() {
         let committed = spans
             .iter()
             .any(|r| r.service == "command-server" && r.span.name == "commit batch" && ours(r));
-        async move { (applied && committed).then_some(spans) }
+        // The call's span ends last, after the reply is sent: it may come
+        // in a later export than the commit's.
+        let called = spans
+            .iter()
+            .any(|r| r.span.name == "hotel.v1.CommandService/BookRoom" && ours(r));
+        async move { (applied && committed && called).then_some(spans) }
     })
     .await;
 
@@ -502,10 +507,14 @@ async fn at_ratio_one_every_call_starts_its_own_whole_trace() {
 
     let spans = eventually(PATIENCE, || {
         let spans = receiver.spans();
-        let committed = spans
-            .iter()
-            .any(|r| r.span.name == "commit batch" && hex(&r.span.trace_id) == trace_id);
-        async move { committed.then_some(spans) }
+        let ended = |name: &str| {
+            spans
+                .iter()
+                .any(|r| r.span.name == name && hex(&r.span.trace_id) == trace_id)
+        };
+        // The call's span ends last, after the reply is sent.
+        let done = ended("commit batch") && ended("hotel.v1.CommandService/BookRoom");
+        async move { done.then_some(spans) }
     })
     .await;
     let in_trace: Vec<&Received> = spans

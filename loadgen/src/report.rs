@@ -477,13 +477,15 @@ impl Results {
                     TRACING_ON_VS_OFF,
                 ),
             ] {
-                let medians = |figure: &dyn Fn(usize, usize) -> Option<f64>| {
+                // A measure's median for the variant on and the one off,
+                // and its (on, off) pairs round by round.
+                let medians = |measure: &dyn Fn(usize, usize) -> Option<f64>| {
                     let of =
-                        |variant| median((0..rounds).filter_map(|r| figure(variant, r)).collect());
-                    let ratios = (0..rounds)
-                        .filter_map(|r| Some((figure(on, r)?, figure(off, r)?)))
+                        |variant| median((0..rounds).filter_map(|r| measure(variant, r)).collect());
+                    let pairs = (0..rounds)
+                        .filter_map(|r| Some((measure(on, r)?, measure(off, r)?)))
                         .collect::<Vec<_>>();
-                    (of(on), of(off), ratios)
+                    (of(on), of(off), pairs)
                 };
                 let (measured, base, pairs) = medians(&rate);
                 if measured.is_none() && base.is_none() {
