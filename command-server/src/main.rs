@@ -12,11 +12,12 @@ async fn main() -> anyhow::Result<()> {
     let telemetry =
         hotel_common::telemetry::init(config.log_json, &config.tracing, "command-server")?;
     let server = CommandServer::build(config).await?;
+    // Signals are handled from here on: a SIGTERM sent as soon as the
+    // address below is read stops the server cleanly.
+    let stop = hotel_common::server::shutdown_signal();
     // Tests and scripts read this line to learn the real port.
     println!("command-server listening on {}", server.local_addr());
-    let served = server
-        .run_until_stopped(hotel_common::server::shutdown_signal())
-        .await;
+    let served = server.run_until_stopped(stop).await;
     telemetry.shutdown().await;
     served
 }

@@ -462,24 +462,32 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a server calls it before
+/// it announces its address, so a signal sent as soon as the address is
+/// known is a shutdown, never the default action (killed by the signal).
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler only fails outside a runtime");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let installed = "installing a signal handler only fails outside a runtime";
+        let mut interrupt = signal(SignalKind::interrupt()).expect(installed);
+        let mut terminate = signal(SignalKind::terminate()).expect(installed);
+        async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::info!("shutdown signal received");
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutdown signal received");
+        }
     }
-    tracing::info!("shutdown signal received");
 }
 
 #[cfg(test)]

@@ -35,6 +35,8 @@ pub struct EchoArgs {
 /// Serves Health/Check until SIGINT or SIGTERM.
 pub async fn serve(args: EchoServerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    // Handled before the port is announced (see `shutdown_signal`).
+    let stop = hotel_common::server::shutdown_signal();
     // Scripts and tests read this line to learn the port.
     println!(
         "loadgen echo-server listening on {}",
@@ -47,7 +49,7 @@ pub async fn serve(args: EchoServerArgs) -> anyhow::Result<()> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(health)
-        .serve_with_incoming_shutdown(incoming, hotel_common::server::shutdown_signal())
+        .serve_with_incoming_shutdown(incoming, stop)
         .await?;
     Ok(())
 }

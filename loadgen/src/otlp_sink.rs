@@ -64,13 +64,15 @@ impl TraceService for Sink {
 /// ("received N spans in M exports").
 pub async fn serve(args: OtlpSinkArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    // Handled before the port is announced (see `shutdown_signal`).
+    let stop = hotel_common::server::shutdown_signal();
     // Scripts read this line to learn the port.
     println!("loadgen otlp-sink listening on {}", listener.local_addr()?);
     let sink = Sink::default();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(TraceServiceServer::new(sink.clone()))
-        .serve_with_incoming_shutdown(incoming, hotel_common::server::shutdown_signal())
+        .serve_with_incoming_shutdown(incoming, stop)
         .await?;
     println!(
         "received {} spans in {} exports",

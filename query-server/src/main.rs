@@ -12,11 +12,12 @@ async fn main() -> anyhow::Result<()> {
     let telemetry =
         hotel_common::telemetry::init(config.log_json, &config.tracing, "query-server")?;
     let server = QueryServer::build(config).await?;
+    // Signals are handled from here on: a SIGTERM sent as soon as the
+    // address below is read stops the server cleanly.
+    let stop = hotel_common::server::shutdown_signal();
     // The one line on stdout: tests and scripts read the real address here.
     println!("query-server listening on {}", server.local_addr());
-    let served = server
-        .run_until_stopped(hotel_common::server::shutdown_signal())
-        .await;
+    let served = server.run_until_stopped(stop).await;
     telemetry.shutdown().await;
     served
 }
