@@ -276,20 +276,14 @@ impl command_server::store::CommitListener for CommitSizes {
     }
 }
 
-/// Another process (here, the test's own session) holds the write lock
-/// while one booking waits for it; twenty more arrive meanwhile. Once the
-/// lock is free they all commit in the waiting batch: one commit, not one
-/// of one and another of twenty. This is what keeps two command servers on
-/// one database as fast as one (each one's batches stay full while the
-/// other holds the lock).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn commands_that_queue_while_the_lock_is_held_elsewhere_join_the_waiting_batch() {
-    let db = TestDb::create().await;
-    let server = TestServer::start(&db).await;
-    let mut client = server.commands().await;
-    register_hotel(&mut client, "h1", "Porto").await;
-    add_room_type(&mut client, "h1", "DBL", 100).await;
-
+/// A writer of its own on `db` (patient with a held lock), and the sizes
+/// of the commits it reports.
+async fn writer_with_commit_sizes(
+    db: &TestDb,
+) -> (
+    command_server::store::writer::Writer,
+    std::sync::Arc<CommitSizes>,
+) {
     let (pool, primary) = command_server::store::prepare(&db.url, 2)
         .await
         .expect("migrate");
@@ -306,6 +300,24 @@ async fn commands_that_queue_while_the_lock_is_held_elsewhere_join_the_waiting_b
         },
         sizes.clone(),
     );
+    (writer, sizes)
+}
+
+/// Another process (here, the test's own session) holds the write lock
+/// while one booking waits for it; twenty more arrive meanwhile. Once the
+/// lock is free they all commit in the waiting batch: one commit, not one
+/// of one and another of twenty. This is what keeps two command servers on
+/// one database as fast as one (each one's batches stay full while the
+/// other holds the lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_that_queue_while_the_lock_is_held_elsewhere_join_the_waiting_batch() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut client = server.commands().await;
+    register_hotel(&mut client, "h1", "Porto").await;
+    add_room_type(&mut client, "h1", "DBL", 100).await;
+
+    let (writer, sizes) = writer_with_commit_sizes(&db).await;
     let book = |guest: String| {
         let writer = writer.clone();
         let command =
@@ -335,5 +347,74 @@ async fn commands_that_queue_while_the_lock_is_held_elsewhere_join_the_waiting_b
         vec![21],
         "one commit for the waiting batch and everything that queued behind it"
     );
+    db.cleanup().await;
+}
+
+/// A batch's writes and its COMMIT go to MySQL as one script. When MySQL
+/// refuses a statement of it for one command's data (here a trigger
+/// refuses one guest's reservation row), nothing of the batch commits, and
+/// its commands run again one by one: only that command fails, every other
+/// one commits once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_refused_for_one_command_fails_that_command_alone() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut client = server.commands().await;
+    register_hotel(&mut client, "h1", "Porto").await;
+    add_room_type(&mut client, "h1", "DBL", 100).await;
+    sqlx::query(
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON reservations FOR EACH ROW \
+         IF NEW.guest_id = 'poison' THEN \
+         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'no poison here'; END IF",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("create the trigger");
+    let head_before = db.count("SELECT position FROM event_head").await;
+
+    let (writer, sizes) = writer_with_commit_sizes(&db).await;
+    let book = |guest: &str| {
+        let writer = writer.clone();
+        let command =
+            command_server::commands::parse::validate(&booking("h1", "DBL", 10, 12, guest))
+                .expect("valid");
+        tokio::spawn(async move { writer.execute(command, None).await })
+    };
+    // Held lock: the six bookings queue and form one batch.
+    let holder = hold_write_lock(&db).await;
+    let guests = ["g0", "g1", "poison", "g3", "g4", "g5"];
+    let calls: Vec<_> = guests.iter().map(|guest| book(guest)).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sqlx::Connection::close(holder)
+        .await
+        .expect("release the write lock");
+
+    for (guest, call) in guests.iter().zip(join_all(calls).await) {
+        let outcome = call.expect("joined");
+        if *guest == "poison" {
+            let error = outcome.expect_err("the refused row fails its command");
+            assert_eq!(error.code(), Code::Internal, "{error}");
+            assert!(error.to_string().contains("no poison here"), "{error}");
+        } else {
+            outcome.unwrap_or_else(|error| panic!("{guest}: {error}"));
+        }
+    }
+    // The batch of six committed nothing; five commits of one followed.
+    assert_eq!(*sizes.0.lock().expect("sizes"), vec![1; 5]);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM reservations").await,
+        5,
+        "each other booking once, the refused one not at all"
+    );
+    assert_eq!(
+        db.count("SELECT position FROM event_head").await,
+        head_before + 5
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM reservations WHERE guest_id = 'poison'")
+            .await,
+        0
+    );
+    server.stop().await;
     db.cleanup().await;
 }

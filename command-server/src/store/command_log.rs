@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use sqlx::{Acquire, Executor, MySqlConnection, MySqlPool, Row};
 
+use super::script::Script;
+
 pub const PENDING: &str = "PENDING";
 pub const RUNNING: &str = "RUNNING";
 pub const SUCCEEDED: &str = "SUCCEEDED";
@@ -88,35 +90,37 @@ pub async fn load(pool: &MySqlPool, command_id: &str) -> sqlx::Result<Option<Com
         .transpose()
 }
 
-/// Inserts new records or completes pending ones, in one statement.
-pub async fn upsert(conn: &mut MySqlConnection, records: &[CommandRecord]) -> sqlx::Result<()> {
-    // A repeated row sets the same values again: padding is harmless.
-    for chunk in super::padded_chunks(records) {
-        let mut insert =
-            sqlx::QueryBuilder::<sqlx::MySql>::new(format!("INSERT INTO commands ({COLUMNS}) "));
-        insert.push_values(chunk, |mut row, r| {
-            row.push_bind(&r.command_id)
-                .push_bind(&r.kind)
-                .push_bind(&r.request)
-                .push_bind(&r.state)
-                .push_bind(r.priority)
-                .push_bind(&r.response)
-                .push_bind(r.error_code)
-                .push_bind(&r.error_message)
-                .push_bind(&r.error_info)
-                .push_bind(r.position)
-                .push_bind(r.accepted_at_ms)
-                .push_bind(r.finished_at_ms);
-        });
-        insert.push(
+/// Adds to `script` the statement that inserts new records or completes
+/// pending ones.
+pub fn upsert(script: &mut Script, records: &[CommandRecord]) {
+    if records.is_empty() {
+        return;
+    }
+    script
+        .sql("INSERT INTO commands (")
+        .sql(COLUMNS)
+        .sql(")")
+        .values(records, |row, r| {
+            row.value(&r.command_id)
+                .value(&r.kind)
+                .value(&r.request)
+                .value(&r.state)
+                .value(r.priority)
+                .value(&r.response)
+                .value(r.error_code)
+                .value(&r.error_message)
+                .value(&r.error_info)
+                .value(r.position)
+                .value(r.accepted_at_ms)
+                .value(r.finished_at_ms);
+        })
+        .sql(
             " ON DUPLICATE KEY UPDATE state = VALUES(state), response = VALUES(response), \
              error_code = VALUES(error_code), error_message = VALUES(error_message), \
              error_info = VALUES(error_info), \
              position = VALUES(position), finished_at_ms = VALUES(finished_at_ms)",
-        );
-        insert.build().execute(&mut *conn).await?;
-    }
-    Ok(())
+        )
+        .end();
 }
 
 /// Stores a submitted command as PENDING; `false` when the id is known

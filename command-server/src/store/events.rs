@@ -7,7 +7,9 @@
 
 use hotel_common::{pb, timestamp_from_millis};
 use prost::Message;
-use sqlx::{MySqlConnection, MySqlPool, Row};
+use sqlx::{MySqlPool, Row};
+
+use super::script::Script;
 
 /// An event about to be appended.
 #[derive(Debug, Clone)]
@@ -75,46 +77,40 @@ pub const EVENT_TYPES: [&str; 9] = [
     "GuestCheckedOut",
 ];
 
-/// Appends events with one multi-row statement. `traceparents` holds each
-/// event's trace context, in the same order (empty: not traced, stored as
-/// NULL); missing entries count as empty.
-pub async fn append(
-    conn: &mut MySqlConnection,
-    events: &[NewEvent],
-    traceparents: &[&str],
-) -> sqlx::Result<()> {
+/// Adds the insert of `events` to `script`, one multi-row statement.
+/// `traceparents` holds each event's trace context, in the same order
+/// (empty: not traced, stored as NULL); missing entries count as empty.
+pub fn append(script: &mut Script, events: &[NewEvent], traceparents: &[&str]) {
+    if events.is_empty() {
+        return;
+    }
     let traced = |index: usize| {
         traceparents
             .get(index)
             .copied()
             .filter(|traceparent| !traceparent.is_empty())
     };
-    // A plain insert cannot repeat a row to pad it (super::padded_chunks):
-    // at most ROWS_PER_STATEMENT rows, so its shapes stay few.
-    for (chunk_index, chunk) in events.chunks(super::ROWS_PER_STATEMENT).enumerate() {
-        let first = chunk_index * super::ROWS_PER_STATEMENT;
-        let mut insert = sqlx::QueryBuilder::<sqlx::MySql>::new(
+    script
+        .sql(
             "INSERT INTO events (position, event_id, event_type, aggregate_kind, aggregate_id, \
              aggregate_version, hotel_id, command_id, correlation_id, occurred_at_ms, payload, \
-             traceparent) ",
-        );
-        insert.push_values(chunk.iter().enumerate(), |mut row, (index, event)| {
-            row.push_bind(event.position)
-                .push_bind(&event.event_id)
-                .push_bind(event.event_type)
-                .push_bind(event.aggregate_kind)
-                .push_bind(&event.aggregate_id)
-                .push_bind(event.aggregate_version)
-                .push_bind(&event.hotel_id)
-                .push_bind(&event.command_id)
-                .push_bind(&event.correlation_id)
-                .push_bind(event.occurred_at_ms)
-                .push_bind(&event.payload)
-                .push_bind(traced(first + index));
-        });
-        insert.build().execute(&mut *conn).await?;
-    }
-    Ok(())
+             traceparent)",
+        )
+        .values(events.iter().enumerate(), |row, (index, event)| {
+            row.value(event.position)
+                .value(&event.event_id)
+                .value(event.event_type)
+                .value(event.aggregate_kind)
+                .value(&event.aggregate_id)
+                .value(event.aggregate_version)
+                .value(&event.hotel_id)
+                .value(&event.command_id)
+                .value(&event.correlation_id)
+                .value(event.occurred_at_ms)
+                .value(&event.payload)
+                .value(traced(index));
+        })
+        .end();
 }
 
 /// The last committed position (0 for an empty log).

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::{
     events::{NewEvent, event_type},
     precondition,
+    script::Script,
     working_set::{self, NewReservation, Reservation, RoomKey, RoomType, WorkingSet},
 };
 use crate::{
@@ -192,7 +193,9 @@ async fn start_own_statements(
     conn: &mut MySqlConnection,
     rows: &mut WorkingSet,
 ) -> Result<(), CommandError> {
-    rows.flush(conn).await?;
+    let mut writes = Script::new();
+    rows.flush(conn, &mut writes).await?;
+    writes.run(conn).await.map_err(|failed| failed.error)?;
     rows.forget();
     Ok(())
 }

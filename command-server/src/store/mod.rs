@@ -7,6 +7,8 @@
 //!   read and written in multi-row statements.
 //! - [`events`]: the event log: appending, reading, the head.
 //! - [`command_log`]: stored command outcomes (idempotency, the async queue).
+//! - [`script`]: statements sent as one round trip (a batch's writes and
+//!   its COMMIT), values as literals.
 //! - [`fence`]: ends a session that holds the write lock past its lease.
 //! - [`primary`]: the server this process works on; a connection that
 //!   meets another one (a failover) stops the process.
@@ -19,6 +21,7 @@ pub mod fence;
 pub mod precondition;
 pub mod primary;
 pub mod retention;
+pub mod script;
 pub mod working_set;
 pub mod writer;
 
@@ -152,10 +155,10 @@ pub const WRITER_STATEMENT_CACHE: usize = 512;
 /// Rows of a multi-row statement (or terms of an `IN`/`OR` list) cut into
 /// statements of at most [`ROWS_PER_STATEMENT`], each padded to a power of
 /// two by repeating its last row; so every statement that may repeat a row
-/// harmlessly (a lookup, an upsert of absolute values) takes one of seven
-/// shapes. Plain inserts cannot repeat a row: they are cut into statements
-/// of at most [`ROWS_PER_STATEMENT`] rows, 64 shapes; the writer's statement
-/// cache ([`WRITER_STATEMENT_CACHE`]) holds them all.
+/// harmlessly (a lookup, an update of absolute values) takes one of seven
+/// shapes; the writer's statement cache ([`WRITER_STATEMENT_CACHE`]) holds
+/// them all. (A batch's inserts are not prepared: they go in its write
+/// script with the COMMIT, [`script`].)
 ///
 /// Why: sqlx prepares each distinct statement text and caches a bounded
 /// number per connection. A text with a new row count is prepared again and

@@ -19,7 +19,7 @@ use hotel_common::pb;
 use sqlx::{MySql, MySqlConnection, QueryBuilder, Row, mysql::MySqlRow};
 use time::Date;
 
-use super::{ROWS_PER_STATEMENT, padded_chunks};
+use super::{padded_chunks, script::Script};
 use crate::{
     domain::command::{Command, ValidCommand},
     domain::{Rate, ReservationStatus, Stay, waitlist::Waiting},
@@ -414,9 +414,15 @@ impl WorkingSet {
             .collect()
     }
 
-    /// Writes every changed row: new reservations, status changes and night
-    /// counts, one statement each. What is held stays valid.
-    pub async fn flush(&mut self, conn: &mut MySqlConnection) -> Result<(), CommandError> {
+    /// Writes every changed row: status changes at once (each update's rows
+    /// are counted), new reservations and night counts added to `script`,
+    /// one statement each, to run with the batch's other writes. What is
+    /// held stays valid.
+    pub async fn flush(
+        &mut self,
+        conn: &mut MySqlConnection,
+        script: &mut Script,
+    ) -> Result<(), CommandError> {
         let mut new = Vec::new();
         let mut changed = Vec::new();
         for (id, reservation) in &mut self.reservations {
@@ -429,7 +435,7 @@ impl WorkingSet {
                 }
             }
         }
-        insert_reservations(conn, &new).await?;
+        insert_reservations(script, &new)?;
         update_reservations(conn, &changed).await?;
         // Inserted once: from now on their changes are updates.
         for reservation in self.reservations.values_mut().flatten() {
@@ -443,22 +449,19 @@ impl WorkingSet {
                 nights.push((key, *date, *night));
             }
         }
-        // Absolute values: a repeated row (padding) changes nothing.
-        for chunk in padded_chunks(&nights) {
-            let mut upsert = QueryBuilder::<MySql>::new(
-                "INSERT INTO room_nights (hotel_id, code, night, booked, waiting) ",
-            );
-            upsert.push_values(chunk, |mut row, (key, date, night)| {
-                row.push_bind(&key.0)
-                    .push_bind(&key.1)
-                    .push_bind(*date)
-                    .push_bind(night.booked)
-                    .push_bind(night.waiting);
-            });
-            upsert.push(
-                " ON DUPLICATE KEY UPDATE booked = VALUES(booked), waiting = VALUES(waiting)",
-            );
-            upsert.build().execute(&mut *conn).await?;
+        if !nights.is_empty() {
+            // Absolute values: what the batch decided, whatever was there.
+            script
+                .sql("INSERT INTO room_nights (hotel_id, code, night, booked, waiting)")
+                .values(&nights, |row, (key, date, night)| {
+                    row.value(&key.0)
+                        .value(&key.1)
+                        .value(*date)
+                        .value(night.booked)
+                        .value(night.waiting);
+                })
+                .sql(" ON DUPLICATE KEY UPDATE booked = VALUES(booked), waiting = VALUES(waiting)")
+                .end();
         }
         Ok(())
     }
@@ -688,55 +691,44 @@ fn reservation_from_row(row: &MySqlRow) -> Result<(String, Reservation), Command
     Ok((row.try_get("reservation_id")?, reservation))
 }
 
-async fn insert_reservations(
-    conn: &mut MySqlConnection,
+fn insert_reservations(
+    script: &mut Script,
     rows: &[(&str, &Reservation)],
 ) -> Result<(), CommandError> {
-    // A plain insert cannot repeat a row: chunks, not padding.
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        insert_reservation_rows(conn, chunk).await?;
+    if rows.is_empty() {
+        return Ok(());
     }
-    Ok(())
-}
-
-async fn insert_reservation_rows(
-    conn: &mut MySqlConnection,
-    rows: &[(&str, &Reservation)],
-) -> Result<(), CommandError> {
-    let mut insert = QueryBuilder::<MySql>::new(
-        "INSERT INTO reservations (reservation_id, hotel_id, room_type_code, check_in, check_out, \
-         guest_id, guest_name, guest_email, guests, priority, status, total_minor, currency, \
-         booked_position, booked_at_ms, version) ",
-    );
-    let mut missing = false;
-    insert.push_values(rows, |mut row, (id, r)| {
-        let Some(new) = r.new.as_deref() else {
-            missing = true;
-            return;
-        };
-        row.push_bind(*id)
-            .push_bind(&r.hotel_id)
-            .push_bind(&r.code)
-            .push_bind(r.stay.check_in)
-            .push_bind(r.stay.check_out)
-            .push_bind(&new.guest.guest_id)
-            .push_bind(&new.guest.name)
-            .push_bind(&new.guest.email)
-            .push_bind(new.guests)
-            .push_bind(r.priority)
-            .push_bind(r.status.as_str())
-            .push_bind(new.total.amount_minor)
-            .push_bind(&new.total.currency)
-            .push_bind(r.booked_position)
-            .push_bind(new.booked_at_ms)
-            .push_bind(r.version);
-    });
-    if missing {
+    if rows.iter().any(|(_, r)| r.new.is_none()) {
         return Err(CommandError::Internal(
             "a new reservation lost its booking columns".to_owned(),
         ));
     }
-    insert.build().execute(&mut *conn).await?;
+    script
+        .sql(
+            "INSERT INTO reservations (reservation_id, hotel_id, room_type_code, check_in, \
+             check_out, guest_id, guest_name, guest_email, guests, priority, status, \
+             total_minor, currency, booked_position, booked_at_ms, version)",
+        )
+        .values(rows, |row, (id, r)| {
+            let new = r.new.as_deref().expect("checked above");
+            row.value(*id)
+                .value(&r.hotel_id)
+                .value(&r.code)
+                .value(r.stay.check_in)
+                .value(r.stay.check_out)
+                .value(&new.guest.guest_id)
+                .value(&new.guest.name)
+                .value(&new.guest.email)
+                .value(new.guests)
+                .value(r.priority)
+                .value(r.status.as_str())
+                .value(new.total.amount_minor)
+                .value(&new.total.currency)
+                .value(r.booked_position)
+                .value(new.booked_at_ms)
+                .value(r.version);
+        })
+        .end();
     Ok(())
 }
 

@@ -36,6 +36,7 @@ use super::{
     execute::{Batch, execute},
     fence, now_ms,
     primary::{Primary, is_read_only},
+    script::{Script, ScriptError},
     working_set::{KnownRoomTypes, WorkingSet},
 };
 use crate::{
@@ -270,6 +271,16 @@ fn classify(error: &sqlx::Error) -> BatchError {
     }
 }
 
+/// How a failed write script is treated: a statement MySQL refused before
+/// the COMMIT is judged like any statement (nothing committed, MySQL stops
+/// at the first failure); anything else may have come after the commit.
+fn script_error(failed: ScriptError, before_commit: usize) -> BatchError {
+    match &failed.error {
+        sqlx::Error::Database(_) if failed.completed < before_commit => classify(&failed.error),
+        error => BatchError::Unknown(format!("the commit failed: {error}")),
+    }
+}
+
 /// A command's failure that is not a verdict on it, as a batch failure.
 fn batch_error(error: CommandError) -> BatchError {
     match error {
@@ -468,7 +479,7 @@ impl Task {
                     .await;
                 Err(if session.committing {
                     BatchError::Unknown(format!(
-                        "the commit took longer than the batch deadline ({:?})",
+                        "the batch's writes and commit took longer than its deadline ({:?})",
                         limits.batch_timeout
                     ))
                 } else {
@@ -647,8 +658,9 @@ struct Session {
     conn: MySqlConnection,
     /// MySQL's id of this session (`CONNECTION_ID()`), for fencing.
     thread_id: u64,
-    /// Set once the current batch's COMMIT is sent: a failure after it
-    /// leaves the outcome unknown.
+    /// Set once the current batch's writes and COMMIT are sent (one
+    /// script): a failure after it leaves the outcome unknown, unless MySQL
+    /// said which statement before the COMMIT it refused.
     committing: bool,
     known: Option<Known>,
 }
@@ -765,21 +777,23 @@ async fn run_transaction(
         outcomes.push(outcome);
     }
 
-    rows.flush(tx).await.map_err(batch_error)?;
+    // Every write and the COMMIT go in one round trip (ADR 0002).
+    let mut writes = Script::new();
+    rows.flush(tx, &mut writes).await.map_err(batch_error)?;
     if !batch.events.is_empty() {
-        events::append(tx, &batch.events, &event_traces)
-            .await
-            .map_err(sql)?;
-        sqlx::query("UPDATE event_head SET position = ? WHERE id = 1")
-            .bind(batch.head())
-            .execute(&mut *tx)
-            .await
-            .map_err(sql)?;
+        events::append(&mut writes, &batch.events, &event_traces);
+        writes
+            .sql("UPDATE event_head SET position = ")
+            .value(batch.head())
+            .sql(" WHERE id = 1")
+            .end();
     }
-    command_log::upsert(tx, &records).await.map_err(sql)?;
+    command_log::upsert(&mut writes, &records);
+    let before_commit = writes.statements();
+    writes.sql("COMMIT").end();
     session.committing = true;
-    if let Err(error) = session.conn.execute("COMMIT").await {
-        return Err(BatchError::Unknown(format!("the commit failed: {error}")));
+    if let Err(failed) = writes.run(&mut session.conn).await {
+        return Err(script_error(failed, before_commit));
     }
     let last = batch.head();
     if !batch.events.is_empty() {
