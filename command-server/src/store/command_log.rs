@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{Acquire, Executor, MySqlConnection, MySqlPool, Row};
+use sqlx::{Acquire, Executor, MySqlPool, Row, mysql::MySqlRow};
 
 use super::script::Script;
 
@@ -36,7 +36,7 @@ pub struct CommandRecord {
 const COLUMNS: &str = "command_id, kind, request, state, priority, response, error_code, \
                        error_message, error_info, position, accepted_at_ms, finished_at_ms";
 
-fn from_row(row: &sqlx::mysql::MySqlRow) -> sqlx::Result<CommandRecord> {
+fn from_row(row: &MySqlRow) -> sqlx::Result<CommandRecord> {
     Ok(CommandRecord {
         command_id: row.try_get("command_id")?,
         kind: row.try_get("kind")?,
@@ -53,30 +53,30 @@ fn from_row(row: &sqlx::mysql::MySqlRow) -> sqlx::Result<CommandRecord> {
     })
 }
 
-/// The records of the given command ids that exist.
-pub async fn load_many(
-    conn: &mut MySqlConnection,
-    command_ids: &[&str],
-) -> sqlx::Result<HashMap<String, CommandRecord>> {
+/// Adds to `script` the read of the records of `command_ids`; returns the
+/// statement's index, `None` when there is nothing to read.
+pub fn ask_many(script: &mut Script, command_ids: &[&str]) -> Option<usize> {
     if command_ids.is_empty() {
-        return Ok(HashMap::new());
+        return None;
     }
-    let mut found = HashMap::new();
-    for chunk in super::padded_chunks(command_ids) {
-        let mut select = sqlx::QueryBuilder::<sqlx::MySql>::new(format!(
-            "SELECT {COLUMNS} FROM commands WHERE command_id IN ("
-        ));
-        let mut ids = select.separated(", ");
-        for id in chunk {
-            ids.push_bind(*id);
-        }
-        select.push(")");
-        for row in select.build().fetch_all(&mut *conn).await? {
-            let record = from_row(&row)?;
-            found.insert(record.command_id.clone(), record);
-        }
-    }
-    Ok(found)
+    let index = script.statements();
+    script
+        .sql("SELECT ")
+        .sql(COLUMNS)
+        .sql(" FROM commands WHERE command_id IN (")
+        .each(command_ids, ", ", |script, id| {
+            script.value(id);
+        })
+        .sql(")")
+        .end();
+    Some(index)
+}
+
+/// The records in `rows`, the answer to [`ask_many`], by command id.
+pub fn take_many(rows: &[MySqlRow]) -> sqlx::Result<HashMap<String, CommandRecord>> {
+    rows.iter()
+        .map(|row| from_row(row).map(|record| (record.command_id.clone(), record)))
+        .collect()
 }
 
 pub async fn load(pool: &MySqlPool, command_id: &str) -> sqlx::Result<Option<CommandRecord>> {

@@ -11,7 +11,7 @@
 
 use std::fmt::Write;
 
-use sqlx::MySqlConnection;
+use sqlx::{Either, MySqlConnection, mysql::MySqlRow};
 use time::Date;
 use tokio_stream::StreamExt;
 
@@ -174,6 +174,21 @@ impl Script {
         self
     }
 
+    /// Writes each item with `write`, `separator` between them.
+    pub fn each<I, F>(&mut self, items: I, separator: &'static str, mut write: F) -> &mut Self
+    where
+        I: IntoIterator,
+        F: FnMut(&mut Self, I::Item),
+    {
+        for (index, item) in items.into_iter().enumerate() {
+            if index > 0 {
+                self.sql(separator);
+            }
+            write(self, item);
+        }
+        self
+    }
+
     /// Ends the statement begun with [`sql`](Self::sql).
     pub fn end(&mut self) {
         debug_assert!(self.open, "ending a statement that was not begun");
@@ -196,6 +211,36 @@ impl Script {
                 Some(Ok(_)) => completed += 1,
                 None => return Ok(()),
                 Some(Err(error)) => return Err(ScriptError { completed, error }),
+            }
+        }
+    }
+}
+
+impl Script {
+    /// Runs every statement, in order, in one round trip, and returns each
+    /// statement's rows (an empty list for one that returns none).
+    pub async fn fetch(
+        self,
+        conn: &mut MySqlConnection,
+    ) -> Result<Vec<Vec<MySqlRow>>, ScriptError> {
+        debug_assert!(!self.open, "a statement was left open");
+        let mut results = Vec::with_capacity(self.statements);
+        if self.statements == 0 {
+            return Ok(results);
+        }
+        let mut rows = Vec::new();
+        let mut stream = sqlx::raw_sql(sqlx::AssertSqlSafe(self.sql)).fetch_many(conn);
+        loop {
+            match stream.next().await {
+                Some(Ok(Either::Right(row))) => rows.push(row),
+                Some(Ok(Either::Left(_))) => results.push(std::mem::take(&mut rows)),
+                None => return Ok(results),
+                Some(Err(error)) => {
+                    return Err(ScriptError {
+                        completed: results.len(),
+                        error,
+                    });
+                }
             }
         }
     }

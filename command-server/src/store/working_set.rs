@@ -112,6 +112,16 @@ pub struct WorkingSet {
     waitlists: HashMap<RoomKey, Vec<(Date, Date)>>,
 }
 
+/// The reads of rows asked in a script ([`WorkingSet::ask`]): for each
+/// kind, the statement that answers and the keys asked, so that a key with
+/// no row is held as absent.
+#[derive(Debug, Default)]
+pub struct Asked {
+    reservations: Option<(usize, Vec<String>)>,
+    room_types: Option<(usize, Vec<RoomKey>)>,
+    nights: Option<(usize, Vec<(RoomKey, Stay)>)>,
+}
+
 /// Room types known to hold, carried from one batch to the next.
 pub type KnownRoomTypes = HashMap<RoomKey, Option<RoomType>>;
 
@@ -131,10 +141,70 @@ impl WorkingSet {
         self.room_types
     }
 
-    /// Reads what `commands` will need, in at most three statements: the
-    /// reservations they name, the room types they book or free, and the
-    /// nights of all those stays. (Waiting lists are read only when a
-    /// cancellation can promote, a page at a time: see
+    /// Adds to `script` the reads of the rows `commands` name in their
+    /// requests: the reservations they name, the room types they book and
+    /// the nights of those stays, each not held yet, one statement each.
+    /// The writer sends them with its lock (one round trip); [`take`]
+    /// (Self::take) holds what came back.
+    pub fn ask(&self, script: &mut Script, commands: &[&ValidCommand]) -> Asked {
+        let mut ids = Vec::new();
+        let mut room_types = Vec::new();
+        let mut stays = Vec::new();
+        for command in commands {
+            match &command.command {
+                Command::CancelReservation { reservation_id, .. }
+                | Command::CheckIn { reservation_id }
+                | Command::CheckOut { reservation_id } => ids.push(reservation_id.as_str()),
+                Command::BookRoom {
+                    hotel_id,
+                    code,
+                    stay,
+                    ..
+                } => {
+                    let key = (hotel_id.clone(), code.clone());
+                    room_types.push(key.clone());
+                    stays.push((key, *stay));
+                }
+                _ => {}
+            }
+        }
+        Asked {
+            reservations: self.ask_reservations(script, &ids),
+            room_types: self.ask_room_types(script, &room_types),
+            nights: self.ask_nights(script, &stays),
+        }
+    }
+
+    /// Holds the rows `results` (a script's, by statement) hold for
+    /// `asked`; a key asked for that has no row is held as absent.
+    pub fn take(&mut self, asked: Asked, results: &[Vec<MySqlRow>]) -> Result<(), CommandError> {
+        let rows = |index: usize| {
+            results.get(index).ok_or_else(|| {
+                CommandError::Internal(format!("the read script returned no result {index}"))
+            })
+        };
+        if let Some((index, ids)) = asked.reservations {
+            self.take_reservations(ids, rows(index)?)?;
+        }
+        if let Some((index, keys)) = asked.room_types {
+            self.take_room_types(keys, rows(index)?)?;
+        }
+        if let Some((index, stays)) = asked.nights {
+            self.take_nights(stays, rows(index)?)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the room types held (carried from the last batch, which
+    /// another process's commit since has made stale).
+    pub fn forget_room_types(&mut self) {
+        self.room_types.clear();
+    }
+
+    /// Reads whatever `commands` will need that is not held yet, in at most
+    /// two round trips: the reservations they name, then the room types they
+    /// book or free and the nights of all those stays. (Waiting lists are
+    /// read only when a cancellation can promote, a page at a time: see
     /// [`load_waitlist_page`](Self::load_waitlist_page).)
     pub async fn prefetch(
         &mut self,
@@ -178,8 +248,13 @@ impl WorkingSet {
                 _ => {}
             }
         }
-        self.load_room_types(conn, &room_types).await?;
-        self.load_nights(conn, &stays).await
+        let mut script = Script::new();
+        let asked = Asked {
+            room_types: self.ask_room_types(&mut script, &room_types),
+            nights: self.ask_nights(&mut script, &stays),
+            ..Asked::default()
+        };
+        self.load(conn, script, asked).await
     }
 
     /// The room type, loaded if needed; `NOT_FOUND` when it does not exist.
@@ -472,35 +547,31 @@ impl WorkingSet {
         *self = Self::default();
     }
 
+    /// Runs `script` (the reads of `asked`) and holds what it returns.
+    async fn load(
+        &mut self,
+        conn: &mut MySqlConnection,
+        script: Script,
+        asked: Asked,
+    ) -> Result<(), CommandError> {
+        if script.statements() == 0 {
+            return Ok(());
+        }
+        let results = script.fetch(conn).await.map_err(|failed| failed.error)?;
+        self.take(asked, &results)
+    }
+
     async fn load_reservations(
         &mut self,
         conn: &mut MySqlConnection,
         ids: &[&str],
     ) -> Result<(), CommandError> {
-        let missing: HashSet<&str> = ids
-            .iter()
-            .copied()
-            .filter(|id| !self.reservations.contains_key(*id))
-            .collect();
-        let missing: Vec<&str> = missing.into_iter().collect();
-        for chunk in padded_chunks(&missing) {
-            let mut select = QueryBuilder::<MySql>::new(format!(
-                "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE reservation_id IN ("
-            ));
-            let mut list = select.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            select.push(")");
-            for row in select.build().fetch_all(&mut *conn).await? {
-                let (id, reservation) = reservation_from_row(&row)?;
-                self.reservations.entry(id).or_insert(Some(reservation));
-            }
-        }
-        for id in missing {
-            self.reservations.entry(id.to_owned()).or_insert(None);
-        }
-        Ok(())
+        let mut script = Script::new();
+        let asked = Asked {
+            reservations: self.ask_reservations(&mut script, ids),
+            ..Asked::default()
+        };
+        self.load(conn, script, asked).await
     }
 
     async fn load_room_types(
@@ -508,43 +579,12 @@ impl WorkingSet {
         conn: &mut MySqlConnection,
         keys: &[RoomKey],
     ) -> Result<(), CommandError> {
-        let missing: HashSet<&RoomKey> = keys
-            .iter()
-            .filter(|key| !self.room_types.contains_key(*key))
-            .collect();
-        let missing: Vec<&RoomKey> = missing.into_iter().collect();
-        let mut found = HashMap::new();
-        for chunk in padded_chunks(&missing) {
-            let mut select = QueryBuilder::<MySql>::new(
-                "SELECT hotel_id, code, max_guests, inventory, rate_minor, currency \
-                 FROM room_types WHERE ",
-            );
-            let mut terms = select.separated(" OR ");
-            for (hotel_id, code) in chunk.into_iter().copied() {
-                terms.push("(hotel_id = ");
-                terms.push_bind_unseparated(hotel_id);
-                terms.push_unseparated(" AND code = ");
-                terms.push_bind_unseparated(code);
-                terms.push_unseparated(")");
-            }
-            for row in select.build().fetch_all(&mut *conn).await? {
-                let key: RoomKey = (row.try_get("hotel_id")?, row.try_get("code")?);
-                let room_type = RoomType {
-                    max_guests: row.try_get("max_guests")?,
-                    inventory: row.try_get("inventory")?,
-                    rate: Rate {
-                        amount_minor: row.try_get("rate_minor")?,
-                        currency: row.try_get("currency")?,
-                    },
-                };
-                found.insert(key, room_type);
-            }
-        }
-        for key in missing {
-            let room_type = found.remove(key);
-            self.room_types.insert(key.clone(), room_type);
-        }
-        Ok(())
+        let mut script = Script::new();
+        let asked = Asked {
+            room_types: self.ask_room_types(&mut script, keys),
+            ..Asked::default()
+        };
+        self.load(conn, script, asked).await
     }
 
     /// Loads the nights of each `(room type, stay)` not wholly held yet.
@@ -553,7 +593,121 @@ impl WorkingSet {
         conn: &mut MySqlConnection,
         stays: &[(RoomKey, Stay)],
     ) -> Result<(), CommandError> {
-        let missing: Vec<&(RoomKey, Stay)> = stays
+        let mut script = Script::new();
+        let asked = Asked {
+            nights: self.ask_nights(&mut script, stays),
+            ..Asked::default()
+        };
+        self.load(conn, script, asked).await
+    }
+
+    /// The reservations of `ids` not held yet, asked in `script`.
+    fn ask_reservations(&self, script: &mut Script, ids: &[&str]) -> Option<(usize, Vec<String>)> {
+        let mut missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !self.reservations.contains_key(**id))
+            .map(|id| (*id).to_owned())
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return None;
+        }
+        let index = script.statements();
+        script
+            .sql("SELECT ")
+            .sql(RESERVATION_COLUMNS)
+            .sql(" FROM reservations WHERE reservation_id IN (")
+            .each(&missing, ", ", |script, id| {
+                script.value(id);
+            })
+            .sql(")")
+            .end();
+        Some((index, missing))
+    }
+
+    fn take_reservations(
+        &mut self,
+        ids: Vec<String>,
+        rows: &[MySqlRow],
+    ) -> Result<(), CommandError> {
+        for row in rows {
+            let (id, reservation) = reservation_from_row(row)?;
+            self.reservations.entry(id).or_insert(Some(reservation));
+        }
+        for id in ids {
+            self.reservations.entry(id).or_insert(None);
+        }
+        Ok(())
+    }
+
+    /// The room types of `keys` not held yet, asked in `script`.
+    fn ask_room_types(
+        &self,
+        script: &mut Script,
+        keys: &[RoomKey],
+    ) -> Option<(usize, Vec<RoomKey>)> {
+        let mut missing: Vec<RoomKey> = keys
+            .iter()
+            .filter(|key| !self.room_types.contains_key(*key))
+            .cloned()
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return None;
+        }
+        let index = script.statements();
+        script
+            .sql(
+                "SELECT hotel_id, code, max_guests, inventory, rate_minor, currency \
+                 FROM room_types WHERE ",
+            )
+            .each(&missing, " OR ", |script, (hotel_id, code)| {
+                script
+                    .sql("(hotel_id = ")
+                    .value(hotel_id)
+                    .sql(" AND code = ")
+                    .value(code)
+                    .sql(")");
+            })
+            .end();
+        Some((index, missing))
+    }
+
+    fn take_room_types(
+        &mut self,
+        keys: Vec<RoomKey>,
+        rows: &[MySqlRow],
+    ) -> Result<(), CommandError> {
+        let mut found = HashMap::new();
+        for row in rows {
+            let key: RoomKey = (row.try_get("hotel_id")?, row.try_get("code")?);
+            let room_type = RoomType {
+                max_guests: row.try_get("max_guests")?,
+                inventory: row.try_get("inventory")?,
+                rate: Rate {
+                    amount_minor: row.try_get("rate_minor")?,
+                    currency: row.try_get("currency")?,
+                },
+            };
+            found.insert(key, room_type);
+        }
+        for key in keys {
+            let room_type = found.remove(&key);
+            self.room_types.insert(key, room_type);
+        }
+        Ok(())
+    }
+
+    /// The nights of each `(room type, stay)` not wholly held yet, asked in
+    /// `script`.
+    fn ask_nights(
+        &self,
+        script: &mut Script,
+        stays: &[(RoomKey, Stay)],
+    ) -> Option<(usize, Vec<(RoomKey, Stay)>)> {
+        let missing: Vec<(RoomKey, Stay)> = stays
             .iter()
             .filter(|(key, stay)| {
                 let held = self.nights.get(key);
@@ -561,35 +715,46 @@ impl WorkingSet {
                     .nights()
                     .all(|night| held.is_some_and(|h| h.contains_key(&night)))
             })
+            .cloned()
             .collect();
-        let mut stored: HashMap<(RoomKey, Date), Night> = HashMap::new();
-        for chunk in padded_chunks(&missing) {
-            let mut select = QueryBuilder::<MySql>::new(
-                "SELECT hotel_id, code, night, booked, waiting FROM room_nights WHERE ",
-            );
-            let mut terms = select.separated(" OR ");
-            for (key, stay) in chunk.into_iter().copied() {
-                terms.push("(hotel_id = ");
-                terms.push_bind_unseparated(&key.0);
-                terms.push_unseparated(" AND code = ");
-                terms.push_bind_unseparated(&key.1);
-                terms.push_unseparated(" AND night >= ");
-                terms.push_bind_unseparated(stay.check_in);
-                terms.push_unseparated(" AND night < ");
-                terms.push_bind_unseparated(stay.check_out);
-                terms.push_unseparated(")");
-            }
-            for row in select.build().fetch_all(&mut *conn).await? {
-                let key: RoomKey = (row.try_get("hotel_id")?, row.try_get("code")?);
-                let night = Night {
-                    booked: row.try_get("booked")?,
-                    waiting: row.try_get("waiting")?,
-                    dirty: false,
-                };
-                stored.insert((key, row.try_get("night")?), night);
-            }
+        if missing.is_empty() {
+            return None;
         }
-        for (key, stay) in missing {
+        let index = script.statements();
+        script
+            .sql("SELECT hotel_id, code, night, booked, waiting FROM room_nights WHERE ")
+            .each(&missing, " OR ", |script, (key, stay)| {
+                script
+                    .sql("(hotel_id = ")
+                    .value(&key.0)
+                    .sql(" AND code = ")
+                    .value(&key.1)
+                    .sql(" AND night >= ")
+                    .value(stay.check_in)
+                    .sql(" AND night < ")
+                    .value(stay.check_out)
+                    .sql(")");
+            })
+            .end();
+        Some((index, missing))
+    }
+
+    fn take_nights(
+        &mut self,
+        stays: Vec<(RoomKey, Stay)>,
+        rows: &[MySqlRow],
+    ) -> Result<(), CommandError> {
+        let mut stored: HashMap<(RoomKey, Date), Night> = HashMap::new();
+        for row in rows {
+            let key: RoomKey = (row.try_get("hotel_id")?, row.try_get("code")?);
+            let night = Night {
+                booked: row.try_get("booked")?,
+                waiting: row.try_get("waiting")?,
+                dirty: false,
+            };
+            stored.insert((key, row.try_get("night")?), night);
+        }
+        for (key, stay) in stays {
             let held = self.nights.entry(key.clone()).or_default();
             for date in stay.nights() {
                 held.entry(date).or_insert_with(|| {

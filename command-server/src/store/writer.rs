@@ -18,13 +18,16 @@
 //! jobs are checked once the lock is held, just before they run.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use hotel_common::trace::{self, KeyValue, TraceParent};
-use sqlx::{Connection, Executor, MySqlConnection, MySqlPool, Row, mysql::MySqlConnectOptions};
+use sqlx::{
+    Connection, Executor, MySqlConnection, MySqlPool, Row,
+    mysql::{MySqlConnectOptions, MySqlRow},
+};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
 use tracing::Instrument;
@@ -37,7 +40,7 @@ use super::{
     fence, now_ms,
     primary::{Primary, is_read_only},
     script::{Script, ScriptError},
-    working_set::{KnownRoomTypes, WorkingSet},
+    working_set::{Asked, KnownRoomTypes, WorkingSet},
 };
 use crate::{
     domain::command::{CommandKind, Reply, ValidCommand},
@@ -440,13 +443,23 @@ impl Task {
             }
         }
         let session = self.session.as_mut().expect("connected above");
-        let head = match lock_head(session, &self.pool, limits).await {
-            Ok(head) => head,
-            Err(reason) => {
+        // What the commands need goes with the lock, in one round trip.
+        let mut reads = BatchReads::ask(&jobs, session.known.take());
+        let results = match lock_head(
+            session,
+            &self.pool,
+            limits,
+            std::mem::take(&mut reads.script),
+        )
+        .await
+        {
+            Ok(results) => results,
+            Err(error) => {
                 self.session = None;
-                return (jobs, Err(BatchError::NotRun(reason)));
+                return (jobs, Err(error));
             }
         };
+        reads.results = results;
 
         // The lock may have taken a while: what queued meanwhile joins
         // (another process held it), and nothing starts past its time.
@@ -466,7 +479,7 @@ impl Task {
         session.committing = false;
         let ran = tokio::time::timeout(
             limits.batch_timeout,
-            run_transaction(session, head, &jobs, limits, self.listener.as_ref()),
+            run_transaction(session, reads, &jobs, limits, self.listener.as_ref()),
         )
         .await;
         let result = match ran {
@@ -552,43 +565,104 @@ fn answer_all(jobs: Vec<Job>, outcomes: Vec<Outcome>) {
     }
 }
 
-/// Takes the write lock: waits at most `lock_wait`, fencing a holder past
-/// its lease meanwhile. Returns the head. A read-only server (a replica not
-/// yet promoted, a primary being demoted) is refused here, before anything
-/// is written: a user with `SUPER` or `READ_ONLY ADMIN` would otherwise
-/// write through `read_only` and fork the replica's history from its
-/// primary's. Reading the flag in the lock's own statement costs no round
-/// trip.
+/// The statement that takes the write lock and opens the transaction (the
+/// session has autocommit off); it reads the head and the server's
+/// read-only flag.
+const LOCK: &str = "SELECT position, CAST(@@global.read_only AS CHAR) AS read_only \
+                    FROM event_head WHERE id = 1 FOR UPDATE";
+
+/// Takes the write lock with `reads`, a script whose first statement is
+/// [`LOCK`] and whose others read what the batch needs, all in one round
+/// trip: waits at most `lock_wait`, fencing a holder past its lease
+/// meanwhile. Returns each statement's rows. A read-only server (a replica
+/// not yet promoted, a primary being demoted) is refused here, before
+/// anything is written: a user with `SUPER` or `READ_ONLY ADMIN` would
+/// otherwise write through `read_only` and fork the replica's history from
+/// its primary's. Reading the flag in the lock's own statement costs no
+/// round trip.
 async fn lock_head(
     session: &mut Session,
     pool: &MySqlPool,
     limits: &Limits,
-) -> Result<i64, String> {
+    reads: Script,
+) -> Result<Vec<Vec<MySqlRow>>, BatchError> {
     let waiter = session.thread_id;
-    // The session has autocommit off: this statement opens the transaction.
-    let lock = sqlx::query(
-        "SELECT position, CAST(@@global.read_only AS CHAR) AS read_only \
-         FROM event_head WHERE id = 1 FOR UPDATE",
-    )
-    .fetch_one(&mut session.conn);
+    let lock = reads.fetch(&mut session.conn);
     let started = Instant::now();
+    let not_run = |reason: String| BatchError::NotRun(reason);
     tokio::select! {
         locked = tokio::time::timeout(limits.lock_wait, lock) => {
             metrics::histogram!("writer_lock_wait_seconds").record(started.elapsed().as_secs_f64());
             match locked {
-                Ok(Ok(row)) => {
-                    let read_only: String = row.try_get("read_only").map_err(|e| e.to_string())?;
+                Ok(Ok(results)) => {
+                    let row = results
+                        .first()
+                        .and_then(|rows| rows.first())
+                        .ok_or_else(|| not_run("the write lock's statement returned no row".to_owned()))?;
+                    let read_only: String = row.try_get("read_only").map_err(|e| not_run(e.to_string()))?;
                     if is_read_only(&read_only) {
                         metrics::counter!("writer_read_only_refusals_total").increment(1);
-                        return Err(READ_ONLY.to_owned());
+                        return Err(not_run(READ_ONLY.to_owned()));
                     }
-                    row.try_get("position").map_err(|e| e.to_string())
+                    Ok(results)
                 }
-                Ok(Err(error)) => Err(format!("waiting for the write lock failed: {error}")),
-                Err(_) => Err(format!("the write lock was not free within {:?}", limits.lock_wait)),
+                Ok(Err(failed)) if failed.completed == 0 => {
+                    Err(not_run(format!("waiting for the write lock failed: {}", failed.error)))
+                }
+                // A read after the lock failed: judged like any statement.
+                Ok(Err(failed)) => Err(classify(&failed.error)),
+                Err(_) => Err(not_run(format!("the write lock was not free within {:?}", limits.lock_wait))),
             }
         }
         never = fence::fence_blockers(pool, waiter, limits.fence_after) => match never {},
+    }
+}
+
+/// What a batch reads with its lock: the stored outcomes of its command
+/// ids and the rows its commands name (the working set's part), asked in
+/// one script after the lock statement.
+struct BatchReads {
+    /// The lock, then the reads; taken by [`lock_head`].
+    script: Script,
+    /// Each statement's rows, once run.
+    results: Vec<Vec<MySqlRow>>,
+    /// The statement that reads the command log, and the ids it asks for.
+    commands: Option<usize>,
+    command_ids: HashSet<String>,
+    /// The rows asked for, and the working set they go into (starting with
+    /// the room types carried from this writer's last batch).
+    asked: Asked,
+    rows: WorkingSet,
+    /// The head this writer last committed, when room types are carried.
+    carried_head: Option<i64>,
+}
+
+impl BatchReads {
+    fn ask(jobs: &[Job], carried: Option<Known>) -> Self {
+        let mut script = Script::new();
+        script.sql(LOCK).end();
+        let command_ids: Vec<String> = jobs
+            .iter()
+            .map(|job| job.command.command_id.to_string())
+            .collect();
+        let id_refs: Vec<&str> = command_ids.iter().map(String::as_str).collect();
+        let commands = command_log::ask_many(&mut script, &id_refs);
+        let (carried_head, room_types) = match carried {
+            Some(known) => (Some(known.head), known.room_types),
+            None => (None, KnownRoomTypes::default()),
+        };
+        let rows = WorkingSet::with_room_types(room_types);
+        let asked_commands: Vec<&ValidCommand> = jobs.iter().map(|job| &job.command).collect();
+        let asked = rows.ask(&mut script, &asked_commands);
+        Self {
+            script,
+            results: Vec::new(),
+            commands,
+            command_ids: command_ids.into_iter().collect(),
+            asked,
+            rows,
+            carried_head,
+        }
     }
 }
 
@@ -674,36 +748,69 @@ struct Known {
     room_types: KnownRoomTypes,
 }
 
-/// Runs the jobs' commands in the open transaction (the lock is held, the
-/// head is `head`) and commits; per-command outcomes.
+/// Runs the jobs' commands in the open transaction (the lock is held and
+/// `reads` came with it) and commits; per-command outcomes.
 async fn run_transaction(
     session: &mut Session,
-    head: i64,
+    reads: BatchReads,
     jobs: &[Job],
     limits: &Limits,
     listener: &dyn CommitListener,
 ) -> Result<Vec<Outcome>, BatchError> {
     let started = Instant::now();
-    let carried = session.known.take();
     let tx = &mut session.conn;
     let sql = |error: sqlx::Error| classify(&error);
+    let BatchReads {
+        results,
+        commands: commands_read,
+        command_ids: asked_ids,
+        asked,
+        mut rows,
+        carried_head,
+        ..
+    } = reads;
+    let head: i64 = results
+        .first()
+        .and_then(|rows| rows.first())
+        .map(|row| row.try_get("position"))
+        .transpose()
+        .map_err(sql)?
+        .ok_or_else(|| {
+            BatchError::NotRun("the write lock's statement returned no row".to_owned())
+        })?;
+    if carried_head != Some(head) {
+        // Another process committed since this writer's last batch.
+        rows.forget_room_types();
+    }
+    rows.take(asked, &results).map_err(batch_error)?;
 
     let ids: Vec<String> = jobs
         .iter()
         .map(|j| j.command.command_id.to_string())
         .collect();
-    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let mut known: HashMap<String, CommandRecord> =
-        command_log::load_many(tx, &id_refs).await.map_err(sql)?;
+    let mut known: HashMap<String, CommandRecord> = match commands_read {
+        Some(index) => command_log::take_many(results.get(index).map_or(&[][..], Vec::as_slice))
+            .map_err(sql)?,
+        None => HashMap::new(),
+    };
+    // Commands that joined at the lock: their stored outcomes, if any.
+    let joined: Vec<&str> = ids
+        .iter()
+        .filter(|id| !asked_ids.contains(*id))
+        .map(String::as_str)
+        .collect();
+    let mut joined_reads = Script::new();
+    if let Some(index) = command_log::ask_many(&mut joined_reads, &joined) {
+        let results = joined_reads
+            .fetch(tx)
+            .await
+            .map_err(|failed| sql(failed.error))?;
+        let rows = results.get(index).map_or(&[][..], Vec::as_slice);
+        known.extend(command_log::take_many(rows).map_err(sql)?);
+    }
 
     let now = now_ms();
     let mut batch = Batch::new(head, now, limits.precondition_scan_limit);
-    let mut rows = WorkingSet::with_room_types(
-        carried
-            .filter(|carried| carried.head == head)
-            .map(|carried| carried.room_types)
-            .unwrap_or_default(),
-    );
     let commands: Vec<&ValidCommand> = jobs.iter().map(|job| &job.command).collect();
     rows.prefetch(tx, &commands).await.map_err(batch_error)?;
     let mut records: Vec<CommandRecord> = Vec::new();
