@@ -482,17 +482,26 @@ async fn semi_sync_failover_loses_no_acknowledged_command_and_the_read_model_goe
 
     // Read-only again for a moment (a primary being demoted): the running
     // command server's writer starts no batch on it, whatever its user may
-    // do. (One that took the write lock just before may still commit: the
-    // writer runs one batch at a time, so once a command is refused, none
-    // is in flight.)
+    // do. (One that took the write lock just before may still commit, with
+    // the commands that joined it at the lock, which may include one sent
+    // after the SET: so a few calls are sent, one after another, until one
+    // is refused. The writer runs one batch at a time, so once a command is
+    // refused, none is in flight.)
     let mut conn = pair.replica.admin().await;
     admin_sql(&mut conn, "SET GLOBAL read_only = ON").await;
-    let refused = new
-        .commands()
-        .await
-        .book_room(booking("fo1", "DBL", 40, 41, "demoted"))
-        .await
-        .expect_err("the database is read-only");
+    let mut commands = new.commands().await;
+    let mut refused = None;
+    for attempt in 0..10 {
+        let guest = format!("demoted-{attempt}");
+        if let Err(status) = commands
+            .book_room(booking("fo1", "DBL", 40, 41, &guest))
+            .await
+        {
+            refused = Some(status);
+            break;
+        }
+    }
+    let refused = refused.expect("the database is read-only: one of ten calls is refused");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("read-only"), "{refused:?}");
     let frozen = gtid_position(&pair).await;

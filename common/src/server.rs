@@ -98,7 +98,7 @@ fn describe_metrics() {
     describe_histogram!(
         "writer_lock_wait_seconds",
         metrics::Unit::Seconds,
-        "Time a batch waited for the write lock (the event_head row)"
+        "Time a batch waited for the write lock (the event_head row), with the reads sent in the same round trip"
     );
     describe_counter!(
         "writer_fenced_sessions_total",

@@ -119,6 +119,7 @@ impl Server {
                 .arg(format!("--port={port}"))
                 .arg("--bind-address=127.0.0.1")
                 .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
+                .arg(format!("--tmpdir={}", private_tmpdir(dir).display()))
                 .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
                 .arg(format!("--log-error={}", dir.join("error.log").display()))
                 .arg(format!("--server-id={server_id}"))
@@ -482,6 +483,15 @@ async fn wait_until_applied(conn: &mut MySqlConnection, position: &str) {
     );
 }
 
+/// The instance's own directory for temporary files, made if missing. The
+/// shared /tmp once failed an install beside a parallel test: "Error on
+/// delete of '/tmp/#sql-temptable-…'".
+fn private_tmpdir(dir: &Path) -> PathBuf {
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).expect("create the instance's tmpdir");
+    tmp
+}
+
 /// `mariadb-install-db` into `datadir`: the system tables, root without a
 /// password over TCP, nothing else.
 fn initialise(datadir: &Path) {
@@ -490,8 +500,12 @@ fn initialise(datadir: &Path) {
     if as_root() {
         command.arg("--user=root");
     }
+    let dir = datadir
+        .parent()
+        .expect("the datadir is inside the instance's directory");
     let output = command
         .arg(format!("--datadir={}", datadir.display()))
+        .arg(format!("--tmpdir={}", private_tmpdir(dir).display()))
         .args([
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
