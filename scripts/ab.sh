@@ -73,6 +73,10 @@ trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 start() {
     local name=$1 i
     shift
+    # Made before the server starts: the background job opens them only
+    # once forked, and a read of a missing file would end the script.
+    : >"$RESULTS/$name.out"
+    : >"$RESULTS/$name.log"
     "$@" </dev/null >"$RESULTS/$name.out" 2>"$RESULTS/$name.log" &
     PIDS+=("$!")
     for ((i = 0; i < 600; i++)); do

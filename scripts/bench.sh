@@ -119,6 +119,10 @@ sql() {
 start() {
     local name=$1 i addr
     shift
+    # Made before the server starts: the background job opens them only
+    # once forked, and a read of a missing file would end the script.
+    : >"$RESULTS/$name.out"
+    : >"$RESULTS/$name.log"
     "$@" </dev/null >"$RESULTS/$name.out" 2>"$RESULTS/$name.log" &
     PIDS+=("$!")
     NAMES+=("$name")

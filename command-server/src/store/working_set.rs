@@ -122,6 +122,45 @@ pub struct Asked {
     nights: Option<(usize, Vec<(RoomKey, Stay)>)>,
 }
 
+/// What commands name in their requests: the reservations they act on,
+/// and the room types and stays they book.
+struct Named<'c> {
+    reservation_ids: Vec<&'c str>,
+    room_types: Vec<RoomKey>,
+    stays: Vec<(RoomKey, Stay)>,
+}
+
+impl<'c> Named<'c> {
+    fn in_requests(commands: &[&'c ValidCommand]) -> Self {
+        let mut named = Self {
+            reservation_ids: Vec::new(),
+            room_types: Vec::new(),
+            stays: Vec::new(),
+        };
+        for command in commands {
+            match &command.command {
+                Command::CancelReservation { reservation_id, .. }
+                | Command::CheckIn { reservation_id }
+                | Command::CheckOut { reservation_id } => {
+                    named.reservation_ids.push(reservation_id.as_str());
+                }
+                Command::BookRoom {
+                    hotel_id,
+                    code,
+                    stay,
+                    ..
+                } => {
+                    let key = (hotel_id.clone(), code.clone());
+                    named.room_types.push(key.clone());
+                    named.stays.push((key, *stay));
+                }
+                _ => {}
+            }
+        }
+        named
+    }
+}
+
 /// Room types known to hold, carried from one batch to the next.
 pub type KnownRoomTypes = HashMap<RoomKey, Option<RoomType>>;
 
@@ -147,27 +186,11 @@ impl WorkingSet {
     /// The writer sends them with its lock (one round trip); [`take`]
     /// (Self::take) holds what came back.
     pub fn ask(&self, script: &mut Script, commands: &[&ValidCommand]) -> Asked {
-        let mut ids = Vec::new();
-        let mut room_types = Vec::new();
-        let mut stays = Vec::new();
-        for command in commands {
-            match &command.command {
-                Command::CancelReservation { reservation_id, .. }
-                | Command::CheckIn { reservation_id }
-                | Command::CheckOut { reservation_id } => ids.push(reservation_id.as_str()),
-                Command::BookRoom {
-                    hotel_id,
-                    code,
-                    stay,
-                    ..
-                } => {
-                    let key = (hotel_id.clone(), code.clone());
-                    room_types.push(key.clone());
-                    stays.push((key, *stay));
-                }
-                _ => {}
-            }
-        }
+        let Named {
+            reservation_ids: ids,
+            room_types,
+            stays,
+        } = Named::in_requests(commands);
         Asked {
             reservations: self.ask_reservations(script, &ids),
             room_types: self.ask_room_types(script, &room_types),
@@ -211,41 +234,24 @@ impl WorkingSet {
         conn: &mut MySqlConnection,
         commands: &[&ValidCommand],
     ) -> Result<(), CommandError> {
-        let ids: Vec<&str> = commands
-            .iter()
-            .filter_map(|c| match &c.command {
-                Command::CancelReservation { reservation_id, .. }
-                | Command::CheckIn { reservation_id }
-                | Command::CheckOut { reservation_id } => Some(reservation_id.as_str()),
-                _ => None,
-            })
-            .collect();
-        self.load_reservations(conn, &ids).await?;
+        let Named {
+            reservation_ids,
+            mut room_types,
+            mut stays,
+        } = Named::in_requests(commands);
+        self.load_reservations(conn, &reservation_ids).await?;
 
-        let mut room_types = Vec::new();
-        let mut stays = Vec::new();
+        // What a cancellation frees: its reservation's nights, in its room
+        // type when it holds rooms.
         for command in commands {
-            match &command.command {
-                Command::BookRoom {
-                    hotel_id,
-                    code,
-                    stay,
-                    ..
-                } => {
-                    let key = (hotel_id.clone(), code.clone());
-                    room_types.push(key.clone());
-                    stays.push((key, *stay));
+            if let Command::CancelReservation { reservation_id, .. } = &command.command
+                && let Some(Some(r)) = self.reservations.get(reservation_id)
+            {
+                let key = (r.hotel_id.clone(), r.code.clone());
+                stays.push((key.clone(), r.stay));
+                if r.status.holds_rooms() {
+                    room_types.push(key);
                 }
-                Command::CancelReservation { reservation_id, .. } => {
-                    if let Some(Some(r)) = self.reservations.get(reservation_id) {
-                        let key = (r.hotel_id.clone(), r.code.clone());
-                        stays.push((key.clone(), r.stay));
-                        if r.status.holds_rooms() {
-                            room_types.push(key.clone());
-                        }
-                    }
-                }
-                _ => {}
             }
         }
         let mut script = Script::new();
