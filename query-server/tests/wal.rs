@@ -2,7 +2,9 @@
 //! own: the checkpointer thread needs CPU time while batches commit, and
 //! the read model tests running beside it in one binary (thousands of
 //! events each, on the same 2 cores) starved it often enough that the WAL
-//! passed its bound for want of a turn, not for want of a restart.
+//! passed its bound for want of a turn, not for want of a restart. Since
+//! then a writer that finds the WAL at twice its restart size waits for
+//! the thread (the second test shows it).
 
 mod support;
 
@@ -20,27 +22,7 @@ fn the_wal_starts_over_while_batches_commit_and_readers_read() {
     let dir = TempDir::new();
     let mut writer = Writer::open(&dir.db()).expect("open the read model");
     let readers = ReadModel::new(&dir.db());
-    let mut events = Events::new();
-    let hotel = events.hotel("h1", "Hotel One", "Lisboa");
-    let room = events.room_type("h1", "DBL", 2, 1_000_000, 12_000);
-    writer.apply_batch(&[hotel, room]).expect("applies");
-    let batches: Vec<Vec<pb::EventEnvelope>> = (0..1_500)
-        .map(|b| {
-            (0..10)
-                .map(|i| {
-                    let day = 1 + (b + i) % 28;
-                    let stay = Stay::new(
-                        "h1",
-                        "DBL",
-                        &format!("g{}", (b * 10 + i) % 997),
-                        &format!("2030-03-{day:02}"),
-                        &format!("2030-03-{:02}", day + 1),
-                    );
-                    events.confirmed(&stay)
-                })
-                .collect()
-        })
-        .collect();
+    let batches = bookings(&mut writer, 1_500);
     let wal = query_server::read_model::with_suffix(writer.path(), "-wal");
     writer.wal_restart_at(4 * 1024 * 1024);
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -77,5 +59,61 @@ fn the_wal_starts_over_while_batches_commit_and_readers_read() {
     assert!(
         written > 1024 * 1024,
         "the database file holds {written} bytes"
+    );
+}
+
+/// Applies a hotel and a room type, and returns `count` batches of ten
+/// bookings to apply after them.
+fn bookings(writer: &mut Writer, count: usize) -> Vec<Vec<pb::EventEnvelope>> {
+    let mut events = Events::new();
+    let hotel = events.hotel("h1", "Hotel One", "Lisboa");
+    let room = events.room_type("h1", "DBL", 2, 1_000_000, 12_000);
+    writer.apply_batch(&[hotel, room]).expect("applies");
+    let batches: Vec<Vec<pb::EventEnvelope>> = (0..count)
+        .map(|b| {
+            (0..10)
+                .map(|i| {
+                    let day = 1 + (b + i) % 28;
+                    let stay = Stay::new(
+                        "h1",
+                        "DBL",
+                        &format!("g{}", (b * 10 + i) % 997),
+                        &format!("2030-03-{day:02}"),
+                        &format!("2030-03-{:02}", day + 1),
+                    );
+                    events.confirmed(&stay)
+                })
+                .collect()
+        })
+        .collect();
+    batches
+}
+
+/// The checkpoint thread copies the WAL at most once every 100 ms. A writer
+/// that commits faster than that would grow the WAL by megabytes between
+/// two of its passes (and without bound when the thread gets no CPU): once
+/// a commit leaves it at twice the restart size, the writer waits for the
+/// thread's next pass, and the WAL starts over near that size.
+#[test]
+fn a_writer_ahead_of_the_checkpoint_thread_waits_for_it() {
+    let dir = TempDir::new();
+    let mut writer = Writer::open(&dir.db()).expect("open the read model");
+    let batches = bookings(&mut writer, 600);
+    let wal = query_server::read_model::with_suffix(writer.path(), "-wal");
+    let restart_at = 256 * 1024;
+    writer.wal_restart_at(restart_at);
+    let mut largest_wal = 0;
+    let started = std::time::Instant::now();
+    for batch in &batches {
+        writer.apply_batch(batch).expect("applies");
+        largest_wal = largest_wal.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    let took = started.elapsed();
+    eprintln!("largest WAL {largest_wal} bytes after 600 commits in {took:?}");
+    // Twice the restart size, one commit's frames past it, and the WAL
+    // header: not the megabytes 100 ms of commits write.
+    assert!(
+        largest_wal < 4 * restart_at as u64,
+        "the WAL grew to {largest_wal} bytes"
     );
 }

@@ -21,12 +21,18 @@
 //!    the writer is never held off: the gated pass ends with two syncs and
 //!    took 5-20 ms under load.
 //!
+//! The writer waits for this thread only when it has fallen behind: when a
+//! commit leaves the WAL holding more than twice the restart size (the
+//! thread starved of CPU, on a machine busy with other work), the writer
+//! waits for its next second pass (at most [`CATCH_UP_WAIT`], once per
+//! pass), so that the WAL stays bounded however little CPU the thread gets.
+//!
 //! See docs/decisions/0004-projector-transaction.md.
 
 use std::{
     path::Path,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Condvar, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicI64, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError, SyncSender},
     },
@@ -43,6 +49,42 @@ pub const PAUSE: Duration = Duration::from_millis(100);
 /// WAL grows by ~15 MB/s: with 8 MiB the writer waited 5-20 ms about twice
 /// a second; with 64 MiB (the `journal_size_limit`), every few seconds.
 pub const RESTART_AT: i64 = 64 * 1024 * 1024;
+
+/// The longest a commit waits for the checkpoint thread to start the WAL
+/// over once it holds twice the restart size.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
+/// The second passes done (each leaves the WAL to start over at the next
+/// write), for a writer waiting on one.
+#[derive(Debug, Default)]
+struct Passes {
+    state: Mutex<PassState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PassState {
+    /// Second passes done.
+    count: u64,
+    /// The frames in the WAL after the writer's previous commit: fewer now
+    /// means the WAL started over.
+    last_frames: i64,
+    /// The writer has waited once since the WAL last started over: it does
+    /// not wait again until it does (a reader holding old frames can keep
+    /// it from starting over; waiting on every commit would not help).
+    waited: bool,
+}
+
+impl Passes {
+    fn lock(&self) -> MutexGuard<'_, PassState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn one_more(&self) {
+        self.lock().count += 1;
+        self.done.notify_all();
+    }
+}
 
 /// Held by the writer for each of its transactions and by the checkpointer
 /// for its second pass: while the checkpointer holds it, no frame is added.
@@ -61,6 +103,8 @@ pub struct Checkpointer {
     gate: Gate,
     /// The WAL size, in bytes, at which pass 2 runs.
     restart_at: Arc<AtomicI64>,
+    page_size: i64,
+    passes: Arc<Passes>,
     /// Wakes the thread; dropping it stops the thread.
     wake: Option<SyncSender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -79,17 +123,21 @@ impl Checkpointer {
         let page_size: i64 = conn.pragma_query_value(None, "page_size", |row| row.get(0))?;
         let gate = Gate::default();
         let restart_at = Arc::new(AtomicI64::new(RESTART_AT));
+        let passes = Arc::new(Passes::default());
         let (wake, woken) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("read-model-checkpoint".into())
             .spawn({
                 let gate = gate.clone();
                 let restart_at = Arc::clone(&restart_at);
-                move || run(&conn, &gate, &restart_at, page_size, &woken)
+                let passes = Arc::clone(&passes);
+                move || run(&conn, &gate, &restart_at, page_size, &passes, &woken)
             })?;
         Ok(Self {
             gate,
             restart_at,
+            page_size,
+            passes,
             wake: Some(wake),
             thread: Some(thread),
         })
@@ -104,6 +152,44 @@ impl Checkpointer {
     /// start the WAL over (default [`RESTART_AT`]).
     pub fn restart_at(&self, bytes: i64) {
         self.restart_at.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Called by the writer after a commit that left `frames` frames in the
+    /// WAL: past twice the restart size, waits (at most [`CATCH_UP_WAIT`])
+    /// for the thread's next second pass, which lets the WAL start over, once
+    /// per time the WAL starts over. Returns whether it waited.
+    pub fn wait_if_behind(&self, frames: i64) -> bool {
+        let limit = 2 * self.restart_at.load(Ordering::Relaxed) / self.page_size.max(1);
+        let mut state = self.passes.lock();
+        if frames < state.last_frames {
+            state.waited = false;
+        }
+        state.last_frames = frames;
+        if frames <= limit || state.waited {
+            return false;
+        }
+        state.waited = true;
+        let seen = state.count;
+        self.nudge();
+        let started = Instant::now();
+        let (_state, waited) = self
+            .passes
+            .done
+            .wait_timeout_while(state, CATCH_UP_WAIT, |state| state.count == seen)
+            .unwrap_or_else(PoisonError::into_inner);
+        if waited.timed_out() {
+            tracing::warn!(
+                frames,
+                "the read model's checkpoint thread did not catch up within {CATCH_UP_WAIT:?}"
+            );
+        } else {
+            tracing::debug!(
+                frames,
+                waited_ms = started.elapsed().as_millis() as u64,
+                "waited for the read model's checkpoint thread"
+            );
+        }
+        true
     }
 
     /// Asks for a checkpoint soon; never blocks.
@@ -136,6 +222,7 @@ fn run(
     gate: &Gate,
     restart_at: &AtomicI64,
     page_size: i64,
+    passes: &Passes,
     woken: &Receiver<()>,
 ) {
     let mut pending = false;
@@ -146,8 +233,10 @@ fn run(
         pending = false;
         let started = Instant::now();
         let restart_at_frames = restart_at.load(Ordering::Relaxed) / page_size.max(1);
-        if let Err(error) = checkpoint(conn, gate, restart_at_frames) {
-            tracing::warn!(%error, "checkpointing the read model's WAL failed");
+        match checkpoint(conn, gate, restart_at_frames) {
+            Ok(true) => passes.one_more(),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "checkpointing the read model's WAL failed"),
         }
         // Wait out the pause; a nudge meanwhile means another checkpoint after it.
         let deadline = started + PAUSE;
@@ -170,12 +259,13 @@ fn run(
 /// runs only once the WAL holds [`RESTART_AT`] bytes of frames: the writer
 /// waits for it (5-20 ms under load, more when the disk is busy), so doing it
 /// on every checkpoint put that wait on one commit in every few.
-fn checkpoint(conn: &Connection, gate: &Gate, restart_at_frames: i64) -> rusqlite::Result<()> {
+/// Returns whether the second pass ran.
+fn checkpoint(conn: &Connection, gate: &Gate, restart_at_frames: i64) -> rusqlite::Result<bool> {
     if passive(conn)? < restart_at_frames {
-        return Ok(());
+        return Ok(false);
     }
     let _no_writes = gate.hold();
-    passive(conn).map(drop)
+    passive(conn).map(|_| true)
 }
 
 /// One passive checkpoint: copies every frame no reader still needs, and

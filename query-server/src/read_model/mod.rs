@@ -147,6 +147,7 @@ impl Writer {
         // is cut back to 64 MiB when it starts over.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        conn.wal_hook(Some(record_wal_frames));
         conn.set_prepared_statement_cache_capacity(64);
         migrations::run(&mut conn)?;
         let listing_indexes_deferred = listing_indexes_missing(&conn)?;
@@ -243,6 +244,7 @@ impl Writer {
         }
         drop(held);
         self.checkpointer.nudge();
+        self.checkpointer.wait_if_behind(last_wal_frames());
         if let Some(memory) = &self.memory {
             memory.committed(&self.conn, events);
         }
@@ -556,6 +558,26 @@ fn wait_until_unused(readers: Arc<Readers>) -> anyhow::Result<()> {
     }
     drop(readers);
     Ok(())
+}
+
+thread_local! {
+    /// The frames in the WAL after this thread's last commit on a writer's
+    /// connection (SQLite's WAL hook runs inside the commit, on its thread).
+    static WAL_FRAMES: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+}
+
+/// The writer's WAL hook: notes how many frames the WAL holds.
+fn record_wal_frames(
+    _: &rusqlite::hooks::Wal,
+    frames: std::os::raw::c_int,
+) -> rusqlite::Result<()> {
+    WAL_FRAMES.with(|last| last.set(i64::from(frames)));
+    Ok(())
+}
+
+/// The frames in the WAL after this thread's last commit.
+fn last_wal_frames() -> i64 {
+    WAL_FRAMES.with(std::cell::Cell::get)
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
