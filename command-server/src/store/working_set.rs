@@ -254,13 +254,12 @@ impl WorkingSet {
                 }
             }
         }
-        let mut script = Script::new();
-        let asked = Asked {
-            room_types: self.ask_room_types(&mut script, &room_types),
-            nights: self.ask_nights(&mut script, &stays),
+        self.load(conn, |held, script| Asked {
+            room_types: held.ask_room_types(script, &room_types),
+            nights: held.ask_nights(script, &stays),
             ..Asked::default()
-        };
-        self.load(conn, script, asked).await
+        })
+        .await
     }
 
     /// The room type, loaded if needed; `NOT_FOUND` when it does not exist.
@@ -553,13 +552,15 @@ impl WorkingSet {
         *self = Self::default();
     }
 
-    /// Runs `script` (the reads of `asked`) and holds what it returns.
+    /// Runs the reads `ask` adds to a script of their own (none: nothing
+    /// to do) and holds what they return.
     async fn load(
         &mut self,
         conn: &mut MySqlConnection,
-        script: Script,
-        asked: Asked,
+        ask: impl FnOnce(&Self, &mut Script) -> Asked,
     ) -> Result<(), CommandError> {
+        let mut script = Script::new();
+        let asked = ask(self, &mut script);
         if script.statements() == 0 {
             return Ok(());
         }
@@ -572,12 +573,11 @@ impl WorkingSet {
         conn: &mut MySqlConnection,
         ids: &[&str],
     ) -> Result<(), CommandError> {
-        let mut script = Script::new();
-        let asked = Asked {
-            reservations: self.ask_reservations(&mut script, ids),
+        self.load(conn, |held, script| Asked {
+            reservations: held.ask_reservations(script, ids),
             ..Asked::default()
-        };
-        self.load(conn, script, asked).await
+        })
+        .await
     }
 
     async fn load_room_types(
@@ -585,12 +585,11 @@ impl WorkingSet {
         conn: &mut MySqlConnection,
         keys: &[RoomKey],
     ) -> Result<(), CommandError> {
-        let mut script = Script::new();
-        let asked = Asked {
-            room_types: self.ask_room_types(&mut script, keys),
+        self.load(conn, |held, script| Asked {
+            room_types: held.ask_room_types(script, keys),
             ..Asked::default()
-        };
-        self.load(conn, script, asked).await
+        })
+        .await
     }
 
     /// Loads the nights of each `(room type, stay)` not wholly held yet.
@@ -599,12 +598,11 @@ impl WorkingSet {
         conn: &mut MySqlConnection,
         stays: &[(RoomKey, Stay)],
     ) -> Result<(), CommandError> {
-        let mut script = Script::new();
-        let asked = Asked {
-            nights: self.ask_nights(&mut script, stays),
+        self.load(conn, |held, script| Asked {
+            nights: held.ask_nights(script, stays),
             ..Asked::default()
-        };
-        self.load(conn, script, asked).await
+        })
+        .await
     }
 
     /// The reservations of `ids` not held yet, asked in `script`.
