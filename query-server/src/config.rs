@@ -164,6 +164,25 @@ pub struct Config {
     )]
     pub change_prune_interval_ms: u64,
 
+    /// MiB of write-ahead log at which the read model's checkpoint thread
+    /// holds the projector off for a moment (usually 5-20 ms) to start the
+    /// WAL over; the WAL file is cut back to this size then. Smaller: a
+    /// smaller WAL file, more frequent holds.
+    #[arg(
+        long,
+        env = "HOTEL_WAL_RESTART_MIB",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..=4096)
+    )]
+    pub wal_restart_mib: u32,
+
+    /// Longest wait, in milliseconds, of a projector commit that leaves the
+    /// WAL past twice --wal-restart-mib, for the checkpoint thread to start
+    /// it over (once per time the WAL starts over; it falls behind only on
+    /// a machine too busy to run it). 0: never wait, and let the WAL grow.
+    #[arg(long, env = "HOTEL_WAL_CATCH_UP_WAIT_MS", default_value_t = 2_000)]
+    pub wal_catch_up_wait_ms: u64,
+
     /// Rebuild the read model from position 0 by itself when the command
     /// server says the log was rewritten (LOG_REWRITTEN: a restore, a
     /// failover to a replica that missed commits). Off: the read model stops
@@ -219,6 +238,8 @@ impl Config {
             max_nights_in_memory: crate::read_model::memory::DEFAULT_MAX_NIGHTS,
             change_retention_secs: 7 * 24 * 3600,
             change_prune_interval_ms: 60_000,
+            wal_restart_mib: 64,
+            wal_catch_up_wait_ms: 2_000,
             rebuild_on_rewrite: false,
             log_json: false,
             tracing: hotel_common::telemetry::TracingArgs::default(),
@@ -231,6 +252,14 @@ impl Config {
         crate::read_model::retention::ChangeRetention {
             keep: std::time::Duration::from_secs(self.change_retention_secs),
             every: std::time::Duration::from_millis(self.change_prune_interval_ms),
+        }
+    }
+
+    /// How the read model's writers bound their WAL.
+    pub fn wal(&self) -> crate::read_model::WalSettings {
+        crate::read_model::WalSettings {
+            restart_at: i64::from(self.wal_restart_mib) * 1024 * 1024,
+            catch_up_wait: std::time::Duration::from_millis(self.wal_catch_up_wait_ms),
         }
     }
 

@@ -118,19 +118,19 @@ impl QueryServer {
                 .with_context(|| format!("serving metrics on {addr}"))?;
         }
         let path = config.database_path.clone();
-        let change_retention = config.change_retention();
         let mut writer = tokio::task::spawn_blocking(move || {
             rebuild::remove_abandoned(&path);
             Writer::open(&path)
         })
         .await??;
-        writer.set_change_retention(change_retention);
-        let checkpoint = writer.checkpoint()?;
         let read_model = Arc::new(
             ReadModel::new(writer.path())
-                .with_change_retention(change_retention)
+                .with_change_retention(config.change_retention())
+                .with_wal(config.wal())
                 .with_max_nights_in_memory(config.max_nights_in_memory),
         );
+        read_model.configure(&mut writer)?;
+        let checkpoint = writer.checkpoint()?;
         let attaching = read_model.clone();
         let writer = tokio::task::spawn_blocking(move || {
             let mut writer = writer;

@@ -92,7 +92,9 @@ impl Rebuilder {
         let mut writer = tokio::task::spawn_blocking(move || Writer::open(&owned))
             .await
             .context("opening the rebuild file")??;
-        writer.set_change_retention(self.read_model.change_retention());
+        self.read_model
+            .configure(&mut writer)
+            .map_err(anyhow::Error::from)?;
         let shadow = Arc::new(Projection::new(
             writer.checkpoint().map_err(anyhow::Error::from)?,
             None,
@@ -204,14 +206,12 @@ impl Rebuilder {
         let read_model = self.read_model.clone();
         let reopened = tokio::task::spawn_blocking(move || {
             let mut writer = Writer::open(read_model.path())?;
+            read_model.configure(&mut writer)?;
             read_model.attach(&mut writer);
             anyhow::Ok(writer)
         });
         match reopened.await {
-            Ok(Ok(mut writer)) => {
-                writer.set_change_retention(self.read_model.change_retention());
-                self.resume(writer).await
-            }
+            Ok(Ok(writer)) => self.resume(writer).await,
             Ok(Err(error)) => tracing::error!(
                 error = format!("{error:#}"),
                 "cannot reopen the read model; the projection is stopped"

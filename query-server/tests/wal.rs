@@ -9,7 +9,7 @@
 mod support;
 
 use hotel_common::pb;
-use query_server::read_model::{ReadModel, Writer};
+use query_server::read_model::{ReadModel, WalSettings, Writer};
 use support::{Events, Stay, TempDir};
 
 /// SQLite's own checkpoint is off; the checkpointer thread copies the WAL
@@ -24,7 +24,12 @@ fn the_wal_starts_over_while_batches_commit_and_readers_read() {
     let readers = ReadModel::new(&dir.db());
     let batches = bookings(&mut writer, 1_500);
     let wal = query_server::read_model::with_suffix(writer.path(), "-wal");
-    writer.wal_restart_at(4 * 1024 * 1024);
+    writer
+        .set_wal(WalSettings {
+            restart_at: 4 * 1024 * 1024,
+            ..WalSettings::default()
+        })
+        .expect("settings");
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut largest_wal = 0;
     std::thread::scope(|scope| {
@@ -101,7 +106,12 @@ fn a_writer_ahead_of_the_checkpoint_thread_waits_for_it() {
     let batches = bookings(&mut writer, 600);
     let wal = query_server::read_model::with_suffix(writer.path(), "-wal");
     let restart_at = 256 * 1024;
-    writer.wal_restart_at(restart_at);
+    writer
+        .set_wal(WalSettings {
+            restart_at,
+            ..WalSettings::default()
+        })
+        .expect("settings");
     let mut largest_wal = 0;
     let started = std::time::Instant::now();
     for batch in &batches {
@@ -115,5 +125,67 @@ fn a_writer_ahead_of_the_checkpoint_thread_waits_for_it() {
     assert!(
         largest_wal < 4 * restart_at as u64,
         "the WAL grew to {largest_wal} bytes"
+    );
+}
+
+/// On a machine too busy to run the checkpoint thread at all, a writer
+/// that finds the WAL past twice its restart size waits for it at most
+/// `catch_up_wait` (`--wal-catch-up-wait-ms`), once until the WAL starts
+/// over: the projector slows down for a moment and goes on, and the WAL
+/// starts over once the thread runs again.
+#[test]
+fn a_writer_waits_for_a_stalled_checkpoint_thread_at_most_the_catch_up_wait_once() {
+    let dir = TempDir::new();
+    let mut writer = Writer::open(&dir.db()).expect("open the read model");
+    let batches = bookings(&mut writer, 300);
+    let wal = query_server::read_model::with_suffix(writer.path(), "-wal");
+    let restart_at = 256 * 1024;
+    let catch_up_wait = std::time::Duration::from_millis(500);
+    writer
+        .set_wal(WalSettings {
+            restart_at,
+            catch_up_wait,
+        })
+        .expect("settings");
+    let (stalled, rest) = batches.split_at(200);
+    let mut slow = Vec::new();
+    let mut largest_wal = 0;
+    let stall = writer.checkpoint_stall();
+    {
+        let _stalled = stall.lock().expect("stall");
+        for (i, batch) in stalled.iter().enumerate() {
+            let started = std::time::Instant::now();
+            writer.apply_batch(batch).expect("applies");
+            let took = started.elapsed();
+            largest_wal = largest_wal.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            if took >= catch_up_wait {
+                slow.push((i, took));
+            }
+        }
+    }
+    eprintln!("slow commits while stalled: {slow:?}; largest WAL {largest_wal} bytes");
+    assert_eq!(slow.len(), 1, "one commit waited: {slow:?}");
+    let (_, took) = slow[0];
+    // Not the default 2 s.
+    assert!(
+        took < std::time::Duration::from_millis(1_900),
+        "the commit waited {took:?}, not about {catch_up_wait:?}"
+    );
+    // Nothing started the WAL over meanwhile: it outgrew its bound.
+    assert!(
+        largest_wal > 4 * restart_at as u64,
+        "the WAL held {largest_wal} bytes"
+    );
+    // The thread runs again: the WAL starts over and is cut back.
+    let mut smallest_after = u64::MAX;
+    for batch in rest {
+        writer.apply_batch(batch).expect("applies");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        smallest_after = smallest_after.min(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    assert!(
+        smallest_after <= 2 * restart_at as u64,
+        "the WAL never came back under {} bytes (smallest {smallest_after})",
+        2 * restart_at
     );
 }

@@ -24,7 +24,7 @@
 //! The writer waits for this thread only when it has fallen behind: when a
 //! commit leaves the WAL holding more than twice the restart size (the
 //! thread starved of CPU, on a machine busy with other work), the writer
-//! waits for its next second pass (at most [`CATCH_UP_WAIT`], once per
+//! waits for its next second pass (at most [`WalSettings::catch_up_wait`], once per
 //! pass), so that the WAL stays bounded however little CPU the thread gets.
 //!
 //! See docs/decisions/0004-projector-transaction.md.
@@ -45,14 +45,36 @@ use rusqlite::{Connection, OpenFlags};
 /// The least time between two checkpoints.
 pub const PAUSE: Duration = Duration::from_millis(100);
 /// The WAL size at which a checkpoint holds writes off to finish (pass 2),
-/// unless [`Checkpointer::restart_at`] sets another. At 1,300 bookings/s the
+/// unless [`WalSettings::restart_at`] says another. At 1,300 bookings/s the
 /// WAL grows by ~15 MB/s: with 8 MiB the writer waited 5-20 ms about twice
-/// a second; with 64 MiB (the `journal_size_limit`), every few seconds.
+/// a second; with 64 MiB, every few seconds.
 pub const RESTART_AT: i64 = 64 * 1024 * 1024;
 
 /// The longest a commit waits for the checkpoint thread to start the WAL
-/// over once it holds twice the restart size.
+/// over once it holds twice the restart size, unless
+/// [`WalSettings::catch_up_wait`] says another.
 pub const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
+/// How the WAL is kept bounded (`--wal-restart-mib`, `--wal-catch-up-wait-ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalSettings {
+    /// The WAL size, in bytes, at which a checkpoint holds the writer off to
+    /// start the WAL over; the WAL file is cut back to it when it does.
+    pub restart_at: i64,
+    /// The longest a commit that leaves the WAL past twice `restart_at` waits
+    /// for the checkpoint thread (once per time the WAL starts over; zero:
+    /// never waits).
+    pub catch_up_wait: Duration,
+}
+
+impl Default for WalSettings {
+    fn default() -> Self {
+        Self {
+            restart_at: RESTART_AT,
+            catch_up_wait: CATCH_UP_WAIT,
+        }
+    }
+}
 
 /// The second passes done (each leaves the WAL to start over at the next
 /// write), for a writer waiting on one.
@@ -103,6 +125,10 @@ pub struct Checkpointer {
     gate: Gate,
     /// The WAL size, in bytes, at which pass 2 runs.
     restart_at: Arc<AtomicI64>,
+    /// The longest the writer waits for a pass 2 ([`Self::wait_if_behind`]).
+    catch_up_wait: Duration,
+    /// Held by the thread for each checkpoint ([`Self::stall`]).
+    stall: Arc<Mutex<()>>,
     page_size: i64,
     passes: Arc<Passes>,
     /// Wakes the thread; dropping it stops the thread.
@@ -124,6 +150,7 @@ impl Checkpointer {
         let gate = Gate::default();
         let restart_at = Arc::new(AtomicI64::new(RESTART_AT));
         let passes = Arc::new(Passes::default());
+        let stall = Arc::new(Mutex::new(()));
         let (wake, woken) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("read-model-checkpoint".into())
@@ -131,11 +158,24 @@ impl Checkpointer {
                 let gate = gate.clone();
                 let restart_at = Arc::clone(&restart_at);
                 let passes = Arc::clone(&passes);
-                move || run(&conn, &gate, &restart_at, page_size, &passes, &woken)
+                let stall = Arc::clone(&stall);
+                move || {
+                    let thread = Thread {
+                        conn: &conn,
+                        gate: &gate,
+                        restart_at: &restart_at,
+                        page_size,
+                        passes: &passes,
+                        stall: &stall,
+                    };
+                    thread.run(&woken)
+                }
             })?;
         Ok(Self {
             gate,
             restart_at,
+            catch_up_wait: CATCH_UP_WAIT,
+            stall,
             page_size,
             passes,
             wake: Some(wake),
@@ -148,14 +188,23 @@ impl Checkpointer {
         &self.gate
     }
 
-    /// Sets the WAL size, in bytes, at which a checkpoint holds writes off to
-    /// start the WAL over (default [`RESTART_AT`]).
-    pub fn restart_at(&self, bytes: i64) {
-        self.restart_at.store(bytes, Ordering::Relaxed);
+    /// Sets the WAL size at which a checkpoint holds writes off to start the
+    /// WAL over, and the writer's longest wait for it.
+    pub fn configure(&mut self, settings: WalSettings) {
+        self.restart_at
+            .store(settings.restart_at, Ordering::Relaxed);
+        self.catch_up_wait = settings.catch_up_wait;
+    }
+
+    /// A lock the thread takes for each checkpoint: holding it holds the
+    /// thread off, as a machine that gives it no CPU would (for tests of the
+    /// writer's wait).
+    pub fn stall(&self) -> Arc<Mutex<()>> {
+        Arc::clone(&self.stall)
     }
 
     /// Called by the writer after a commit that left `frames` frames in the
-    /// WAL: past twice the restart size, waits (at most [`CATCH_UP_WAIT`])
+    /// WAL: past twice the restart size, waits (at most the catch-up wait)
     /// for the thread's next second pass, which lets the WAL start over, once
     /// per time the WAL starts over. Returns whether it waited.
     pub fn wait_if_behind(&self, frames: i64) -> bool {
@@ -175,12 +224,13 @@ impl Checkpointer {
         let (_state, waited) = self
             .passes
             .done
-            .wait_timeout_while(state, CATCH_UP_WAIT, |state| state.count == seen)
+            .wait_timeout_while(state, self.catch_up_wait, |state| state.count == seen)
             .unwrap_or_else(PoisonError::into_inner);
         if waited.timed_out() {
             tracing::warn!(
                 frames,
-                "the read model's checkpoint thread did not catch up within {CATCH_UP_WAIT:?}"
+                "the read model's checkpoint thread did not catch up within {:?}",
+                self.catch_up_wait
             );
         } else {
             tracing::debug!(
@@ -217,38 +267,45 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(
-    conn: &Connection,
-    gate: &Gate,
-    restart_at: &AtomicI64,
+/// What the checkpoint thread works with.
+struct Thread<'a> {
+    conn: &'a Connection,
+    gate: &'a Gate,
+    restart_at: &'a AtomicI64,
     page_size: i64,
-    passes: &Passes,
-    woken: &Receiver<()>,
-) {
-    let mut pending = false;
-    loop {
-        if !pending && woken.recv().is_err() {
-            return;
-        }
-        pending = false;
-        let started = Instant::now();
-        let restart_at_frames = restart_at.load(Ordering::Relaxed) / page_size.max(1);
-        match checkpoint(conn, gate, restart_at_frames) {
-            Ok(true) => passes.one_more(),
-            Ok(false) => {}
-            Err(error) => tracing::warn!(%error, "checkpointing the read model's WAL failed"),
-        }
-        // Wait out the pause; a nudge meanwhile means another checkpoint after it.
-        let deadline = started + PAUSE;
+    passes: &'a Passes,
+    stall: &'a Mutex<()>,
+}
+
+impl Thread<'_> {
+    fn run(&self, woken: &Receiver<()>) {
+        let mut pending = false;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
+            if !pending && woken.recv().is_err() {
+                return;
             }
-            match woken.recv_timeout(left) {
-                Ok(()) => pending = true,
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => return,
+            pending = false;
+            let started = Instant::now();
+            let restart_at_frames = self.restart_at.load(Ordering::Relaxed) / self.page_size.max(1);
+            let stalled = self.stall.lock().unwrap_or_else(PoisonError::into_inner);
+            match checkpoint(self.conn, self.gate, restart_at_frames) {
+                Ok(true) => self.passes.one_more(),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "checkpointing the read model's WAL failed"),
+            }
+            drop(stalled);
+            // Wait out the pause; a nudge meanwhile means another checkpoint after it.
+            let deadline = started + PAUSE;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match woken.recv_timeout(left) {
+                    Ok(()) => pending = true,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
             }
         }
     }

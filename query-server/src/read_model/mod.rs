@@ -28,6 +28,7 @@ use rusqlite::{Connection, OpenFlags, config::DbConfig};
 
 pub use apply::ApplyError;
 use checkpointer::Checkpointer;
+pub use checkpointer::WalSettings;
 use memory::Memory;
 
 /// How long a connection waits for a lock before reporting `SQLITE_BUSY`.
@@ -144,9 +145,9 @@ impl Writer {
         conn.pragma_update(None, "cache_size", -16_384)?;
         // The WAL is copied into the file by a thread of its own
         // ([`checkpointer`]), not by the commit that fills it. The WAL file
-        // is cut back to 64 MiB when it starts over.
+        // is cut back to the restart size when it starts over.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        conn.pragma_update(None, "journal_size_limit", checkpointer::RESTART_AT)?;
         conn.wal_hook(Some(record_wal_frames));
         conn.set_prepared_statement_cache_capacity(64);
         migrations::run(&mut conn)?;
@@ -196,11 +197,22 @@ impl Writer {
         &self.path
     }
 
-    /// Sets the WAL size, in bytes, at which the background checkpoint holds
-    /// this writer off for a moment to start the WAL over (default 64 MiB;
-    /// tests set a small one to see it happen).
-    pub fn wal_restart_at(&self, bytes: i64) {
-        self.checkpointer.restart_at(bytes);
+    /// Sets the WAL size at which the background checkpoint holds this
+    /// writer off for a moment to start the WAL over (the WAL file is cut
+    /// back to it then), and the longest this writer waits for the
+    /// checkpoint thread when the WAL has grown past twice that size.
+    pub fn set_wal(&mut self, settings: WalSettings) -> rusqlite::Result<()> {
+        self.conn
+            .pragma_update(None, "journal_size_limit", settings.restart_at)?;
+        self.checkpointer.configure(settings);
+        Ok(())
+    }
+
+    /// A lock the background checkpoint thread takes for each checkpoint:
+    /// holding it holds the thread off, as a machine too busy to run it
+    /// would (for tests).
+    pub fn checkpoint_stall(&self) -> Arc<Mutex<()>> {
+        self.checkpointer.stall()
     }
 
     /// The checkpoint stored in the file.
@@ -279,6 +291,8 @@ pub struct ReadModel {
     path: PathBuf,
     /// What every writer of the live file keeps of `reservation_changes`.
     change_retention: retention::ChangeRetention,
+    /// How every writer of the live file bounds its WAL.
+    wal: WalSettings,
     /// The readers new reads start on; locked only to clone or replace the `Arc`.
     current: RwLock<Arc<Readers>>,
     /// Availability in memory, kept by the attached writer.
@@ -381,6 +395,7 @@ impl ReadModel {
         Self {
             path: path.to_owned(),
             change_retention: retention::ChangeRetention::default(),
+            wal: WalSettings::default(),
             current: RwLock::new(Arc::new(Readers::new(path, false))),
             memory: Arc::new(Memory::new(memory::DEFAULT_MAX_NIGHTS)),
         }
@@ -411,9 +426,17 @@ impl ReadModel {
         self
     }
 
-    /// How long writers of this file keep `reservation_changes`.
-    pub fn change_retention(&self) -> retention::ChangeRetention {
-        self.change_retention
+    /// Sets how writers of this file bound their WAL.
+    pub fn with_wal(mut self, wal: WalSettings) -> Self {
+        self.wal = wal;
+        self
+    }
+
+    /// Gives `writer` (of this file or of its rebuild) the retention and
+    /// WAL settings this read model was configured with.
+    pub fn configure(&self, writer: &mut Writer) -> rusqlite::Result<()> {
+        writer.set_change_retention(self.change_retention);
+        writer.set_wal(self.wal)
     }
 
     /// The live file.
@@ -521,7 +544,7 @@ impl ReadModel {
             .with_context(|| format!("renaming {} to {}", link.display(), self.path.display()))?;
         sync_parent_dir(&self.path);
         let mut writer = Writer::open(&self.path)?;
-        writer.set_change_retention(self.change_retention);
+        self.configure(&mut writer)?;
         self.attach(&mut writer);
         let readers = Readers::prepared(&self.path, false, PREPARED_READERS)
             .with_context(|| format!("opening {} to read", self.path.display()))?;
