@@ -5,6 +5,7 @@
 //! - [`validate`]: parsing and checking of request fields, collecting every
 //!   problem into one `INVALID_ARGUMENT` with `google.rpc.BadRequest` details.
 //! - [`dates`]: the calendar-date format of the API (`YYYY-MM-DD`).
+//! - [`allocator`]: how long mimalloc keeps freed memory.
 //! - [`server`]: health, reflection, metrics and shutdown plumbing for tonic.
 //! - [`process_metrics`]: the standard `process_*` metrics, from `/proc`.
 //! - [`limits`]: the flags every server shares for message sizes, timeouts,
@@ -17,6 +18,7 @@
 //! - [`trace`]: W3C trace context: a call's `traceparent`, the context an
 //!   event carries, the spans that follow it.
 
+pub mod allocator;
 pub mod auth;
 pub mod dates;
 pub mod limits;

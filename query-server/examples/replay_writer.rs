@@ -47,6 +47,12 @@ async fn main() -> anyhow::Result<()> {
             let events = events.clone();
             move || -> anyhow::Result<(f64, f64)> {
                 let mut writer = Writer::open(&path)?;
+                if let Ok(mib) = std::env::var("REPLAY_WAL_RESTART_MIB") {
+                    writer.set_wal(query_server::read_model::WalSettings {
+                        restart_at: mib.parse::<i64>()? * 1024 * 1024,
+                        ..Default::default()
+                    })?;
+                }
                 if let Ok(drop) = std::env::var("REPLAY_DROP_INDEXES") {
                     let conn = rusqlite::Connection::open(&path)?;
                     for index in drop.split(',').filter(|s| !s.is_empty()) {

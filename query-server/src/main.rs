@@ -2,12 +2,14 @@ use clap::Parser;
 use query_server::{Config, QueryServer};
 
 /// mimalloc instead of the system allocator: every request allocates
-/// (messages, strings, futures) on whichever worker thread runs it.
+/// (messages, strings, futures) on whichever worker thread runs it. Freed
+/// memory goes back to the OS after 10 ms ([`hotel_common::allocator`]).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    hotel_common::allocator::configure();
     let config = Config::parse();
     let telemetry =
         hotel_common::telemetry::init(config.log_json, &config.tracing, "query-server")?;
