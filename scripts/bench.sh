@@ -28,7 +28,8 @@
 #     used per operation
 #   projection lag at half the concurrency-64 command rate
 #   catch-up: the log filled to >= 200,000 events, then a fresh query
-#     server replays it
+#     server replays it, three times (the median replay is reported, with
+#     the highest peak RSS)
 #   peak RSS (VmHWM) of both servers
 # Raw results stay in target/bench/<time>/ (JSON per load, sysbench output,
 # server logs).
@@ -75,6 +76,7 @@ BENCH_DB=${BENCH_DB:-hotel_bench}
 if ((QUICK)); then
     LOAD_SECONDS=${BENCH_SECONDS:-2}
     CATCHUP_EVENTS=${BENCH_CATCHUP_EVENTS:-3000}
+    CATCHUP_RUNS=1
     SYSBENCH_SECONDS=3
     SYSBENCH_ROWS=1000
     OBS_ROUNDS=1
@@ -83,6 +85,7 @@ if ((QUICK)); then
 else
     LOAD_SECONDS=${BENCH_SECONDS:-10}
     CATCHUP_EVENTS=${BENCH_CATCHUP_EVENTS:-200000}
+    CATCHUP_RUNS=3
     SYSBENCH_SECONDS=10
     SYSBENCH_ROWS=10000
     OBS_ROUNDS=${BENCH_OBS_ROUNDS:-5}
@@ -389,7 +392,7 @@ hotel_log "lag at $LAG_RATE/s: p50 and p99 in $RESULTS/lag.json"
 
 hotel_section "catch-up over >= $CATCHUP_EVENTS events"
 "$LOADGEN" catchup --command-url "$COMMAND_URL" --events "$CATCHUP_EVENTS" \
-    --query-server-bin target/release/query-server --json >"$RESULTS/catchup.json"
+    --runs "$CATCHUP_RUNS" --query-server-bin target/release/query-server --json >"$RESULTS/catchup.json"
 said "catch-up" "$RESULTS/catchup.json" events_per_sec
 
 peak_rss "$COMMAND_PID" >"$RESULTS/rss-command-server.kib"

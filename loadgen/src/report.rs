@@ -638,6 +638,27 @@ impl Results {
                 c.query_server_peak_rss_kib
                     .map_or("unknown".to_owned(), mib)
             );
+            if !c.runs.is_empty() {
+                let runs: Vec<String> = c
+                    .runs
+                    .iter()
+                    .map(|run| {
+                        format!(
+                            "{} events/s, {}",
+                            number(run.events_per_sec),
+                            run.query_server_peak_rss_kib
+                                .map_or("unknown".to_owned(), mib)
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(
+                    md,
+                    "The log was replayed {} times, each by a new process on a new file: {}. \
+                     The figures above are the median replay's, the peak RSS the highest of all.\n",
+                    c.runs.len(),
+                    runs.join("; ")
+                );
+            }
             if let Some(fill) = &c.fill {
                 details(&mut md, "Filling the log for the catch-up", fill);
             }

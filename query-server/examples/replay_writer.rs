@@ -8,6 +8,9 @@
 //!            COMMAND_URL EVENTS_FILE [BATCH [ROUNDS]]
 //!
 //! The events are fetched into EVENTS_FILE when it does not exist yet.
+//! From the environment: REPLAY_DROP_INDEXES (comma-separated index names
+//! dropped before the replay), REPLAY_WAL_RESTART_MIB (the writer's
+//! `--wal-restart-mib`).
 //! Speed is claimed from `loadgen catchup`, not from this (ADR 0005); it is
 //! for profiling and for quick comparisons while changing the writer.
 
