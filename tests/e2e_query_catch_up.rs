@@ -1,4 +1,4 @@
-//! `kill -9` of a query server during its catch-up of 20,000+ events, at
+//! `kill -9` of a query server during its catch-up of 35,000+ events, at
 //! random moments, then a restart on the same SQLite file: the read model it
 //! ends with, read through the query API, equals MySQL's write model.
 
@@ -18,8 +18,11 @@ use rand::Rng;
 use support::*;
 use tonic::transport::Channel;
 
-/// Events the write phase produces at least.
-const TARGET_EVENTS: i64 = 20_000;
+/// Events the write phase produces at least: more than [`KILLS`] catch-up
+/// commits of at most 10,000 events each, so that a kill right after a
+/// round's first commit still interrupts the catch-up (30,000 at most by
+/// the third).
+const TARGET_EVENTS: i64 = 35_000;
 /// Concurrent command tasks.
 const WRITERS: usize = 32;
 const HOTELS: usize = 10;
@@ -249,7 +252,7 @@ async fn kill_9_during_catch_up_loses_nothing_and_applies_nothing_twice() {
         }
     }
 
-    // The write model: 20,000+ events from 32 concurrent writers.
+    // The write model: 35,000+ events from 32 concurrent writers.
     let head = Arc::new(AtomicI64::new(0));
     let writers: Vec<_> = (0..WRITERS)
         .map(|task| tokio::spawn(write_until(setup.clone(), task, head.clone())))
@@ -285,8 +288,8 @@ async fn kill_9_during_catch_up_loses_nothing_and_applies_nothing_twice() {
         );
         // A random moment, or just after this round's first commit, so the
         // kill still lands in the catch-up on a fast machine: one commit
-        // takes up to 10,000 events, half the log, so "once most of the log
-        // is in" could already be the end.
+        // takes up to 10,000 events, so "once most of the log is in" could
+        // already be the end.
         let delay = Duration::from_millis(rand::rng().random_range(50..=600));
         let since = Instant::now();
         let status = loop {
