@@ -739,3 +739,63 @@ async fn watch_availability_sends_the_state_then_each_change() {
     }
     app.stop().await;
 }
+
+/// GetAvailability answers from memory, which the writer updates just after
+/// each commit; a GetReservation in between reads the file at the new
+/// position. A client that reads the one and then the other must not see
+/// its positions go back: here a second writer commits without updating
+/// the memory at all (the moment between the commit and the update, held
+/// open), and availability is then answered from the file.
+#[tokio::test]
+async fn availability_after_a_newer_read_of_the_file_is_not_answered_at_an_older_position() {
+    let dir = TempDir::new();
+    let (app, mut world) = start(&dir).await;
+    let mut client = app.client().await;
+    let head = world.stream.head();
+    let availability = pb::GetAvailabilityRequest {
+        hotel_id: "h3".into(),
+        room_type_code: "DBL".into(),
+        from_date: "2030-08-01".into(),
+        to_date: "2030-08-02".into(),
+        min_position: 0,
+    };
+    let before = client
+        .get_availability(availability.clone())
+        .await
+        .expect("availability")
+        .into_inner();
+    assert_eq!(before.as_of_position, head);
+
+    let stay = Stay::new("h3", "DBL", "gil", "2030-08-01", "2030-08-02");
+    let mut writer = query_server::read_model::Writer::open(&dir.db()).expect("a second writer");
+    writer
+        .apply_batch(&[world.events.confirmed(&stay)])
+        .expect("applies");
+    let reservation = client
+        .get_reservation(pb::GetReservationRequest {
+            reservation_id: stay.reservation_id.clone(),
+            min_position: 0,
+        })
+        .await
+        .expect("the new reservation, read from the file")
+        .into_inner();
+    assert_eq!(reservation.as_of_position, head + 1);
+
+    let after = client
+        .get_availability(availability)
+        .await
+        .expect("availability")
+        .into_inner();
+    assert_eq!(
+        after.as_of_position,
+        head + 1,
+        "availability went back to an older position after a read at {}",
+        head + 1
+    );
+    let booked = after.room_types[0].nights[0].booked;
+    assert_eq!(
+        booked, 1,
+        "and it counts the booking committed at that position"
+    );
+    drop(writer);
+}

@@ -93,10 +93,12 @@ impl Queries {
         &self,
         read: impl FnOnce(&Snapshot<'_>) -> rusqlite::Result<T>,
     ) -> Result<(T, i64), QueryError> {
-        Ok(self.read_model.read(|tx| {
+        let (value, position) = self.read_model.read(|tx| {
             let value = read(tx)?;
             Ok((value, reads::checkpoint(tx)?))
-        })?)
+        })?;
+        self.read_model.answered_at(position);
+        Ok((value, position))
     }
 
     fn get_reservation_now(
@@ -113,13 +115,11 @@ impl Queries {
         })
     }
 
-    /// The availability held in memory, when it holds `min_position`
-    /// (else the caller reads SQLite, which does: see [`Self::fresh`]).
+    /// The availability held in memory, when it holds `min_position` and
+    /// no read of the file answered at a newer position (else the caller
+    /// reads SQLite, which does: see [`Self::fresh`]).
     fn memory(&self, min_position: i64) -> Option<Arc<memory::State>> {
-        self.read_model
-            .memory()
-            .state()
-            .filter(|state| state.position() >= min_position)
+        self.read_model.fresh_memory(min_position)
     }
 
     fn get_availability_now(

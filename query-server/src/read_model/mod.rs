@@ -18,7 +18,10 @@ pub mod retention;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicI64, Ordering},
+    },
     time::Duration,
 };
 
@@ -297,6 +300,12 @@ pub struct ReadModel {
     current: RwLock<Arc<Readers>>,
     /// Availability in memory, kept by the attached writer.
     memory: Arc<Memory>,
+    /// The newest position a read of the file answered at. The writer
+    /// publishes the in-memory state just after its commit: in between, a
+    /// read of the file is at the new position and the state at the one
+    /// before, and a client reading the one then the other would see its
+    /// positions go back. A state behind this is not served ([`Self::fresh_memory`]).
+    answered: AtomicI64,
 }
 
 impl std::fmt::Debug for ReadModel {
@@ -398,6 +407,7 @@ impl ReadModel {
             wal: WalSettings::default(),
             current: RwLock::new(Arc::new(Readers::new(path, false))),
             memory: Arc::new(Memory::new(memory::DEFAULT_MAX_NIGHTS)),
+            answered: AtomicI64::new(0),
         }
     }
 
@@ -411,6 +421,21 @@ impl ReadModel {
     /// The availability held in memory.
     pub fn memory(&self) -> &Memory {
         &self.memory
+    }
+
+    /// The in-memory state, if it holds `min_position` and every position a
+    /// read of the file has answered at (else the caller reads the file).
+    pub fn fresh_memory(&self, min_position: i64) -> Option<Arc<memory::State>> {
+        let floor = min_position.max(self.answered.load(Ordering::SeqCst));
+        self.memory
+            .state()
+            .filter(|state| state.position() >= floor)
+    }
+
+    /// Notes that a read of the file answered at `position` (see
+    /// [`Self::fresh_memory`]).
+    pub fn answered_at(&self, position: i64) {
+        self.answered.fetch_max(position, Ordering::SeqCst);
     }
 
     /// Makes `writer` (of the live file) keep the in-memory availability
@@ -495,8 +520,9 @@ impl ReadModel {
     /// 2. to ordinary readers of the live path, before anything writes it.
     pub fn swap_in(&self, live: Writer, mut rebuilt: Writer) -> anyhow::Result<Writer> {
         // Another file, maybe another history: reads use SQLite until the
-        // new writer loads it.
+        // new writer loads it, and positions start over from the new file's.
         self.memory.clear();
+        self.answered.store(0, Ordering::SeqCst);
         let rebuilt_path = rebuilt.path.clone();
         // A rebuild hands over at the live checkpoint, maybe before its
         // stream reached the head: it serves listings from the swap on.
