@@ -189,3 +189,38 @@ fn a_writer_waits_for_a_stalled_checkpoint_thread_at_most_the_catch_up_wait_once
         2 * restart_at
     );
 }
+
+/// `--wal-catch-up-wait-ms 0`: the writer never waits, however far the
+/// stalled thread leaves the WAL behind.
+#[test]
+fn a_zero_catch_up_wait_never_holds_the_writer() {
+    let dir = TempDir::new();
+    let mut writer = Writer::open(&dir.db()).expect("open the read model");
+    let batches = bookings(&mut writer, 200);
+    let wal = query_server::read_model::with_suffix(writer.path(), "-wal");
+    let restart_at = 256 * 1024;
+    writer
+        .set_wal(WalSettings {
+            restart_at,
+            catch_up_wait: std::time::Duration::ZERO,
+        })
+        .expect("settings");
+    let stall = writer.checkpoint_stall();
+    let _stalled = stall.lock().expect("stall");
+    let mut slowest = std::time::Duration::ZERO;
+    for batch in &batches {
+        let started = std::time::Instant::now();
+        writer.apply_batch(batch).expect("applies");
+        slowest = slowest.max(started.elapsed());
+    }
+    let largest_wal = std::fs::metadata(&wal).map_or(0, |m| m.len());
+    eprintln!("slowest commit {slowest:?}; WAL {largest_wal} bytes");
+    assert!(
+        largest_wal > 4 * restart_at as u64,
+        "the WAL went past twice its restart size ({largest_wal} bytes)"
+    );
+    assert!(
+        slowest < std::time::Duration::from_millis(400),
+        "a commit took {slowest:?}"
+    );
+}

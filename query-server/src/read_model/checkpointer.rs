@@ -208,6 +208,9 @@ impl Checkpointer {
     /// for the thread's next second pass, which lets the WAL start over, once
     /// per time the WAL starts over. Returns whether it waited.
     pub fn wait_if_behind(&self, frames: i64) -> bool {
+        if self.catch_up_wait.is_zero() {
+            return false;
+        }
         let limit = 2 * self.restart_at.load(Ordering::Relaxed) / self.page_size.max(1);
         let mut state = self.passes.lock();
         if frames < state.last_frames {
