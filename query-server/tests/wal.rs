@@ -20,16 +20,15 @@ use support::{Events, Stay, TempDir};
 #[test]
 fn the_wal_starts_over_while_batches_commit_and_readers_read() {
     let dir = TempDir::new();
-    let mut writer = Writer::open(&dir.db()).expect("open the read model");
-    let readers = ReadModel::new(&dir.db());
-    let batches = bookings(&mut writer, 1_500);
-    let wal = query_server::read_model::with_suffix(writer.path(), "-wal");
-    writer
-        .set_wal(WalSettings {
+    let (mut writer, batches, wal) = writer_with(
+        &dir,
+        1_500,
+        WalSettings {
             restart_at: 4 * 1024 * 1024,
             ..WalSettings::default()
-        })
-        .expect("settings");
+        },
+    );
+    let readers = ReadModel::new(&dir.db());
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut largest_wal = 0;
     std::thread::scope(|scope| {
@@ -67,6 +66,20 @@ fn the_wal_starts_over_while_batches_commit_and_readers_read() {
     );
 }
 
+/// A writer of a new file in `dir` with `wal` settings, the hotel and room
+/// type applied, `count` batches of ten bookings to apply, and its WAL's path.
+fn writer_with(
+    dir: &TempDir,
+    count: usize,
+    wal: WalSettings,
+) -> (Writer, Vec<Vec<pb::EventEnvelope>>, std::path::PathBuf) {
+    let mut writer = Writer::open(&dir.db()).expect("open the read model");
+    let batches = bookings(&mut writer, count);
+    let wal_path = query_server::read_model::with_suffix(writer.path(), "-wal");
+    writer.set_wal(wal).expect("settings");
+    (writer, batches, wal_path)
+}
+
 /// Applies a hotel and a room type, and returns `count` batches of ten
 /// bookings to apply after them.
 fn bookings(writer: &mut Writer, count: usize) -> Vec<Vec<pb::EventEnvelope>> {
@@ -102,16 +115,15 @@ fn bookings(writer: &mut Writer, count: usize) -> Vec<Vec<pb::EventEnvelope>> {
 #[test]
 fn a_writer_ahead_of_the_checkpoint_thread_waits_for_it() {
     let dir = TempDir::new();
-    let mut writer = Writer::open(&dir.db()).expect("open the read model");
-    let batches = bookings(&mut writer, 600);
-    let wal = query_server::read_model::with_suffix(writer.path(), "-wal");
     let restart_at = 256 * 1024;
-    writer
-        .set_wal(WalSettings {
+    let (mut writer, batches, wal) = writer_with(
+        &dir,
+        600,
+        WalSettings {
             restart_at,
             ..WalSettings::default()
-        })
-        .expect("settings");
+        },
+    );
     let mut largest_wal = 0;
     let started = std::time::Instant::now();
     for batch in &batches {
@@ -136,17 +148,16 @@ fn a_writer_ahead_of_the_checkpoint_thread_waits_for_it() {
 #[test]
 fn a_writer_waits_for_a_stalled_checkpoint_thread_at_most_the_catch_up_wait_once() {
     let dir = TempDir::new();
-    let mut writer = Writer::open(&dir.db()).expect("open the read model");
-    let batches = bookings(&mut writer, 300);
-    let wal = query_server::read_model::with_suffix(writer.path(), "-wal");
     let restart_at = 256 * 1024;
     let catch_up_wait = std::time::Duration::from_millis(500);
-    writer
-        .set_wal(WalSettings {
+    let (mut writer, batches, wal) = writer_with(
+        &dir,
+        300,
+        WalSettings {
             restart_at,
             catch_up_wait,
-        })
-        .expect("settings");
+        },
+    );
     let (stalled, rest) = batches.split_at(200);
     let mut slow = Vec::new();
     let mut largest_wal = 0;
@@ -195,16 +206,15 @@ fn a_writer_waits_for_a_stalled_checkpoint_thread_at_most_the_catch_up_wait_once
 #[test]
 fn a_zero_catch_up_wait_never_holds_the_writer() {
     let dir = TempDir::new();
-    let mut writer = Writer::open(&dir.db()).expect("open the read model");
-    let batches = bookings(&mut writer, 200);
-    let wal = query_server::read_model::with_suffix(writer.path(), "-wal");
     let restart_at = 256 * 1024;
-    writer
-        .set_wal(WalSettings {
+    let (mut writer, batches, wal) = writer_with(
+        &dir,
+        200,
+        WalSettings {
             restart_at,
             catch_up_wait: std::time::Duration::ZERO,
-        })
-        .expect("settings");
+        },
+    );
     let stall = writer.checkpoint_stall();
     let _stalled = stall.lock().expect("stall");
     let mut slowest = std::time::Duration::ZERO;

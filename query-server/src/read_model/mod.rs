@@ -435,7 +435,11 @@ impl ReadModel {
     /// Notes that a read of the file answered at `position` (see
     /// [`Self::fresh_memory`]).
     pub fn answered_at(&self, position: i64) {
-        self.answered.fetch_max(position, Ordering::SeqCst);
+        // Most reads answer at a position already noted: a load, no write
+        // to the shared cache line.
+        if position > self.answered.load(Ordering::SeqCst) {
+            self.answered.fetch_max(position, Ordering::SeqCst);
+        }
     }
 
     /// Makes `writer` (of the live file) keep the in-memory availability
