@@ -1,6 +1,6 @@
 //! Upgrading a read model in place (issue 13): a file written by the query
-//! server of the previous read-model schema (6, in
-//! `tests/fixtures/schema-6`, made by that binary from the log beside it) is
+//! server of the previous read-model schema (7, in
+//! `tests/fixtures/schema-7`, made by that binary from the log beside it) is
 //! opened by this binary, which migrates it and goes on applying a log that
 //! mixes the events a command server wrote before its own upgrade (no trace
 //! context) with events written after it (trace context, and fields this
@@ -26,9 +26,9 @@ use query_server::read_model::{Writer, retention::ChangeRetention};
 use rusqlite::{Connection, OpenFlags, types::Value};
 use support::{Events, Stay, TempDir};
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schema-6");
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schema-7");
 /// The schema the fixture was written at: the one before this binary's.
-const PREVIOUS_SCHEMA: i64 = 6;
+const PREVIOUS_SCHEMA: i64 = 7;
 
 /// The fixture's log, as the previous command server encoded it.
 fn old_log() -> Vec<pb::EventEnvelope> {
@@ -263,7 +263,7 @@ fn a_previous_schema_file_upgrades_in_place_and_ends_as_a_fresh_rebuild() {
     assert!(
         current_schema == PREVIOUS_SCHEMA + 1,
         "schema {current_schema}: a new migration needs this test's fixture made again with the \
-         previous binary (tests/fixtures/schema-6/README.md)"
+         previous binary (tests/fixtures/schema-7/README.md)"
     );
 
     // The same log from scratch.

@@ -138,13 +138,16 @@ impl<'e> NightDeltas<'e> {
             return Ok(());
         }
         // Stable: the sums do not depend on the order, but stay exact.
+        // Sorted by room type, then night: each room type's id is looked up
+        // once, and its rows are written in key order.
         self.deltas.sort_by(|a, b| a.0.cmp(&b.0));
         let mut upsert = tx.prepare_cached(
-            "INSERT INTO nights (hotel_id, room_type_code, night, booked, waiting)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (hotel_id, room_type_code, night) DO UPDATE
+            "INSERT INTO nights (room_id, night, booked, waiting)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (room_id, night) DO UPDATE
              SET booked = booked + excluded.booked, waiting = waiting + excluded.waiting",
         )?;
+        let mut room: Option<((&str, &str), i64)> = None;
         let mut deltas = self.deltas.into_iter().peekable();
         while let Some((key, (mut booked, mut waiting))) = deltas.next() {
             while let Some((_, (more_booked, more_waiting))) =
@@ -154,15 +157,38 @@ impl<'e> NightDeltas<'e> {
                 waiting += more_waiting;
             }
             let (hotel_id, room_type_code, night) = key;
-            upsert.execute(params![
-                hotel_id,
-                room_type_code,
-                dates::format(night),
-                booked,
-                waiting
-            ])?;
+            let room_id = match room {
+                Some((of, id)) if of == (hotel_id, room_type_code) => id,
+                _ => {
+                    let id = night_room_id(tx, hotel_id, room_type_code)?;
+                    room = Some(((hotel_id, room_type_code), id));
+                    id
+                }
+            };
+            upsert.execute(params![room_id, night.to_julian_day(), booked, waiting])?;
         }
         Ok(())
+    }
+}
+
+/// The id a room type's rows of `nights` hang off, given on first use.
+fn night_room_id(
+    tx: &Transaction<'_>,
+    hotel_id: &str,
+    room_type_code: &str,
+) -> Result<i64, ApplyError> {
+    let known = tx
+        .prepare_cached("SELECT id FROM night_rooms WHERE hotel_id = ?1 AND room_type_code = ?2")?
+        .query_row(params![hotel_id, room_type_code], |row| row.get(0));
+    match known {
+        Err(rusqlite::Error::QueryReturnedNoRows) => {
+            tx.prepare_cached(
+                "INSERT INTO night_rooms (hotel_id, room_type_code) VALUES (?1, ?2)",
+            )?
+            .execute(params![hotel_id, room_type_code])?;
+            Ok(tx.last_insert_rowid())
+        }
+        known => Ok(known?),
     }
 }
 
@@ -232,14 +258,26 @@ pub fn apply_event<'e>(
         }
         Kind::ReservationConfirmed(e) => {
             let booking = booking(position, e.booking.as_ref())?;
-            insert_reservation(tx, envelope, booking, pb::ReservationStatus::Confirmed)?;
             let stay = Stay::parse(position, &booking.check_in, &booking.check_out)?;
+            insert_reservation(
+                tx,
+                envelope,
+                booking,
+                stay,
+                pb::ReservationStatus::Confirmed,
+            )?;
             nights.add(&booking.hotel_id, &booking.room_type_code, stay, 1, 0);
         }
         Kind::ReservationWaitlisted(e) => {
             let booking = booking(position, e.booking.as_ref())?;
-            insert_reservation(tx, envelope, booking, pb::ReservationStatus::Waitlisted)?;
             let stay = Stay::parse(position, &booking.check_in, &booking.check_out)?;
+            insert_reservation(
+                tx,
+                envelope,
+                booking,
+                stay,
+                pb::ReservationStatus::Waitlisted,
+            )?;
             nights.add(&booking.hotel_id, &booking.room_type_code, stay, 0, 1);
         }
         Kind::ReservationPromoted(e) => {
@@ -355,11 +393,12 @@ fn insert_reservation(
     tx: &Transaction<'_>,
     envelope: &pb::EventEnvelope,
     booking: &pb::Booking,
+    stay: Stay,
     status: pb::ReservationStatus,
 ) -> Result<(), ApplyError> {
-    let stay = Stay::parse(envelope.position, &booking.check_in, &booking.check_out)?;
-    let guest = booking.guest.clone().unwrap_or_default();
-    let total = booking.total_price.clone().unwrap_or_default();
+    let (no_guest, no_total) = (pb::Guest::default(), pb::Money::default());
+    let guest = booking.guest.as_ref().unwrap_or(&no_guest);
+    let total = booking.total_price.as_ref().unwrap_or(&no_total);
     let updated_at = millis(envelope.occurred_at.as_ref());
     tx.prepare_cached(
         "INSERT INTO reservations

@@ -28,13 +28,10 @@ use std::{
     },
 };
 
-use hotel_common::{
-    dates,
-    pb::{self, event::Kind},
-};
+use hotel_common::pb::{self, event::Kind};
 use rusqlite::{Connection, params};
 
-use super::reads::{Found, Hotel, NightCounts, RoomType, Search, SearchKey};
+use super::reads::{Found, Hotel, NightCounts, RoomType, Search, SearchKey, night_day, night_text};
 
 /// Default cap on the nights held in memory (about 20 bytes each).
 pub const DEFAULT_MAX_NIGHTS: u64 = 500_000;
@@ -43,20 +40,9 @@ pub const DEFAULT_MAX_NIGHTS: u64 = 500_000;
 /// every commit; the first smaller commit loads it all once.
 const LARGE_COMMIT: usize = 1_000;
 
-/// A night as the read model stores it (`YYYY-MM-DD`), as its Julian day.
-/// Only texts that are the canonical form of their date are taken (any
-/// other makes the caller read SQLite), so days order as SQLite orders the
-/// texts.
+/// A night as the read model stores it: its Julian day number
+/// ([`night_day`]).
 type NightKey = i32;
-
-fn night_key(text: &str) -> Option<NightKey> {
-    let date = dates::parse(text)?;
-    (dates::format(date) == text).then(|| date.to_julian_day())
-}
-
-fn night_text(key: NightKey) -> String {
-    time::Date::from_julian_day(key).map_or_else(|_| String::new(), dates::format)
-}
 
 /// The counts of one stored night.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +188,7 @@ impl State {
         from: &str,
         to: &str,
     ) -> Option<Vec<NightCounts>> {
-        let (from, to) = (night_key(from)?, night_key(to)?);
+        let (from, to) = (night_day(from)?, night_day(to)?);
         let Some(hotel) = self.hotels.get(hotel_id) else {
             return Some(Vec::new());
         };
@@ -227,7 +213,7 @@ impl State {
     /// exactly as SQLite would (a date of another shape, an overflow), and
     /// the caller asks SQLite.
     pub fn search(&self, search: &Search<'_>) -> Option<Found> {
-        let (from, to) = (night_key(search.check_in)?, night_key(search.check_out)?);
+        let (from, to) = (night_day(search.check_in)?, night_day(search.check_out)?);
         let limit = usize::try_from(search.limit).unwrap_or(0);
         let max_examined = usize::try_from(search.max_examined).unwrap_or(0);
         let mut found = Found {
@@ -344,8 +330,6 @@ impl State {
 enum Unkept {
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
-    #[error("a stored night {0:?} is not a date as YYYY-MM-DD")]
-    BadNight(String),
     #[error("more than {0} nights")]
     TooManyNights(u64),
 }
@@ -502,7 +486,7 @@ fn touched(events: &[pb::EventEnvelope]) -> HashMap<&str, Touched> {
             _ => None,
         };
         let range = stay.and_then(|(hotel_id, code, check_in, check_out)| {
-            Some((hotel_id, code, night_key(check_in)?, night_key(check_out)?))
+            Some((hotel_id, code, night_day(check_in)?, night_day(check_out)?))
         });
         match range {
             Some((hotel_id, code, from, to)) => {
@@ -594,11 +578,11 @@ fn read_nights(
     from: &NightKey,
     to: &NightKey,
 ) -> Result<Vec<Night>, Unkept> {
-    let (from, to) = (night_text(*from), night_text(*to));
     let mut statement = conn.prepare_cached(
-        "SELECT night, booked, waiting FROM nights
-         WHERE hotel_id = ?1 AND room_type_code = ?2 AND night >= ?3 AND night < ?4
-         ORDER BY night",
+        "SELECT n.night, n.booked, n.waiting
+         FROM night_rooms r JOIN nights n ON n.room_id = r.id
+         WHERE r.hotel_id = ?1 AND r.room_type_code = ?2 AND n.night >= ?3 AND n.night < ?4
+         ORDER BY n.night",
     )?;
     let mut rows = statement.query(params![hotel_id, code, from, to])?;
     let mut nights = Vec::new();
@@ -608,11 +592,9 @@ fn read_nights(
     Ok(nights)
 }
 
-fn night_from_row(row: &rusqlite::Row<'_>, first: usize) -> Result<Night, Unkept> {
-    let text = row.get_ref(first)?;
-    let text = text.as_str().map_err(rusqlite::Error::from)?;
+fn night_from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Night> {
     Ok(Night {
-        night: night_key(text).ok_or_else(|| Unkept::BadNight(text.to_owned()))?,
+        night: row.get(first)?,
         booked: row.get(first + 1)?,
         waiting: row.get(first + 2)?,
     })
@@ -659,8 +641,9 @@ fn read_hotel(conn: &Connection, hotel_id: &str) -> Result<Option<HotelState>, U
         room_types.push(room_type_from_row(row, 0)?);
     }
     let mut statement = conn.prepare_cached(
-        "SELECT room_type_code, night, booked, waiting FROM nights
-         WHERE hotel_id = ?1 ORDER BY room_type_code, night",
+        "SELECT r.room_type_code, n.night, n.booked, n.waiting
+         FROM night_rooms r JOIN nights n ON n.room_id = r.id
+         WHERE r.hotel_id = ?1 ORDER BY r.room_type_code, n.night",
     )?;
     let mut rows = statement.query([hotel_id])?;
     while let Some(row) = rows.next()? {
@@ -709,8 +692,10 @@ fn load_all(conn: &Connection, max_nights: u64) -> Result<State, Unkept> {
         }
     }
     let mut nights: usize = 0;
-    let mut statement =
-        conn.prepare("SELECT hotel_id, room_type_code, night, booked, waiting FROM nights")?;
+    let mut statement = conn.prepare(
+        "SELECT r.hotel_id, r.room_type_code, n.night, n.booked, n.waiting
+             FROM night_rooms r JOIN nights n ON n.room_id = r.id",
+    )?;
     let mut rows = statement.query([])?;
     let mut last: Option<(String, String)> = None;
     while let Some(row) = rows.next()? {
@@ -790,17 +775,17 @@ mod tests {
 
     #[test]
     fn only_canonical_dates_are_nights() {
-        assert!(night_key("2030-05-01").is_some());
+        assert!(night_day("2030-05-01").is_some());
         assert_eq!(
-            night_key("2030-05-02").map(|d| d - 1),
-            night_key("2030-05-01")
+            night_day("2030-05-02").map(|d| d - 1),
+            night_day("2030-05-01")
         );
         assert_eq!(
-            night_text(night_key("2030-12-31").expect("a date")),
+            night_text(night_day("2030-12-31").expect("a date")),
             "2030-12-31"
         );
         for bad in ["2030-5-01", "2030-02-30", "20300501", "", "2030-05-01 "] {
-            assert_eq!(night_key(bad), None, "{bad}");
+            assert_eq!(night_day(bad), None, "{bad}");
         }
     }
 }

@@ -34,6 +34,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0007_reservation_changes_by_time",
         include_str!("../../migrations/0007_reservation_changes_by_time.sql"),
     ),
+    (
+        "0008_nights_by_integer_keys",
+        include_str!("../../migrations/0008_nights_by_integer_keys.sql"),
+    ),
 ];
 
 /// Applies the migrations the file has not seen yet, each in its own

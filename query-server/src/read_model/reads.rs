@@ -2,10 +2,31 @@
 //! [`super::ReadModel::read`] opens ([`Snapshot`]), so everything one request reads,
 //! including [`checkpoint`], comes from one snapshot.
 
-use hotel_common::{pb, timestamp_from_millis};
+use hotel_common::{dates, pb, timestamp_from_millis};
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::Snapshot;
+
+/// A night as `nights` stores it: the Julian day number of its date.
+/// Only a `YYYY-MM-DD` text that is the canonical form of its date has
+/// one, so nights order as their texts do.
+pub fn night_day(text: &str) -> Option<i32> {
+    let date = dates::parse(text)?;
+    (dates::format(date) == text).then(|| date.to_julian_day())
+}
+
+/// The `YYYY-MM-DD` of a stored night.
+pub fn night_text(day: i32) -> String {
+    time::Date::from_julian_day(day).map_or_else(|_| String::new(), dates::format)
+}
+
+/// [`night_day`] of a query's date, which the request checks made
+/// canonical; anything else is refused rather than compared as text.
+fn query_day(text: &str) -> rusqlite::Result<i32> {
+    night_day(text).ok_or_else(|| {
+        rusqlite::Error::ToSqlConversionFailure(format!("{text:?} is not a YYYY-MM-DD date").into())
+    })
+}
 
 /// The last applied position, in this snapshot.
 pub fn checkpoint(tx: &Snapshot<'_>) -> rusqlite::Result<i64> {
@@ -273,28 +294,33 @@ pub fn night_counts(
     // only: `?2 IS NULL OR room_type_code = ?2` would scan the hotel's nights.
     let mut statement = match code {
         Some(_) => tx.prepare_cached(
-            "SELECT room_type_code, night, booked, waiting FROM nights
-             WHERE hotel_id = ?1 AND room_type_code = ?2
-               AND night >= ?3 AND night < ?4
-             ORDER BY room_type_code, night",
+            "SELECT r.room_type_code, n.night, n.booked, n.waiting
+             FROM night_rooms r JOIN nights n ON n.room_id = r.id
+             WHERE r.hotel_id = ?1 AND r.room_type_code = ?2
+               AND n.night >= ?3 AND n.night < ?4
+             ORDER BY r.room_type_code, n.night",
         )?,
         None => tx.prepare_cached(
-            "SELECT room_type_code, night, booked, waiting FROM nights
-             WHERE hotel_id = ?1 AND ?2 IS NULL AND room_type_code IN
+            "SELECT r.room_type_code, n.night, n.booked, n.waiting
+             FROM night_rooms r JOIN nights n ON n.room_id = r.id
+             WHERE r.hotel_id = ?1 AND ?2 IS NULL AND r.room_type_code IN
                    (SELECT code FROM room_types WHERE hotel_id = ?1)
-               AND night >= ?3 AND night < ?4
-             ORDER BY room_type_code, night",
+               AND n.night >= ?3 AND n.night < ?4
+             ORDER BY r.room_type_code, n.night",
         )?,
     };
     statement
-        .query_map(params![hotel_id, code, from, to], |row| {
-            Ok(NightCounts {
-                room_type_code: row.get(0)?,
-                night: row.get(1)?,
-                booked: row.get(2)?,
-                waiting: row.get(3)?,
-            })
-        })?
+        .query_map(
+            params![hotel_id, code, query_day(from)?, query_day(to)?],
+            |row| {
+                Ok(NightCounts {
+                    room_type_code: row.get(0)?,
+                    night: night_text(row.get(1)?),
+                    booked: row.get(2)?,
+                    waiting: row.get(3)?,
+                })
+            },
+        )?
         .collect()
 }
 
@@ -362,8 +388,8 @@ pub fn search(tx: &Snapshot<'_>, search: &Search<'_>) -> rusqlite::Result<Found>
     let mut statement = tx.prepare_cached(
         "SELECT hotel_id, hotel_name, city, code, room_type_name, max_guests,
                 inventory - COALESCE(
-                    (SELECT MAX(n.booked) FROM nights n
-                     WHERE n.hotel_id = s.hotel_id AND n.room_type_code = s.code
+                    (SELECT MAX(n.booked) FROM night_rooms r JOIN nights n ON n.room_id = r.id
+                     WHERE r.hotel_id = s.hotel_id AND r.room_type_code = s.code
                        AND n.night >= ?2 AND n.night < ?3),
                     0) AS free_rooms,
                 rate_minor, currency, rate_minor * ?4 AS total_minor
@@ -374,8 +400,8 @@ pub fn search(tx: &Snapshot<'_>, search: &Search<'_>) -> rusqlite::Result<Found>
     )?;
     let mut rows = statement.query(params![
         search.city_key,
-        search.check_in,
-        search.check_out,
+        query_day(search.check_in)?,
+        query_day(search.check_out)?,
         search.nights,
         search.guests,
         after_total,
@@ -475,13 +501,14 @@ pub fn occupancy(
         .query_row([hotel_id], |row| row.get(0))?;
     let booked = tx
         .prepare_cached(
-            "SELECT night, SUM(booked) FROM nights
-             WHERE hotel_id = ?1 AND night >= ?2 AND night < ?3
-             GROUP BY night
-             ORDER BY night",
+            "SELECT n.night, SUM(n.booked)
+             FROM night_rooms r JOIN nights n ON n.room_id = r.id
+             WHERE r.hotel_id = ?1 AND n.night >= ?2 AND n.night < ?3
+             GROUP BY n.night
+             ORDER BY n.night",
         )?
-        .query_map(params![hotel_id, from, to], |row| {
-            Ok((row.get(0)?, row.get(1)?))
+        .query_map(params![hotel_id, query_day(from)?, query_day(to)?], |row| {
+            Ok((night_text(row.get(0)?), row.get(1)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
     Ok((rooms, booked))
