@@ -6,6 +6,8 @@ use hotel_common::{
     dates,
     pb::{self, event::Kind},
 };
+use std::collections::HashMap;
+
 use rusqlite::{Transaction, params};
 use time::Date;
 
@@ -107,28 +109,38 @@ pub fn apply_batch(
 /// the last one in the B-tree (ADR 0014).
 #[derive(Debug, Default)]
 pub struct NightDeltas<'e> {
-    /// (hotel, room type, night) and (booked, waiting) to add, in event
-    /// order; sorted and summed per night when written.
-    deltas: Vec<(NightKey<'e>, (i64, i64))>,
+    /// The id of each room type seen in the batch (`night_rooms.id`).
+    rooms: HashMap<(&'e str, &'e str), i64>,
+    /// (room id, night) and (booked, waiting) to add, in event order;
+    /// sorted and summed per night when written.
+    deltas: Vec<(NightKey, (i64, i64))>,
 }
 
-/// A row of `nights`: hotel, room type, night.
-type NightKey<'e> = (&'e str, &'e str, Date);
+/// A row of `nights`: the room type's id and the night's Julian day.
+type NightKey = (i64, i32);
 
 impl<'e> NightDeltas<'e> {
     /// Adds `booked` and `waiting` (either may be negative) to every night of the stay.
     fn add(
         &mut self,
-        hotel_id: &'e str,
-        room_type_code: &'e str,
+        tx: &Transaction<'_>,
+        (hotel_id, room_type_code): (&'e str, &'e str),
         stay: Stay,
-        booked: i64,
-        waiting: i64,
-    ) {
+        (booked, waiting): (i64, i64),
+    ) -> Result<(), ApplyError> {
+        let room_id = match self.rooms.get(&(hotel_id, room_type_code)) {
+            Some(id) => *id,
+            None => {
+                let id = night_room_id(tx, hotel_id, room_type_code)?;
+                self.rooms.insert((hotel_id, room_type_code), id);
+                id
+            }
+        };
         for night in stay.nights() {
             self.deltas
-                .push(((hotel_id, room_type_code, night), (booked, waiting)));
+                .push(((room_id, night.to_julian_day()), (booked, waiting)));
         }
+        Ok(())
     }
 
     /// Upserts every night touched (a night whose sums are 0 still gets its
@@ -138,16 +150,13 @@ impl<'e> NightDeltas<'e> {
             return Ok(());
         }
         // Stable: the sums do not depend on the order, but stay exact.
-        // Sorted by room type, then night: each room type's id is looked up
-        // once, and its rows are written in key order.
-        self.deltas.sort_by(|a, b| a.0.cmp(&b.0));
+        self.deltas.sort_by_key(|(key, _)| *key);
         let mut upsert = tx.prepare_cached(
             "INSERT INTO nights (room_id, night, booked, waiting)
              VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (room_id, night) DO UPDATE
              SET booked = booked + excluded.booked, waiting = waiting + excluded.waiting",
         )?;
-        let mut room: Option<((&str, &str), i64)> = None;
         let mut deltas = self.deltas.into_iter().peekable();
         while let Some((key, (mut booked, mut waiting))) = deltas.next() {
             while let Some((_, (more_booked, more_waiting))) =
@@ -156,16 +165,8 @@ impl<'e> NightDeltas<'e> {
                 booked += more_booked;
                 waiting += more_waiting;
             }
-            let (hotel_id, room_type_code, night) = key;
-            let room_id = match room {
-                Some((of, id)) if of == (hotel_id, room_type_code) => id,
-                _ => {
-                    let id = night_room_id(tx, hotel_id, room_type_code)?;
-                    room = Some(((hotel_id, room_type_code), id));
-                    id
-                }
-            };
-            upsert.execute(params![room_id, night.to_julian_day(), booked, waiting])?;
+            let (room_id, night) = key;
+            upsert.execute(params![room_id, night, booked, waiting])?;
         }
         Ok(())
     }
@@ -266,7 +267,12 @@ pub fn apply_event<'e>(
                 stay,
                 pb::ReservationStatus::Confirmed,
             )?;
-            nights.add(&booking.hotel_id, &booking.room_type_code, stay, 1, 0);
+            nights.add(
+                tx,
+                (&booking.hotel_id, &booking.room_type_code),
+                stay,
+                (1, 0),
+            )?;
         }
         Kind::ReservationWaitlisted(e) => {
             let booking = booking(position, e.booking.as_ref())?;
@@ -278,7 +284,12 @@ pub fn apply_event<'e>(
                 stay,
                 pb::ReservationStatus::Waitlisted,
             )?;
-            nights.add(&booking.hotel_id, &booking.room_type_code, stay, 0, 1);
+            nights.add(
+                tx,
+                (&booking.hotel_id, &booking.room_type_code),
+                stay,
+                (0, 1),
+            )?;
         }
         Kind::ReservationPromoted(e) => {
             set_status(
@@ -288,7 +299,7 @@ pub fn apply_event<'e>(
                 envelope,
             )?;
             let stay = Stay::parse(position, &e.check_in, &e.check_out)?;
-            nights.add(&e.hotel_id, &e.room_type_code, stay, 1, -1);
+            nights.add(tx, (&e.hotel_id, &e.room_type_code), stay, (1, -1))?;
         }
         Kind::ReservationCancelled(e) => {
             set_status(
@@ -304,7 +315,12 @@ pub fn apply_event<'e>(
             };
             if (booked, waiting) != (0, 0) {
                 let stay = Stay::parse(position, &e.check_in, &e.check_out)?;
-                nights.add(&e.hotel_id, &e.room_type_code, stay, booked, waiting);
+                nights.add(
+                    tx,
+                    (&e.hotel_id, &e.room_type_code),
+                    stay,
+                    (booked, waiting),
+                )?;
             }
         }
         Kind::GuestCheckedIn(e) => {
