@@ -44,26 +44,40 @@ impl Subscription {
     }
 
     /// The wanted events of `batch` that fit in `budget` bytes (at least
-    /// one), and the position through which `batch` was considered.
-    fn take(&self, batch: Vec<pb::EventEnvelope>, budget: usize) -> (Vec<pb::EventEnvelope>, i64) {
-        let mut through = self.next - 1;
-        let mut bytes = 0;
-        let mut wanted = Vec::new();
+    /// one), the position through which `batch` was considered, and the
+    /// mean encoded size of the events considered (each is measured once).
+    fn take(&self, batch: Vec<pb::EventEnvelope>, budget: usize) -> Taken {
+        let mut taken = Taken {
+            events: Vec::new(),
+            through: self.next - 1,
+            mean_bytes: 0,
+        };
+        let (mut bytes, mut considered, mut considered_bytes) = (0, 0, 0);
         for event in batch {
+            let size = event.encoded_len();
             if self.wants(&event) {
-                let size = event.encoded_len();
-                if !wanted.is_empty() && bytes + size > budget {
+                if !taken.events.is_empty() && bytes + size > budget {
                     break;
                 }
                 bytes += size;
-                through = event.position;
-                wanted.push(event);
+                taken.through = event.position;
+                taken.events.push(event);
             } else {
-                through = event.position;
+                taken.through = event.position;
             }
+            considered += 1;
+            considered_bytes += size;
         }
-        (wanted, through)
+        taken.mean_bytes = considered_bytes / considered.max(1);
+        taken
     }
+}
+
+/// What [`Subscription::take`] took of a batch.
+struct Taken {
+    events: Vec<pb::EventEnvelope>,
+    through: i64,
+    mean_bytes: usize,
 }
 
 /// The server side of one stream.
@@ -184,9 +198,12 @@ impl Feed {
                     tokio::time::sleep(HOLE_WAIT).await;
                     continue;
                 }
-                let read_bytes: usize = batch.iter().map(|e| e.encoded_len()).sum();
-                event_bytes = (read_bytes / batch.len()).max(1);
-                let (events, through) = sub.take(batch, self.limits.batch_bytes);
+                let Taken {
+                    events,
+                    through,
+                    mean_bytes,
+                } = sub.take(batch, self.limits.batch_bytes);
+                event_bytes = mean_bytes.max(1);
                 sub.next = through + 1;
                 if !events.is_empty() {
                     let message = pb::subscribe_response::Message::Events(pb::EventBatch {
@@ -331,15 +348,20 @@ mod tests {
         };
         let one = event(5, "a").encoded_len();
         let batch = vec![event(5, "a"), event(6, "b"), event(7, "a"), event(8, "a")];
-        let (events, through) = sub.take(batch.clone(), 2 * one + 1);
-        let positions: Vec<i64> = events.iter().map(|e| e.position).collect();
+        let taken = sub.take(batch.clone(), 2 * one + 1);
+        let positions: Vec<i64> = taken.events.iter().map(|e| e.position).collect();
         assert_eq!(positions, [5, 7]);
-        assert_eq!(through, 7, "8 did not fit: it comes next time");
-        let (events, through) = sub.take(batch, 1);
-        assert_eq!(events.len(), 1, "one event always goes");
-        assert_eq!(through, 6, "and the unwanted event after it is passed");
-        let (events, through) = sub.take(vec![event(5, "b"), event(6, "b")], 1);
-        assert!(events.is_empty());
-        assert_eq!(through, 6);
+        assert_eq!(taken.through, 7, "8 did not fit: it comes next time");
+        assert_eq!(taken.mean_bytes, one, "5, 6 and 7 were measured");
+        let taken = sub.take(batch, 1);
+        assert_eq!(taken.events.len(), 1, "one event always goes");
+        assert_eq!(
+            taken.through, 6,
+            "and the unwanted event after it is passed"
+        );
+        let taken = sub.take(vec![event(5, "b"), event(6, "b")], 1);
+        assert!(taken.events.is_empty());
+        assert_eq!(taken.through, 6);
+        assert_eq!(taken.mean_bytes, one);
     }
 }
