@@ -271,9 +271,19 @@ pub async fn run(
     }
 }
 
-/// A commit running on a blocking thread: the writer comes back with the
-/// outcome and the commit time of its last event (none for an empty batch).
-type Commit = JoinHandle<(Writer, Result<i64, ApplyError>, Option<i64>)>;
+/// A commit running on a blocking thread.
+type Commit = JoinHandle<Committed>;
+
+/// What a commit hands back: the writer, the outcome, the commit time of
+/// its last event (none for an empty batch), and the batch's vector,
+/// emptied, for the next batch to fill (a catch-up batch's vector is
+/// megabytes: a new one each time costs fresh pages the kernel zeroes).
+struct Committed {
+    writer: Writer,
+    outcome: Result<i64, ApplyError>,
+    last_event_at: Option<i64>,
+    emptied: Vec<EventEnvelope>,
+}
 
 /// Reads one subscription and commits what it delivers; returns the writer
 /// and why the subscription ended. Events accepted before the end are
@@ -290,6 +300,8 @@ async fn follow(
     let mut in_flight: Option<Commit> = None;
     let mut expected = from_position;
     let mut buffer: Vec<EventEnvelope> = Vec::new();
+    // The last committed batch's vector, emptied.
+    let mut spare: Vec<EventEnvelope> = Vec::new();
     // When the oldest buffered event arrived; bounds the catch-up hold.
     let mut buffered_since: Option<Instant> = None;
     // The highest head the stream reported: events up to it exist.
@@ -313,7 +325,12 @@ async fn follow(
             && let Some(writer) = idle.take_if(|_| !buffer.is_empty())
         {
             let take = buffer.len().min(MAX_EVENTS_PER_COMMIT);
-            let batch: Vec<EventEnvelope> = buffer.drain(..take).collect();
+            let mut batch = std::mem::take(&mut spare);
+            if batch.capacity() / 4 > take {
+                // Live again after a catch-up: do not hold its megabytes.
+                batch = Vec::with_capacity(take);
+            }
+            batch.extend(buffer.drain(..take));
             buffered_since = (!buffer.is_empty()).then(Instant::now);
             let indexes = listing_indexes(&batch, known_head);
             in_flight = Some(spawn_commit(writer, batch, indexes));
@@ -342,10 +359,11 @@ async fn follow(
                 if in_flight.is_some() =>
             {
                 in_flight = None;
-                let (writer, outcome, last_event_at) = match joined {
+                let Committed { writer, outcome, last_event_at, emptied } = match joined {
                     Ok(done) => done,
                     Err(error) => std::panic::resume_unwind(error.into_panic()),
                 };
+                spare = emptied;
                 idle = Some(writer);
                 match outcome {
                     Ok(_) if last_event_at.is_none() => {}
@@ -428,7 +446,11 @@ fn listing_indexes(batch: &[EventEnvelope], known_head: i64) -> ListingIndexes {
 
 /// Commits `batch` on a blocking thread. An empty batch only does what
 /// `indexes` says (its commit reports no event time).
-fn spawn_commit(mut writer: Writer, batch: Vec<EventEnvelope>, indexes: ListingIndexes) -> Commit {
+fn spawn_commit(
+    mut writer: Writer,
+    mut batch: Vec<EventEnvelope>,
+    indexes: ListingIndexes,
+) -> Commit {
     let span = apply_span(&batch);
     tokio::task::spawn_blocking(move || {
         let _applying = span.as_ref().map(tracing::Span::enter);
@@ -438,7 +460,13 @@ fn spawn_commit(mut writer: Writer, batch: Vec<EventEnvelope>, indexes: ListingI
             span.record("otel.status_code", "ERROR");
             span.record("error", tracing::field::display(error));
         }
-        (writer, outcome, last_event_at)
+        batch.clear();
+        Committed {
+            writer,
+            outcome,
+            last_event_at,
+            emptied: batch,
+        }
     })
 }
 
