@@ -25,6 +25,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("hotel_descriptor.bin"))
-        .compile_protos(&files, &[proto_dir])?;
+        .compile_protos(&files, std::slice::from_ref(&proto_dir))?;
+
+    // The command server's EventStream again, with `Subscribe` sending
+    // `wire::SubscribeResponse` (stored payloads spliced in as they are)
+    // and every other type `pb`'s: only the server code is generated.
+    let wire_dir = out_dir.join("wire");
+    std::fs::create_dir_all(&wire_dir)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .out_dir(wire_dir)
+        .extern_path(".hotel.v1", "crate::pb")
+        .extern_path(
+            ".hotel.v1.SubscribeResponse",
+            "crate::wire::SubscribeResponse",
+        )
+        .compile_protos(&[proto_dir.join("hotel/v1/stream.proto")], &[proto_dir])?;
     Ok(())
 }

@@ -22,7 +22,7 @@ pub mod testing;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use hotel_common::{auth::Role, limits::MessageLimits, pb, server, tls};
+use hotel_common::{auth::Role, limits::MessageLimits, pb, server, tls, wire};
 use sqlx::MySqlPool;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::{service::interceptor::InterceptedService, transport::ServerTlsConfig};
@@ -152,7 +152,7 @@ impl CommandServer {
             .set_serving::<pb::command_service_server::CommandServiceServer<CommandApi>>()
             .await;
         health
-            .set_serving::<pb::event_stream_server::EventStreamServer<EventStreamApi>>()
+            .set_serving::<wire::server::event_stream_server::EventStreamServer<EventStreamApi>>()
             .await;
         let (reflection_v1, reflection_v1alpha) =
             server::reflection_services(&["hotel.v1.CommandService", "hotel.v1.EventStream"])?;
@@ -191,7 +191,8 @@ impl CommandServer {
                 tokens.interceptor(Role::Writer),
             ))
             .add_service(InterceptedService::new(
-                pb::event_stream_server::EventStreamServer::new(events).with_message_limits(limits),
+                wire::server::event_stream_server::EventStreamServer::new(events)
+                    .with_message_limits(limits),
                 tokens.interceptor(Role::Subscriber),
             ))
             .serve_with_incoming_shutdown(incoming, async move {

@@ -271,7 +271,7 @@ async fn killed_connections_lose_nothing_acknowledged_and_apply_nothing_twice() 
 struct CommitSizes(std::sync::Mutex<Vec<usize>>);
 
 impl command_server::store::CommitListener for CommitSizes {
-    fn committed(&self, events: Vec<pb::EventEnvelope>) {
+    fn committed(&self, events: Vec<hotel_common::wire::Envelope>) {
         self.0.lock().expect("sizes").push(events.len());
     }
 }

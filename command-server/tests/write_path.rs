@@ -594,7 +594,7 @@ async fn silent_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) 
 struct NoListener;
 
 impl command_server::store::CommitListener for NoListener {
-    fn committed(&self, _events: Vec<pb::EventEnvelope>) {}
+    fn committed(&self, _events: Vec<hotel_common::wire::Envelope>) {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`pb`]: the generated `hotel.v1` code and its file descriptor set.
+//! - [`wire`]: the event stream's message as the command server sends it,
+//!   stored payloads spliced in, and its `EventStream` server.
 //! - [`validate`]: parsing and checking of request fields, collecting every
 //!   problem into one `INVALID_ARGUMENT` with `google.rpc.BadRequest` details.
 //! - [`dates`]: the calendar-date format of the API (`YYYY-MM-DD`).
@@ -28,6 +30,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod trace;
 pub mod validate;
+pub mod wire;
 
 /// Generated code for package `hotel.v1`.
 #[allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]

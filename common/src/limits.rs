@@ -270,6 +270,8 @@ message_limits! {
         crate::pb::command_service_server::CommandService,
     crate::pb::event_stream_server::EventStreamServer<T> =>
         crate::pb::event_stream_server::EventStream,
+    crate::wire::server::event_stream_server::EventStreamServer<T> =>
+        crate::wire::server::event_stream_server::EventStream,
     crate::pb::query_service_server::QueryServiceServer<T> =>
         crate::pb::query_service_server::QueryService,
     crate::pb::query_admin_service_server::QueryAdminServiceServer<T> =>

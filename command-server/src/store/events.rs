@@ -5,8 +5,8 @@
 //! docs/decisions/0001-gap-free-positions.md). Readers still stop at the
 //! first missing position and wait, never step past it.
 
-use hotel_common::{pb, timestamp_from_millis};
-use prost::Message;
+use hotel_common::{pb, timestamp_from_millis, wire};
+use prost::bytes::Bytes;
 use sqlx::{MySqlPool, Row};
 
 use super::script::Script;
@@ -29,22 +29,26 @@ pub struct NewEvent {
     pub event: pb::Event,
 }
 
-/// The envelope of an event just written, as a reader of the log gets it;
-/// `traceparent` is its command's trace context (empty when not traced).
-pub fn envelope(event: NewEvent, traceparent: &str) -> pb::EventEnvelope {
-    pb::EventEnvelope {
-        position: event.position,
-        event_id: event.event_id,
-        aggregate_kind: event.aggregate_kind.to_owned(),
-        aggregate_id: event.aggregate_id,
-        aggregate_version: event.aggregate_version,
-        occurred_at: Some(timestamp_from_millis(event.occurred_at_ms)),
-        command_id: event.command_id,
-        correlation_id: event.correlation_id,
-        hotel_id: event.hotel_id,
-        event_type: event.event_type.to_owned(),
-        event: Some(event.event),
-        traceparent: traceparent.to_owned(),
+/// The envelope of an event just written, as a reader of the log gets it
+/// (its stored payload as the event); `traceparent` is its command's trace
+/// context (empty when not traced).
+pub fn envelope(event: NewEvent, traceparent: &str) -> wire::Envelope {
+    wire::Envelope {
+        head: pb::EventEnvelope {
+            position: event.position,
+            event_id: event.event_id,
+            aggregate_kind: event.aggregate_kind.to_owned(),
+            aggregate_id: event.aggregate_id,
+            aggregate_version: event.aggregate_version,
+            occurred_at: Some(timestamp_from_millis(event.occurred_at_ms)),
+            command_id: event.command_id,
+            correlation_id: event.correlation_id,
+            hotel_id: event.hotel_id,
+            event_type: event.event_type.to_owned(),
+            event: None,
+            traceparent: traceparent.to_owned(),
+        },
+        payload: event.payload.into(),
     }
 }
 
@@ -135,7 +139,7 @@ pub async fn read_range(
     from: i64,
     through: i64,
     limit: i64,
-) -> sqlx::Result<Vec<pb::EventEnvelope>> {
+) -> sqlx::Result<Vec<wire::Envelope>> {
     let rows = sqlx::query(
         "SELECT position, event_id, event_type, aggregate_kind, aggregate_id, aggregate_version, \
                 hotel_id, command_id, correlation_id, occurred_at_ms, payload, traceparent \
@@ -159,21 +163,24 @@ pub async fn read_range(
 
 /// An event from a row of [`read_range`]'s select, whose columns it reads
 /// by place (by name, each is a lookup: a few per cent of a replay's CPU).
-fn envelope_from_row(row: &sqlx::mysql::MySqlRow) -> sqlx::Result<pb::EventEnvelope> {
+/// The payload goes out as stored, not decoded (ADR 0014).
+fn envelope_from_row(row: &sqlx::mysql::MySqlRow) -> sqlx::Result<wire::Envelope> {
     let payload: &[u8] = row.try_get(10)?;
-    let event = pb::Event::decode(payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    Ok(pb::EventEnvelope {
-        position: row.try_get(0)?,
-        event_id: row.try_get(1)?,
-        event_type: row.try_get(2)?,
-        aggregate_kind: row.try_get(3)?,
-        aggregate_id: row.try_get(4)?,
-        aggregate_version: row.try_get(5)?,
-        hotel_id: row.try_get(6)?,
-        command_id: row.try_get(7)?,
-        correlation_id: row.try_get(8)?,
-        occurred_at: Some(timestamp_from_millis(row.try_get(9)?)),
-        event: Some(event),
-        traceparent: row.try_get::<Option<String>, _>(11)?.unwrap_or_default(),
+    Ok(wire::Envelope {
+        head: pb::EventEnvelope {
+            position: row.try_get(0)?,
+            event_id: row.try_get(1)?,
+            event_type: row.try_get(2)?,
+            aggregate_kind: row.try_get(3)?,
+            aggregate_id: row.try_get(4)?,
+            aggregate_version: row.try_get(5)?,
+            hotel_id: row.try_get(6)?,
+            command_id: row.try_get(7)?,
+            correlation_id: row.try_get(8)?,
+            occurred_at: Some(timestamp_from_millis(row.try_get(9)?)),
+            event: None,
+            traceparent: row.try_get::<Option<String>, _>(11)?.unwrap_or_default(),
+        },
+        payload: Bytes::copy_from_slice(payload),
     })
 }

@@ -38,7 +38,7 @@ use sqlx::{
 /// implements it), so that the store never reaches up into the stream.
 pub trait CommitListener: Send + Sync + 'static {
     /// The events of one commit, in position order (never empty).
-    fn committed(&self, events: Vec<hotel_common::pb::EventEnvelope>);
+    fn committed(&self, events: Vec<hotel_common::wire::Envelope>);
 }
 
 /// Migrations of the MySQL schema, embedded in the binary.

@@ -26,7 +26,7 @@ pub mod subscription;
 
 use std::time::Duration;
 
-use hotel_common::pb;
+use hotel_common::wire;
 
 use crate::{Config, store::CommitListener};
 
@@ -85,8 +85,8 @@ pub struct Publisher {
 }
 
 impl CommitListener for Publisher {
-    fn committed(&self, events: Vec<pb::EventEnvelope>) {
-        let Some(last) = events.last().map(|e| e.position) else {
+    fn committed(&self, events: Vec<wire::Envelope>) {
+        let Some(last) = events.last().map(|e| e.head.position) else {
             return;
         };
         self.recent.append(events);

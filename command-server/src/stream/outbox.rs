@@ -20,14 +20,14 @@ use std::{
     time::Duration,
 };
 
-use hotel_common::pb;
+use hotel_common::wire;
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::Status;
 
 /// A message for the response, with the position it covers through.
-type Item = (Result<pb::SubscribeResponse, Status>, i64);
+type Item = (Result<wire::SubscribeResponse, Status>, i64);
 
 /// A queue of `capacity` messages; `through` is the position already
 /// covered before the first message.
@@ -64,13 +64,8 @@ pub enum Sent {
 impl Outbox {
     /// Queues `message`, covering events through `through`, waiting at most
     /// `stall` for room.
-    pub async fn send(
-        &self,
-        message: pb::subscribe_response::Message,
-        through: i64,
-        stall: Duration,
-    ) -> Sent {
-        let response = pb::SubscribeResponse {
+    pub async fn send(&self, message: wire::Message, through: i64, stall: Duration) -> Sent {
+        let response = wire::SubscribeResponse {
             message: Some(message),
         };
         match tokio::time::timeout(stall, self.tx.send((Ok(response), through))).await {
@@ -82,8 +77,8 @@ impl Outbox {
 
     /// Queues `message` only if there is room now: `None` when the queue
     /// is full (the subscriber has not read what it was sent).
-    pub fn try_send(&self, message: pb::subscribe_response::Message, through: i64) -> Option<Sent> {
-        let response = pb::SubscribeResponse {
+    pub fn try_send(&self, message: wire::Message, through: i64) -> Option<Sent> {
+        let response = wire::SubscribeResponse {
             message: Some(message),
         };
         match self.tx.try_send((Ok(response), through)) {
@@ -122,7 +117,7 @@ pub struct Delivery {
 }
 
 impl Stream for Delivery {
-    type Item = Result<pb::SubscribeResponse, Status>;
+    type Item = Result<wire::SubscribeResponse, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut rx = self.rx.lock().expect("outbox lock poisoned");
@@ -142,8 +137,8 @@ impl Stream for Delivery {
 
 /// Counts a message handed to the transport: by kind, its events, its
 /// encoded bytes (before gRPC framing).
-fn count_sent(response: &pb::SubscribeResponse) {
-    use pb::subscribe_response::Message;
+fn count_sent(response: &wire::SubscribeResponse) {
+    use wire::Message;
     let kind = match &response.message {
         Some(Message::Events(batch)) => {
             metrics::counter!("stream_events_sent_total").increment(batch.events.len() as u64);
@@ -162,8 +157,8 @@ mod tests {
     use super::*;
     use tokio_stream::StreamExt;
 
-    fn heartbeat() -> pb::subscribe_response::Message {
-        pb::subscribe_response::Message::Heartbeat(pb::Heartbeat::default())
+    fn heartbeat() -> wire::Message {
+        wire::Message::Heartbeat(hotel_common::pb::Heartbeat::default())
     }
 
     #[tokio::test]

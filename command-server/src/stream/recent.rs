@@ -13,7 +13,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use hotel_common::pb;
+use hotel_common::wire;
 
 /// Events kept at most.
 pub const CAPACITY: usize = 16_384;
@@ -28,13 +28,13 @@ pub struct Recent {
 #[derive(Default)]
 struct Run {
     first: i64,
-    events: VecDeque<pb::EventEnvelope>,
+    events: VecDeque<wire::Envelope>,
 }
 
 impl Recent {
     /// Adds the events of a commit, in position order.
-    pub fn append(&self, events: Vec<pb::EventEnvelope>) {
-        let Some(start) = events.first().map(|e| e.position) else {
+    pub fn append(&self, events: Vec<wire::Envelope>) {
+        let Some(start) = events.first().map(|e| e.head.position) else {
             return;
         };
         let mut run = self.inner.lock().expect("recent events lock poisoned");
@@ -50,7 +50,7 @@ impl Recent {
     }
 
     /// Events `from..=through`, at most `limit`, when `from` is held here.
-    pub fn read(&self, from: i64, through: i64, limit: i64) -> Option<Vec<pb::EventEnvelope>> {
+    pub fn read(&self, from: i64, through: i64, limit: i64) -> Option<Vec<wire::Envelope>> {
         let run = self.inner.lock().expect("recent events lock poisoned");
         let end = run.first + run.events.len() as i64;
         if from < run.first || from >= end || from > through {
@@ -66,17 +66,21 @@ impl Recent {
 mod tests {
     use super::*;
 
-    fn events(positions: std::ops::RangeInclusive<i64>) -> Vec<pb::EventEnvelope> {
+    use hotel_common::pb;
+
+    fn events(positions: std::ops::RangeInclusive<i64>) -> Vec<wire::Envelope> {
         positions
-            .map(|position| pb::EventEnvelope {
-                position,
-                ..Default::default()
+            .map(|position| {
+                wire::Envelope::from_decoded(pb::EventEnvelope {
+                    position,
+                    ..Default::default()
+                })
             })
             .collect()
     }
 
-    fn positions(events: Option<Vec<pb::EventEnvelope>>) -> Option<Vec<i64>> {
-        events.map(|e| e.iter().map(|e| e.position).collect())
+    fn positions(events: Option<Vec<wire::Envelope>>) -> Option<Vec<i64>> {
+        events.map(|e| e.iter().map(|e| e.head.position).collect())
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::{collections::HashSet, pin::Pin, sync::Arc, time::Instant};
 
-use hotel_common::{pb, server::record_rpc, validate::Violations};
+use hotel_common::{pb, server::record_rpc, validate::Violations, wire};
 use sqlx::MySqlPool;
 use tokio::sync::{Semaphore, watch};
 use tokio_stream::Stream;
@@ -139,10 +139,13 @@ impl EventStreamApi {
     }
 }
 
-type EventStreamResult = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+type EventStreamResult =
+    Pin<Box<dyn Stream<Item = Result<wire::SubscribeResponse, Status>> + Send>>;
 
+/// The service as generated with [`wire::SubscribeResponse`] for the stream,
+/// so that stored payloads go out as they are (ADR 0014).
 #[tonic::async_trait]
-impl pb::event_stream_server::EventStream for EventStreamApi {
+impl wire::server::event_stream_server::EventStream for EventStreamApi {
     type SubscribeStream = EventStreamResult;
 
     #[tracing::instrument(skip_all, fields(from = request.get_ref().from_position))]

@@ -7,8 +7,7 @@
 
 use std::{collections::HashSet, convert::Infallible, time::Duration};
 
-use hotel_common::{pb, timestamp_now};
-use prost::Message as _;
+use hotel_common::{pb, timestamp_now, wire};
 use sqlx::MySqlPool;
 use tokio::{
     sync::{OwnedSemaphorePermit, watch},
@@ -46,7 +45,7 @@ impl Subscription {
     /// The wanted events of `batch` that fit in `budget` bytes (at least
     /// one), the position through which `batch` was considered, and the
     /// mean encoded size of the events considered (each is measured once).
-    fn take(&self, batch: Vec<pb::EventEnvelope>, budget: usize) -> Taken {
+    fn take(&self, batch: Vec<wire::Envelope>, budget: usize) -> Taken {
         let mut taken = Taken {
             events: Vec::new(),
             through: self.next - 1,
@@ -55,15 +54,15 @@ impl Subscription {
         let (mut bytes, mut considered, mut considered_bytes) = (0, 0, 0);
         for event in batch {
             let size = event.encoded_len();
-            if self.wants(&event) {
+            if self.wants(&event.head) {
                 if !taken.events.is_empty() && bytes + size > budget {
                     break;
                 }
                 bytes += size;
-                taken.through = event.position;
+                taken.through = event.head.position;
                 taken.events.push(event);
             } else {
-                taken.through = event.position;
+                taken.through = event.head.position;
             }
             considered += 1;
             considered_bytes += size;
@@ -75,7 +74,7 @@ impl Subscription {
 
 /// What [`Subscription::take`] took of a batch.
 struct Taken {
-    events: Vec<pb::EventEnvelope>,
+    events: Vec<wire::Envelope>,
     through: i64,
     mean_bytes: usize,
 }
@@ -206,7 +205,7 @@ impl Feed {
                 event_bytes = mean_bytes.max(1);
                 sub.next = through + 1;
                 if !events.is_empty() {
-                    let message = pb::subscribe_response::Message::Events(pb::EventBatch {
+                    let message = wire::Message::Events(wire::EventBatch {
                         events,
                         through_position: through,
                         head,
@@ -220,7 +219,7 @@ impl Feed {
             }
             if !caught_up {
                 caught_up = true;
-                let message = pb::subscribe_response::Message::CaughtUp(pb::CaughtUp {
+                let message = wire::Message::CaughtUp(pb::CaughtUp {
                     head,
                     through_position: sub.next - 1,
                 });
@@ -249,7 +248,7 @@ impl Feed {
         head: i64,
         limit: i64,
         last_sent: &mut Instant,
-    ) -> Result<Vec<pb::EventEnvelope>, Ended> {
+    ) -> Result<Vec<wire::Envelope>, Ended> {
         let log_reads = self.log_reads.clone();
         let turn = log_reads.acquire();
         tokio::pin!(turn);
@@ -294,7 +293,7 @@ impl Feed {
     /// stall limit.
     async fn send(
         &mut self,
-        message: pb::subscribe_response::Message,
+        message: wire::Message,
         through: i64,
         last_sent: &mut Instant,
     ) -> Result<(), Ended> {
@@ -317,8 +316,8 @@ impl Feed {
 }
 
 /// A heartbeat: the head now, and how far the subscriber's stream covers.
-fn heartbeat(head: i64, through: i64) -> pb::subscribe_response::Message {
-    pb::subscribe_response::Message::Heartbeat(pb::Heartbeat {
+fn heartbeat(head: i64, through: i64) -> wire::Message {
+    wire::Message::Heartbeat(pb::Heartbeat {
         head,
         time: Some(timestamp_now()),
         through_position: through,
@@ -329,13 +328,13 @@ fn heartbeat(head: i64, through: i64) -> pb::subscribe_response::Message {
 mod tests {
     use super::*;
 
-    fn event(position: i64, hotel: &str) -> pb::EventEnvelope {
-        pb::EventEnvelope {
+    fn event(position: i64, hotel: &str) -> wire::Envelope {
+        wire::Envelope::from_decoded(pb::EventEnvelope {
             position,
             hotel_id: hotel.to_owned(),
             event_type: "ReservationConfirmed".to_owned(),
             ..Default::default()
-        }
+        })
     }
 
     #[test]
@@ -349,7 +348,7 @@ mod tests {
         let one = event(5, "a").encoded_len();
         let batch = vec![event(5, "a"), event(6, "b"), event(7, "a"), event(8, "a")];
         let taken = sub.take(batch.clone(), 2 * one + 1);
-        let positions: Vec<i64> = taken.events.iter().map(|e| e.position).collect();
+        let positions: Vec<i64> = taken.events.iter().map(|e| e.head.position).collect();
         assert_eq!(positions, [5, 7]);
         assert_eq!(taken.through, 7, "8 did not fit: it comes next time");
         assert_eq!(taken.mean_bytes, one, "5, 6 and 7 were measured");
