@@ -360,9 +360,13 @@ async fn live_events_served_from_memory_equal_the_log() {
     let mut received = caught_up;
     received.append(&mut live);
 
-    let stored = command_server::store::events::read_range(&db.pool, 1, head, 1000)
-        .await
-        .expect("read the log");
+    let stored: Vec<pb::EventEnvelope> =
+        command_server::store::events::read_range(&db.pool, 1, head, 1000)
+            .await
+            .expect("read the log")
+            .iter()
+            .map(|event| event.decoded().expect("a stored payload decodes"))
+            .collect();
     assert_eq!(stored.len() as i64, head);
     assert_eq!(received, stored, "the stream delivers exactly the log");
     server.stop().await;

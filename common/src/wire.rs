@@ -55,6 +55,14 @@ impl Envelope {
         }
     }
 
+    /// The envelope as a client decodes it.
+    pub fn decoded(&self) -> Result<pb::EventEnvelope, DecodeError> {
+        Ok(pb::EventEnvelope {
+            event: Some(pb::Event::decode(self.payload.as_ref())?),
+            ..self.head.clone()
+        })
+    }
+
     /// The envelope's encoded length, as the body of a message field.
     pub fn encoded_len(&self) -> usize {
         self.head.encoded_len()
@@ -285,6 +293,7 @@ mod tests {
         );
         let got = pb::EventEnvelope::decode(body.as_slice()).expect("decodes");
         assert_eq!(got, envelope(1, ""), "this binary skips the unknown field");
+        assert_eq!(sent.decoded().expect("decodes"), got);
     }
 
     #[test]
