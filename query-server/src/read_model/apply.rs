@@ -2,12 +2,12 @@
 //! server's write model exactly: after applying positions `1..=n`, every
 //! reservation and every night count here equals MySQL's at position `n`.
 
+use std::collections::HashMap;
+
 use hotel_common::{
     dates,
     pb::{self, event::Kind},
 };
-use std::collections::HashMap;
-
 use rusqlite::{Transaction, params};
 use time::Date;
 
