@@ -269,40 +269,20 @@ pub fn apply_event<'e>(
             set_hotel_version(tx, &e.hotel_id, envelope.aggregate_version)?;
             refresh_search_entries(tx, &e.hotel_id)?;
         }
-        Kind::ReservationConfirmed(e) => {
-            let booking = booking(position, e.booking.as_ref())?;
-            let stay = Stay::parse(position, &booking.check_in, &booking.check_out)?;
-            insert_reservation(
-                tx,
-                envelope,
-                booking,
-                stay,
-                pb::ReservationStatus::Confirmed,
-            )?;
-            nights.add(
-                tx,
-                (&booking.hotel_id, &booking.room_type_code),
-                stay,
-                (1, 0),
-            )?;
-        }
-        Kind::ReservationWaitlisted(e) => {
-            let booking = booking(position, e.booking.as_ref())?;
-            let stay = Stay::parse(position, &booking.check_in, &booking.check_out)?;
-            insert_reservation(
-                tx,
-                envelope,
-                booking,
-                stay,
-                pb::ReservationStatus::Waitlisted,
-            )?;
-            nights.add(
-                tx,
-                (&booking.hotel_id, &booking.room_type_code),
-                stay,
-                (0, 1),
-            )?;
-        }
+        Kind::ReservationConfirmed(e) => book(
+            tx,
+            envelope,
+            e.booking.as_ref(),
+            pb::ReservationStatus::Confirmed,
+            nights,
+        )?,
+        Kind::ReservationWaitlisted(e) => book(
+            tx,
+            envelope,
+            e.booking.as_ref(),
+            pb::ReservationStatus::Waitlisted,
+            nights,
+        )?,
         Kind::ReservationPromoted(e) => {
             set_status(
                 tx,
@@ -380,11 +360,32 @@ fn refresh_search_entries(tx: &Transaction<'_>, hotel_id: &str) -> Result<(), Ap
     Ok(())
 }
 
-fn booking(position: i64, booking: Option<&pb::Booking>) -> Result<&pb::Booking, ApplyError> {
-    booking.ok_or_else(|| ApplyError::Malformed {
+/// A new reservation of `status` (confirmed or waitlisted): its row, and
+/// one more booked or waiting on each night of its stay.
+fn book<'e>(
+    tx: &Transaction<'_>,
+    envelope: &pb::EventEnvelope,
+    booking: Option<&'e pb::Booking>,
+    status: pb::ReservationStatus,
+    nights: &mut NightDeltas<'e>,
+) -> Result<(), ApplyError> {
+    let position = envelope.position;
+    let booking = booking.ok_or_else(|| ApplyError::Malformed {
         position,
         reason: "the booking is missing".into(),
-    })
+    })?;
+    let stay = Stay::parse(position, &booking.check_in, &booking.check_out)?;
+    insert_reservation(tx, envelope, booking, stay, status)?;
+    let counts = match status {
+        pb::ReservationStatus::Waitlisted => (0, 1),
+        _ => (1, 0),
+    };
+    nights.add(
+        tx,
+        (&booking.hotel_id, &booking.room_type_code),
+        stay,
+        counts,
+    )
 }
 
 /// The nights `[check_in, check_out)` of a stay, checked.

@@ -694,7 +694,7 @@ fn load_all(conn: &Connection, max_nights: u64) -> Result<State, Unkept> {
     let mut nights: usize = 0;
     let mut statement = conn.prepare(
         "SELECT r.hotel_id, r.room_type_code, n.night, n.booked, n.waiting
-             FROM night_rooms r JOIN nights n ON n.room_id = r.id",
+         FROM night_rooms r JOIN nights n ON n.room_id = r.id",
     )?;
     let mut rows = statement.query([])?;
     let mut last: Option<(String, String)> = None;
