@@ -475,6 +475,68 @@ fn events_and_checkpoint_commit_together_and_survive_reopening() {
     assert_eq!(reservation.last_position, 3);
 }
 
+/// `GetReservation`'s read: one statement, no transaction around it, yet
+/// the reservation and the checkpoint come from one snapshot. A reader
+/// asks, over and over, for the reservation the next commit brings: it
+/// must be there exactly when the checkpoint includes its position.
+#[test]
+fn a_reservation_and_its_checkpoint_are_read_in_one_snapshot_while_batches_commit() {
+    const BOOKINGS: usize = 1_500;
+    let mut f = fixture();
+    let hotel = f.events.hotel("h1", "Hotel One", "Lisboa");
+    let room = f.events.room_type("h1", "DBL", 2, 10_000, 100);
+    f.apply(&[hotel, room]);
+    let stays: Vec<Stay> = (0..BOOKINGS)
+        .map(|i| Stay::new("h1", "DBL", &format!("g{i}"), "2030-05-01", "2030-05-02"))
+        .collect();
+    let batches: Vec<pb::EventEnvelope> =
+        stays.iter().map(|stay| f.events.confirmed(stay)).collect();
+    let (booked_at, ids): (Vec<i64>, Vec<String>) = batches
+        .iter()
+        .zip(&stays)
+        .map(|(event, stay)| (event.position, stay.reservation_id.clone()))
+        .unzip();
+    let Fixture {
+        writer, readers, ..
+    } = &mut f;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let (mut reads, mut seen_both_ways) = (0_u64, [false, false]);
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let checkpoint = readers.checkpoint().expect("checkpoint").position;
+                // The reservation of the next commit, or the last one's.
+                let next = booked_at.partition_point(|position| *position <= checkpoint);
+                let k = next.min(BOOKINGS - 1);
+                let (reservation, as_of) = readers
+                    .read_statement(|conn| reads::reservation_at_checkpoint(conn, &ids[k]))
+                    .expect("read");
+                assert_eq!(
+                    reservation.is_some(),
+                    booked_at[k] <= as_of,
+                    "reservation {k} (booked at {}) read at {as_of}",
+                    booked_at[k]
+                );
+                if let Some(reservation) = reservation {
+                    assert_eq!(reservation.reservation_id, ids[k]);
+                }
+                seen_both_ways[usize::from(booked_at[k] <= as_of)] = true;
+                reads += 1;
+            }
+            (reads, seen_both_ways)
+        });
+        for event in &batches {
+            writer
+                .apply_batch(std::slice::from_ref(event))
+                .expect("batch applies");
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        let (reads, seen_both_ways) = reader.join().expect("the reader");
+        assert!(reads > 100, "only {reads} reads");
+        assert_eq!(seen_both_ways, [true, true], "both answers were read");
+    });
+}
+
 #[test]
 fn an_event_that_cannot_apply_stops_its_batch_right_before_it() {
     // Issue 13: the read model stops at the event (checkpoint = its

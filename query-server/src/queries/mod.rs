@@ -105,8 +105,10 @@ impl Queries {
         &self,
         reservation_id: &str,
     ) -> Result<pb::GetReservationResponse, QueryError> {
-        let (reservation, as_of_position) =
-            self.read(|tx| reads::reservation(tx, reservation_id))?;
+        let (reservation, as_of_position) = self
+            .read_model
+            .read_statement(|conn| reads::reservation_at_checkpoint(conn, reservation_id))?;
+        self.read_model.answered_at(as_of_position);
         let reservation =
             reservation.ok_or_else(|| QueryError::not_found("reservation", reservation_id))?;
         Ok(pb::GetReservationResponse {

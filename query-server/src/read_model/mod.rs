@@ -480,6 +480,26 @@ impl ReadModel {
         &self,
         read: impl FnOnce(&Snapshot<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, ReadError> {
+        self.with_reader(|conn| Snapshot::run(conn, read))
+    }
+
+    /// Runs `read`, which runs exactly one statement, on a reader without
+    /// a transaction around it: SQLite reads a statement in one snapshot
+    /// of its own, so a statement that also reads the checkpoint (see
+    /// [`reads::reservation_at_checkpoint`]) is as consistent as [`Self::read`]
+    /// and costs two statements less.
+    pub fn read_statement<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, ReadError> {
+        self.with_reader(read)
+    }
+
+    /// Runs `read` on a reader of the current file.
+    fn with_reader<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, ReadError> {
         let readers = Arc::clone(
             &self
                 .current
@@ -487,7 +507,7 @@ impl ReadModel {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         let conn = readers.take()?;
-        let outcome = Snapshot::run(&conn, read);
+        let outcome = read(&conn);
         // A connection that failed is dropped (ending its transaction)
         // rather than reused.
         if outcome.is_ok() {

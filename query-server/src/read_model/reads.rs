@@ -1,11 +1,15 @@
 //! The queries' SQL. Each function runs inside the read transaction that
 //! [`super::ReadModel::read`] opens ([`Snapshot`]), so everything one request reads,
-//! including [`checkpoint`], comes from one snapshot.
+//! including [`checkpoint`], comes from one snapshot; except
+//! [`reservation_at_checkpoint`], one statement that reads the checkpoint
+//! itself ([`super::ReadModel::read_statement`]).
+
+use std::sync::LazyLock;
 
 use hotel_common::{dates, pb, timestamp_from_millis};
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::Snapshot;
+use super::{Snapshot, apply::status_name};
 
 /// A night as `nights` stores it: the Julian day number of its date.
 /// Only a `YYYY-MM-DD` text that is the canonical form of its date has
@@ -38,9 +42,11 @@ pub fn checkpoint(tx: &Snapshot<'_>) -> rusqlite::Result<i64> {
 const RESERVATION_COLUMNS: &str = "reservation_id, hotel_id, room_type_code, check_in, check_out, \
      nights, guest_id, guest_name, guest_email, guests, status, total_minor, currency, priority, \
      booked_at_ms, updated_at_ms, last_position, booked_position, version";
+/// How many [`RESERVATION_COLUMNS`] there are.
+const RESERVATION_COLUMN_COUNT: usize = 19;
 
 fn reservation_from_row(row: &Row<'_>) -> rusqlite::Result<pb::Reservation> {
-    let status: String = row.get(10)?;
+    let status = status_at(row, 10)?;
     let currency: String = row.get(12)?;
     Ok(pb::Reservation {
         reservation_id: row.get(0)?,
@@ -55,7 +61,7 @@ fn reservation_from_row(row: &Row<'_>) -> rusqlite::Result<pb::Reservation> {
             email: row.get(8)?,
         }),
         guests: row.get(9)?,
-        status: status_from_name(&status) as i32,
+        status: status as i32,
         total_price: Some(pb::Money {
             amount_minor: row.get(11)?,
             currency,
@@ -70,20 +76,53 @@ fn reservation_from_row(row: &Row<'_>) -> rusqlite::Result<pb::Reservation> {
 
 /// Reads the status names written by [`super::apply::status_name`].
 pub fn status_from_name(name: &str) -> pb::ReservationStatus {
-    pb::ReservationStatus::from_str_name(&format!("RESERVATION_STATUS_{name}"))
-        .unwrap_or(pb::ReservationStatus::Unspecified)
+    use pb::ReservationStatus as S;
+    [
+        S::Confirmed,
+        S::Waitlisted,
+        S::Cancelled,
+        S::CheckedIn,
+        S::CheckedOut,
+    ]
+    .into_iter()
+    .find(|status| status_name(*status) == name)
+    .unwrap_or(S::Unspecified)
 }
 
-/// One reservation.
+/// The status in column `index` of `row`, read in place.
+fn status_at(row: &Row<'_>, index: usize) -> rusqlite::Result<pb::ReservationStatus> {
+    Ok(status_from_name(row.get_ref(index)?.as_str()?))
+}
+
+/// One reservation, in a read transaction.
 pub fn reservation(
     tx: &Snapshot<'_>,
     reservation_id: &str,
 ) -> rusqlite::Result<Option<pb::Reservation>> {
-    tx.prepare_cached(&format!(
-        "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE reservation_id = ?1"
-    ))?
-    .query_row([reservation_id], reservation_from_row)
-    .optional()
+    Ok(reservation_at_checkpoint(tx, reservation_id)?.0)
+}
+
+/// One reservation, and the checkpoint it is read at, in one statement:
+/// a statement reads one snapshot of its own, so the hottest point read
+/// needs no `BEGIN` and `COMMIT` around it. The checkpoint row is always
+/// there; the reservation's columns are NULL when there is no such
+/// reservation.
+pub fn reservation_at_checkpoint(
+    conn: &Connection,
+    reservation_id: &str,
+) -> rusqlite::Result<(Option<pb::Reservation>, i64)> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {RESERVATION_COLUMNS}, checkpoint.position FROM checkpoint \
+             LEFT JOIN reservations ON reservation_id = ?1 WHERE checkpoint.id = 1"
+        )
+    });
+    conn.prepare_cached(&SQL)?
+        .query_row([reservation_id], |row| {
+            let found: Option<String> = row.get(0)?;
+            let reservation = found.map(|_| reservation_from_row(row)).transpose()?;
+            Ok((reservation, row.get(RESERVATION_COLUMN_COUNT)?))
+        })
 }
 
 /// A state a reservation was in, from `reservation_changes`.
@@ -108,10 +147,9 @@ pub fn reservation_changes_after(
          ORDER BY position",
     )?
     .query_map(params![reservation_id, after_position], |row| {
-        let status: String = row.get(1)?;
         Ok(ReservationChange {
             position: row.get(0)?,
-            status: status_from_name(&status),
+            status: status_at(row, 1)?,
             updated_at_ms: row.get(2)?,
             version: row.get(3)?,
         })
@@ -512,4 +550,24 @@ pub fn occupancy(
         })?
         .collect::<rusqlite::Result<_>>()?;
     Ok((rooms, booked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_reads_back_from_its_stored_name() {
+        // Every value of the enum, those added later included.
+        let statuses: Vec<_> = (0..64)
+            .filter_map(|value| pb::ReservationStatus::try_from(value).ok())
+            .collect();
+        assert!(statuses.len() >= 6, "{statuses:?}");
+        for status in statuses {
+            assert_eq!(status_from_name(status_name(status)), status);
+        }
+        use pb::ReservationStatus as S;
+        assert_eq!(status_from_name("confirmed"), S::Unspecified);
+        assert_eq!(status_from_name(""), S::Unspecified);
+    }
 }
