@@ -27,8 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("hotel_descriptor.bin"))
         .compile_protos(&files, std::slice::from_ref(&proto_dir))?;
 
-    // The command server's EventStream again, with `Subscribe` sending
-    // `wire::SubscribeResponse` (stored payloads spliced in as they are)
+    // The command server's EventStream and the query server's services
+    // again, with `Subscribe` sending `wire::SubscribeResponse` (stored
+    // payloads spliced in as they are), `SearchAvailability`
+    // `wire::SearchAvailabilityResponse` (room types' fields encoded once)
     // and every other type `pb`'s: only the server code is generated.
     let wire_dir = out_dir.join("wire");
     std::fs::create_dir_all(&wire_dir)?;
@@ -40,6 +42,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".hotel.v1.SubscribeResponse",
             "crate::wire::SubscribeResponse",
         )
-        .compile_protos(&[proto_dir.join("hotel/v1/stream.proto")], &[proto_dir])?;
+        .extern_path(
+            ".hotel.v1.SearchAvailabilityResponse",
+            "crate::wire::SearchAvailabilityResponse",
+        )
+        .compile_protos(
+            &[
+                proto_dir.join("hotel/v1/stream.proto"),
+                proto_dir.join("hotel/v1/queries.proto"),
+            ],
+            &[proto_dir],
+        )?;
     Ok(())
 }

@@ -274,6 +274,8 @@ message_limits! {
         crate::wire::server::event_stream_server::EventStream,
     crate::pb::query_service_server::QueryServiceServer<T> =>
         crate::pb::query_service_server::QueryService,
+    crate::wire::server::query_service_server::QueryServiceServer<T> =>
+        crate::wire::server::query_service_server::QueryService,
     crate::pb::query_admin_service_server::QueryAdminServiceServer<T> =>
         crate::pb::query_admin_service_server::QueryAdminService,
     tonic_health::pb::health_server::HealthServer<T> => tonic_health::pb::health_server::Health,

@@ -29,12 +29,10 @@ use anyhow::Context;
 use hotel_common::{
     auth::{Role, Tokens},
     limits::{MessageLimits, ServerLimits},
-    pb::{
-        query_admin_service_server::QueryAdminServiceServer,
-        query_service_server::QueryServiceServer,
-    },
+    pb::query_admin_service_server::QueryAdminServiceServer,
     server::{install_metrics, reflection_services},
     tls,
+    wire::server::query_service_server::QueryServiceServer,
 };
 use tokio::{net::TcpListener, sync::watch};
 use tonic::{service::interceptor::InterceptedService, transport::ServerTlsConfig};

@@ -117,14 +117,7 @@ impl Fixture {
                             search.after = match (sql.results.last(), sql.stopped_at) {
                                 (_, Some(stopped)) => Some(stopped),
                                 (Some(last), None) if sql.results.len() as i64 == limit => {
-                                    Some(reads::SearchKey {
-                                        total_minor: last
-                                            .total_price
-                                            .as_ref()
-                                            .map_or(0, |m| m.amount_minor),
-                                        hotel_id: last.hotel_id.clone(),
-                                        room_type_code: last.room_type_code.clone(),
-                                    })
+                                    Some(last.key())
                                 }
                                 _ => break,
                             };

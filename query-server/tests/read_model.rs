@@ -214,7 +214,7 @@ fn a_file_of_the_first_schema_upgrades_in_place() {
     assert!(full.is_empty(), "{full:?}");
     let free: Vec<(&str, &str, i32)> = free
         .iter()
-        .map(|r| (r.hotel_id.as_str(), r.room_type_code.as_str(), r.free_rooms))
+        .map(|r| (&*r.hotel_id, &*r.room_type_code, r.result.free_rooms))
         .collect();
     assert_eq!(free, [("h1", "DBL", 1)]);
     let waitlist: Vec<&str> = waitlist.iter().map(|e| e.reservation_id.as_str()).collect();

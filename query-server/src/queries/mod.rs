@@ -19,7 +19,7 @@ mod watch;
 
 use std::{sync::Arc, time::Instant};
 
-use hotel_common::{pb, server::record_rpc};
+use hotel_common::{pb, server::record_rpc, wire};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -185,7 +185,7 @@ fn observe<T>(
 // are not created at all, which saves a few percent of a point read (the
 // fmt layer formats each span's fields when it opens).
 #[tonic::async_trait]
-impl pb::query_service_server::QueryService for Queries {
+impl wire::server::query_service_server::QueryService for Queries {
     #[tracing::instrument(level = "debug", skip_all, fields(reservation_id = request.get_ref().reservation_id))]
     async fn get_reservation(
         &self,
@@ -282,7 +282,7 @@ impl pb::query_service_server::QueryService for Queries {
     async fn search_availability(
         &self,
         request: Request<pb::SearchAvailabilityRequest>,
-    ) -> Result<Response<pb::SearchAvailabilityResponse>, Status> {
+    ) -> Result<Response<wire::SearchAvailabilityResponse>, Status> {
         let started = Instant::now();
         let result = async {
             let query =
@@ -312,18 +312,14 @@ impl pb::query_service_server::QueryService for Queries {
             if results.len() as i64 > query.page_size {
                 results.truncate(query.page_size as usize);
                 let last = results.last().expect("a full page is not empty");
-                next_page_token = paging::search_token(&reads::SearchKey {
-                    total_minor: last.total_price.as_ref().map_or(0, |m| m.amount_minor),
-                    hotel_id: last.hotel_id.clone(),
-                    room_type_code: last.room_type_code.clone(),
-                });
+                next_page_token = paging::search_token(&last.key());
             } else if let Some(stopped_at) = found.stopped_at {
                 // The scan cap ended this page early: it may be short, even
                 // empty, and the next one goes on from where it stopped.
                 next_page_token = paging::search_token(&stopped_at);
             }
-            Ok(pb::SearchAvailabilityResponse {
-                results,
+            Ok(wire::SearchAvailabilityResponse {
+                results: results.into_iter().map(|hit| hit.result).collect(),
                 next_page_token,
                 as_of_position,
             })

@@ -28,10 +28,15 @@ use std::{
     },
 };
 
-use hotel_common::pb::{self, event::Kind};
+use hotel_common::{
+    pb::{self, event::Kind},
+    wire,
+};
 use rusqlite::{Connection, params};
 
-use super::reads::{Found, Hotel, NightCounts, RoomType, Search, SearchKey, night_day, night_text};
+use super::reads::{
+    Found, Hit, Hotel, NightCounts, RoomType, Search, SearchKey, night_day, night_text,
+};
 
 /// Default cap on the nights held in memory (about 20 bytes each).
 pub const DEFAULT_MAX_NIGHTS: u64 = 500_000;
@@ -127,7 +132,9 @@ impl HotelState {
 struct Candidate {
     rate_minor: i64,
     hotel_id: Arc<str>,
-    code: String,
+    code: Arc<str>,
+    /// Its results' fields that do not depend on the stay, encoded.
+    fields: wire::RoomTypeFields,
 }
 
 /// The availability side of the read model at one position.
@@ -235,7 +242,7 @@ impl State {
             }
             let total_minor = rt.rate_minor.checked_mul(search.nights)?;
             if let Some(after) = &search.after
-                && (total_minor, &*candidate.hotel_id, rt.code.as_str())
+                && (total_minor, &*candidate.hotel_id, &*candidate.code)
                     <= (
                         after.total_minor,
                         after.hotel_id.as_str(),
@@ -257,38 +264,26 @@ impl State {
                     found.stopped_at = Some(SearchKey {
                         total_minor,
                         hotel_id: candidate.hotel_id.to_string(),
-                        room_type_code: rt.code.clone(),
+                        room_type_code: candidate.code.to_string(),
                     });
                     break;
                 }
                 continue;
             }
-            found.results.push(pb::SearchResult {
-                hotel_id: candidate.hotel_id.to_string(),
-                hotel_name: hotel.name.clone(),
-                city: hotel.city.clone(),
-                room_type_code: rt.code.clone(),
-                room_type_name: rt.name.clone(),
-                max_guests: rt.max_guests,
-                free_rooms,
-                nightly_rate: Some(pb::Money {
-                    amount_minor: rt.rate_minor,
-                    currency: rt.currency.clone(),
-                }),
-                total_price: Some(pb::Money {
-                    amount_minor: total_minor,
-                    currency: rt.currency.clone(),
-                }),
+            found.results.push(Hit {
+                result: wire::SearchResult {
+                    room_type: candidate.fields.clone(),
+                    free_rooms,
+                    total_minor,
+                },
+                hotel_id: Arc::clone(&candidate.hotel_id),
+                room_type_code: Arc::clone(&candidate.code),
             });
             if found.results.len() == limit {
                 break;
             }
             if examined >= max_examined {
-                found.stopped_at = Some(SearchKey {
-                    total_minor,
-                    hotel_id: candidate.hotel_id.to_string(),
-                    room_type_code: rt.code.clone(),
-                });
+                found.stopped_at = found.results.last().map(Hit::key);
                 break;
             }
         }
@@ -305,7 +300,24 @@ impl State {
                 h.room_types.iter().map(|rt| Candidate {
                     rate_minor: rt.rate_minor,
                     hotel_id: Arc::clone(id),
-                    code: rt.code.clone(),
+                    code: Arc::from(rt.code.as_str()),
+                    fields: wire::RoomTypeFields::new(
+                        &pb::SearchResult {
+                            hotel_id: id.to_string(),
+                            hotel_name: h.name.clone(),
+                            city: h.city.clone(),
+                            room_type_code: rt.code.clone(),
+                            room_type_name: rt.name.clone(),
+                            max_guests: rt.max_guests,
+                            free_rooms: 0,
+                            nightly_rate: Some(pb::Money {
+                                amount_minor: rt.rate_minor,
+                                currency: rt.currency.clone(),
+                            }),
+                            total_price: None,
+                        },
+                        &rt.currency,
+                    ),
                 })
             })
             .collect();
@@ -314,11 +326,7 @@ impl State {
             return;
         }
         candidates.sort_by(|a, b| {
-            (a.rate_minor, &*a.hotel_id, a.code.as_str()).cmp(&(
-                b.rate_minor,
-                &*b.hotel_id,
-                b.code.as_str(),
-            ))
+            (a.rate_minor, &*a.hotel_id, &*a.code).cmp(&(b.rate_minor, &*b.hotel_id, &*b.code))
         });
         self.cities
             .insert(city_key.to_owned(), Arc::new(candidates));

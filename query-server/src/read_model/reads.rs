@@ -4,9 +4,9 @@
 //! [`reservation_at_checkpoint`], one statement that reads the checkpoint
 //! itself ([`super::ReadModel::read_statement`]).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
-use hotel_common::{dates, pb, timestamp_from_millis};
+use hotel_common::{dates, pb, timestamp_from_millis, wire};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{Snapshot, apply::status_name};
@@ -379,13 +379,33 @@ pub struct Search<'a> {
 }
 
 /// What a search found, and where it stopped early.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Found {
     /// Up to `limit` results, in order.
-    pub results: Vec<pb::SearchResult>,
+    pub results: Vec<Hit>,
     /// The key of the last room type examined when `max_examined` ended the
     /// walk before `limit` results: the next page continues after it.
     pub stopped_at: Option<SearchKey>,
+}
+
+/// One search result, as sent, with the room type it is of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    pub result: wire::SearchResult,
+    pub hotel_id: Arc<str>,
+    pub room_type_code: Arc<str>,
+}
+
+impl Hit {
+    /// Its place in the results' order: a page that ends here continues
+    /// after it.
+    pub fn key(&self) -> SearchKey {
+        SearchKey {
+            total_minor: self.result.total_minor,
+            hotel_id: self.hotel_id.to_string(),
+            room_type_code: self.room_type_code.to_string(),
+        }
+    }
 }
 
 /// The sort order of search results: total price, hotel, room type.
@@ -461,7 +481,7 @@ pub fn search(tx: &Snapshot<'_>, search: &Search<'_>) -> rusqlite::Result<Found>
             continue;
         }
         let currency: String = row.get(8)?;
-        found.results.push(pb::SearchResult {
+        let result = pb::SearchResult {
             hotel_id: row.get(0)?,
             hotel_name: row.get(1)?,
             city: row.get(2)?,
@@ -477,17 +497,18 @@ pub fn search(tx: &Snapshot<'_>, search: &Search<'_>) -> rusqlite::Result<Found>
                 amount_minor: row.get(9)?,
                 currency,
             }),
+        };
+        found.results.push(Hit {
+            result: wire::SearchResult::from_decoded(&result),
+            hotel_id: result.hotel_id.into(),
+            room_type_code: result.room_type_code.into(),
         });
         if found.results.len() == limit {
             break;
         }
         if examined >= max_examined {
             // Continue after this result: it is the last one examined.
-            found.stopped_at = found.results.last().map(|last| SearchKey {
-                total_minor: last.total_price.as_ref().map_or(0, |m| m.amount_minor),
-                hotel_id: last.hotel_id.clone(),
-                room_type_code: last.room_type_code.clone(),
-            });
+            found.stopped_at = found.results.last().map(Hit::key);
             break;
         }
     }

@@ -1,3 +1,6 @@
+//! Messages as the servers send them, from parts kept encoded: the event
+//! stream's here, search answers in [`SearchAvailabilityResponse`].
+//!
 //! `hotel.v1.SubscribeResponse` as the command server sends it: each event's
 //! payload (`EventEnvelope.event`, a `hotel.v1.Event`) is the bytes the log
 //! stores, written into the message as they are, not decoded and encoded
@@ -22,11 +25,17 @@ use prost::{
 
 use crate::pb;
 
+mod search;
+
+pub use search::{RoomTypeFields, SearchAvailabilityResponse, SearchResult};
+
 /// `EventEnvelope.event`'s field number.
 const EVENT_FIELD: u32 = 11;
 
 /// The `EventStream` server, generated with [`SubscribeResponse`] as the
-/// `Subscribe` stream's message; every other type is [`pb`]'s.
+/// `Subscribe` stream's message, and the `QueryService` server, with
+/// [`SearchAvailabilityResponse`] as `SearchAvailability`'s; every other
+/// type is [`pb`]'s.
 #[allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
 pub mod server {
     include!(concat!(env!("OUT_DIR"), "/wire/hotel.v1.rs"));
