@@ -7,7 +7,7 @@
 use std::sync::{Arc, LazyLock};
 
 use hotel_common::{dates, pb, timestamp_from_millis, wire};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, params, types::Type};
 
 use super::{Snapshot, apply::status_name};
 
@@ -119,8 +119,8 @@ pub fn reservation_at_checkpoint(
     });
     conn.prepare_cached(&SQL)?
         .query_row([reservation_id], |row| {
-            let found: Option<String> = row.get(0)?;
-            let reservation = found.map(|_| reservation_from_row(row)).transpose()?;
+            let found = row.get_ref(0)?.data_type() != Type::Null;
+            let reservation = found.then(|| reservation_from_row(row)).transpose()?;
             Ok((reservation, row.get(RESERVATION_COLUMN_COUNT)?))
         })
 }
@@ -576,6 +576,14 @@ pub fn occupancy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_column_count_is_the_column_list_s() {
+        assert_eq!(
+            RESERVATION_COLUMNS.split(',').count(),
+            RESERVATION_COLUMN_COUNT
+        );
+    }
 
     #[test]
     fn every_status_reads_back_from_its_stored_name() {
