@@ -78,7 +78,9 @@ pub struct SearchResult {
 }
 
 impl SearchResult {
-    /// From a decoded result (its room type's fields are encoded here).
+    /// From a decoded result (its room type's fields are encoded here). A
+    /// result without a total goes out with an empty one; the query server
+    /// always gives one.
     pub fn from_decoded(result: &pb::SearchResult) -> Self {
         let total = result.total_price.clone().unwrap_or_default();
         Self {
