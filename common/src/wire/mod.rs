@@ -74,16 +74,12 @@ impl Envelope {
 
     /// The envelope's encoded length, as the body of a message field.
     pub fn encoded_len(&self) -> usize {
-        self.head.encoded_len()
-            + key_len(EVENT_FIELD)
-            + encoded_len_varint(self.payload.len() as u64)
-            + self.payload.len()
+        self.head.encoded_len() + delimited_len(EVENT_FIELD, self.payload.len())
     }
 
     fn encode_raw(&self, buf: &mut impl BufMut) {
         prost::Message::encode_raw(&self.head, buf);
-        encode_key(EVENT_FIELD, WireType::LengthDelimited, buf);
-        encode_varint(self.payload.len() as u64, buf);
+        encode_delimited_head(EVENT_FIELD, self.payload.len(), buf);
         buf.put_slice(&self.payload);
     }
 }
@@ -101,22 +97,18 @@ impl EventBatch {
         let events: usize = self
             .events
             .iter()
-            .map(|event| {
-                let len = event.encoded_len();
-                key_len(1) + encoded_len_varint(len as u64) + len
-            })
+            .map(|event| delimited_len(1, event.encoded_len()))
             .sum();
         events + int64_len(2, self.through_position) + int64_len(3, self.head)
     }
 
     fn encode_raw(&self, buf: &mut impl BufMut) {
         for event in &self.events {
-            encode_key(1, WireType::LengthDelimited, buf);
-            encode_varint(event.encoded_len() as u64, buf);
+            encode_delimited_head(1, event.encoded_len(), buf);
             event.encode_raw(buf);
         }
-        int64(2, self.through_position, buf);
-        int64(3, self.head, buf);
+        encode_int64(2, self.through_position, buf);
+        encode_int64(3, self.head, buf);
     }
 }
 
@@ -138,8 +130,7 @@ impl prost::Message for SubscribeResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         match &self.message {
             Some(Message::Events(batch)) => {
-                encode_key(1, WireType::LengthDelimited, buf);
-                encode_varint(batch.encoded_len() as u64, buf);
+                encode_delimited_head(1, batch.encoded_len(), buf);
                 batch.encode_raw(buf);
             }
             Some(Message::CaughtUp(caught_up)) => message::encode(2, caught_up, buf),
@@ -161,10 +152,7 @@ impl prost::Message for SubscribeResponse {
 
     fn encoded_len(&self) -> usize {
         match &self.message {
-            Some(Message::Events(batch)) => {
-                let len = batch.encoded_len();
-                key_len(1) + encoded_len_varint(len as u64) + len
-            }
+            Some(Message::Events(batch)) => delimited_len(1, batch.encoded_len()),
             Some(Message::CaughtUp(caught_up)) => message::encoded_len(2, caught_up),
             Some(Message::Heartbeat(heartbeat)) => message::encoded_len(3, heartbeat),
             None => 0,
@@ -176,8 +164,20 @@ impl prost::Message for SubscribeResponse {
     }
 }
 
+/// The key and length of a length-delimited field whose body of `len`
+/// bytes the caller writes next.
+fn encode_delimited_head(tag: u32, len: usize, buf: &mut impl BufMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(len as u64, buf);
+}
+
+/// The encoded size of a length-delimited field with a body of `len` bytes.
+fn delimited_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
 /// An `int64` field as proto3 writes it: nothing when 0.
-fn int64(tag: u32, value: i64, buf: &mut impl BufMut) {
+fn encode_int64(tag: u32, value: i64, buf: &mut impl BufMut) {
     if value != 0 {
         prost::encoding::int64::encode(tag, &value, buf);
     }

@@ -12,12 +12,10 @@
 use prost::{
     DecodeError, Message as _,
     bytes::{Buf, BufMut, Bytes},
-    encoding::{
-        DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, int32, int64,
-        key_len, message, skip_field, string,
-    },
+    encoding::{DecodeContext, WireType, int32, int64, message, skip_field, string},
 };
 
+use super::{delimited_len, encode_delimited_head, encode_int64, int64_len};
 use crate::pb;
 
 /// `SearchResult.free_rooms`.
@@ -102,12 +100,9 @@ impl SearchResult {
     }
 
     fn body_len(&self) -> usize {
-        let total = self.total_len();
         self.room_type.fixed().len()
             + int32_len(FREE_ROOMS, self.free_rooms)
-            + key_len(TOTAL_PRICE)
-            + encoded_len_varint(total as u64)
-            + total
+            + delimited_len(TOTAL_PRICE, self.total_len())
     }
 
     fn encode_body(&self, buf: &mut impl BufMut) {
@@ -115,11 +110,8 @@ impl SearchResult {
         if self.free_rooms != 0 {
             int32::encode(FREE_ROOMS, &self.free_rooms, buf);
         }
-        encode_key(TOTAL_PRICE, WireType::LengthDelimited, buf);
-        encode_varint(self.total_len() as u64, buf);
-        if self.total_minor != 0 {
-            int64::encode(AMOUNT_MINOR, &self.total_minor, buf);
-        }
+        encode_delimited_head(TOTAL_PRICE, self.total_len(), buf);
+        encode_int64(AMOUNT_MINOR, self.total_minor, buf);
         buf.put_slice(self.room_type.currency());
     }
 }
@@ -142,16 +134,13 @@ impl SearchAvailabilityResponse {
 impl prost::Message for SearchAvailabilityResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         for result in &self.results {
-            encode_key(1, WireType::LengthDelimited, buf);
-            encode_varint(result.body_len() as u64, buf);
+            encode_delimited_head(1, result.body_len(), buf);
             result.encode_body(buf);
         }
         if !self.next_page_token.is_empty() {
             string::encode(2, &self.next_page_token, buf);
         }
-        if self.as_of_position != 0 {
-            int64::encode(15, &self.as_of_position, buf);
-        }
+        encode_int64(15, self.as_of_position, buf);
     }
 
     fn merge_field(
@@ -178,10 +167,7 @@ impl prost::Message for SearchAvailabilityResponse {
         let results: usize = self
             .results
             .iter()
-            .map(|result| {
-                let len = result.body_len();
-                key_len(1) + encoded_len_varint(len as u64) + len
-            })
+            .map(|result| delimited_len(1, result.body_len()))
             .sum();
         let token = if self.next_page_token.is_empty() {
             0
@@ -202,15 +188,6 @@ fn int32_len(tag: u32, value: i32) -> usize {
         0
     } else {
         int32::encoded_len(tag, &value)
-    }
-}
-
-/// An `int64` field as proto3 writes it: nothing when 0.
-fn int64_len(tag: u32, value: i64) -> usize {
-    if value == 0 {
-        0
-    } else {
-        int64::encoded_len(tag, &value)
     }
 }
 
