@@ -124,6 +124,13 @@ pub struct Config {
           value_parser = clap::value_parser!(i64).range(0..))]
     pub precondition_scan_limit: i64,
 
+    /// Most night counts (room type and night) the writer keeps from one
+    /// batch to the next, so that the next batch need not read them again
+    /// (only while no other command server has committed in between); past
+    /// it, it keeps none and reads what each batch needs. 0 keeps none.
+    #[arg(long, env = "HOTEL_WRITER_CARRIED_NIGHTS", default_value_t = 100_000)]
+    pub writer_carried_nights: usize,
+
     /// Largest command request accepted, in bytes (protobuf-encoded),
     /// checked before anything else; at most 65535 (the command log stores
     /// every request whole). Larger requests get INVALID_ARGUMENT.
@@ -248,6 +255,7 @@ impl Config {
             queue_timeout: ms(self.writer_queue_timeout_ms.max(1)),
             idle_timeout: Duration::from_secs(self.db_idle_timeout_secs.max(1)),
             precondition_scan_limit: self.precondition_scan_limit,
+            carried_nights: self.writer_carried_nights,
         })
     }
 

@@ -194,7 +194,7 @@ async fn start_own_statements(
     rows: &mut WorkingSet,
 ) -> Result<(), CommandError> {
     let mut writes = Script::new();
-    rows.flush(conn, &mut writes).await?;
+    rows.flush(&mut writes)?;
     writes.run(conn).await.map_err(|failed| failed.error)?;
     rows.forget();
     Ok(())

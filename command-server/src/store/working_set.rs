@@ -13,7 +13,7 @@
 //! Once a row is here, this copy is the truth: a later load never replaces
 //! it, and night counts are written back as absolute values.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use hotel_common::pb;
 use sqlx::{MySql, MySqlConnection, QueryBuilder, Row, mysql::MySqlRow};
@@ -161,23 +161,46 @@ impl<'c> Named<'c> {
     }
 }
 
-/// Room types known to hold, carried from one batch to the next.
-pub type KnownRoomTypes = HashMap<RoomKey, Option<RoomType>>;
+/// Rows known to hold, carried from one batch to the next: room types, and
+/// the night counts of room types (at most a cap of nights).
+#[derive(Debug, Default)]
+pub struct Carried {
+    room_types: HashMap<RoomKey, Option<RoomType>>,
+    nights: HashMap<RoomKey, BTreeMap<Date, Night>>,
+}
+
+impl Carried {
+    /// Nights held, over every room type.
+    pub fn nights(&self) -> usize {
+        self.nights.values().map(BTreeMap::len).sum()
+    }
+}
 
 impl WorkingSet {
-    /// A working set that starts with `room_types`, which must still hold:
-    /// the writer carries them over only when nobody else has committed
-    /// since its own last commit.
-    pub fn with_room_types(room_types: KnownRoomTypes) -> Self {
+    /// A working set that starts with `carried`, which must still hold: the
+    /// writer carries rows over only when nobody else has committed since
+    /// its own last commit.
+    pub fn with_carried(carried: Carried) -> Self {
         Self {
-            room_types,
+            room_types: carried.room_types,
+            nights: carried.nights,
             ..Self::default()
         }
     }
 
-    /// The room types as they stand once the batch commits.
-    pub fn into_room_types(self) -> KnownRoomTypes {
-        self.room_types
+    /// What to carry to the next batch once this one commits (after its
+    /// [`flush`](Self::flush): nothing is dirty): the room types, and the
+    /// night counts unless there are more than `max_nights` of them (then
+    /// none: the next batch reads what it needs).
+    pub fn into_carried(self, max_nights: usize) -> Carried {
+        let mut carried = Carried {
+            room_types: self.room_types,
+            nights: self.nights,
+        };
+        if carried.nights() > max_nights {
+            carried.nights.clear();
+        }
+        carried
     }
 
     /// Adds to `script` the reads of the rows `commands` name in their
@@ -218,10 +241,11 @@ impl WorkingSet {
         Ok(())
     }
 
-    /// Forgets the room types held (carried from the last batch, which
-    /// another process's commit since has made stale).
-    pub fn forget_room_types(&mut self) {
+    /// Forgets the rows carried from the last batch (another process's
+    /// commit since may have changed them).
+    pub fn forget_carried(&mut self) {
         self.room_types.clear();
+        self.nights.clear();
     }
 
     /// Reads whatever `commands` will need that is not held yet, in at most
@@ -494,15 +518,11 @@ impl WorkingSet {
             .collect()
     }
 
-    /// Writes every changed row: status changes at once (each update's rows
-    /// are counted), new reservations and night counts added to `script`,
-    /// one statement each, to run with the batch's other writes. What is
-    /// held stays valid.
-    pub async fn flush(
-        &mut self,
-        conn: &mut MySqlConnection,
-        script: &mut Script,
-    ) -> Result<(), CommandError> {
+    /// Adds every changed row's write to `script`, one statement each, to
+    /// run with the batch's other writes: status changes (the update's
+    /// rows are counted), new reservations and night counts. What is held
+    /// stays valid.
+    pub fn flush(&mut self, script: &mut Script) -> Result<(), CommandError> {
         let mut new = Vec::new();
         let mut changed = Vec::new();
         for (id, reservation) in &mut self.reservations {
@@ -516,7 +536,7 @@ impl WorkingSet {
             }
         }
         insert_reservations(script, &new)?;
-        update_reservations(conn, &changed).await?;
+        update_reservations(script, &changed);
         // Inserted once: from now on their changes are updates.
         for reservation in self.reservations.values_mut().flatten() {
             reservation.new = None;
@@ -684,19 +704,10 @@ impl WorkingSet {
         keys: Vec<RoomKey>,
         rows: &[MySqlRow],
     ) -> Result<(), CommandError> {
-        let mut found = HashMap::new();
-        for row in rows {
-            let key: RoomKey = (row.try_get("hotel_id")?, row.try_get("code")?);
-            let room_type = RoomType {
-                max_guests: row.try_get("max_guests")?,
-                inventory: row.try_get("inventory")?,
-                rate: Rate {
-                    amount_minor: row.try_get("rate_minor")?,
-                    currency: row.try_get("currency")?,
-                },
-            };
-            found.insert(key, room_type);
-        }
+        let mut found: HashMap<RoomKey, RoomType> = rows
+            .iter()
+            .map(room_type_from_row)
+            .collect::<Result<_, _>>()?;
         for key in keys {
             let room_type = found.remove(&key);
             self.room_types.insert(key, room_type);
@@ -840,6 +851,19 @@ pub fn span(candidates: &[Waiting]) -> Option<Stay> {
     })
 }
 
+fn room_type_from_row(row: &MySqlRow) -> Result<(RoomKey, RoomType), sqlx::Error> {
+    let key: RoomKey = (row.try_get("hotel_id")?, row.try_get("code")?);
+    let room_type = RoomType {
+        max_guests: row.try_get("max_guests")?,
+        inventory: row.try_get("inventory")?,
+        rate: Rate {
+            amount_minor: row.try_get("rate_minor")?,
+            currency: row.try_get("currency")?,
+        },
+    };
+    Ok((key, room_type))
+}
+
 fn reservation_from_row(row: &MySqlRow) -> Result<(String, Reservation), CommandError> {
     let status: String = row.try_get("status")?;
     let reservation = Reservation {
@@ -901,52 +925,39 @@ fn insert_reservations(
     Ok(())
 }
 
-async fn update_reservations(
-    conn: &mut MySqlConnection,
-    rows: &[(&str, &Reservation)],
-) -> Result<(), CommandError> {
-    // A repeated row sets the same values again: padding is harmless.
-    for chunk in padded_chunks(rows) {
-        update_reservation_rows(conn, &chunk).await?;
+/// The status changes, as one statement, and a check that it found every
+/// row: the statement after it sets the head to -1 (which the constraint
+/// `update_found_every_row` refuses, stopping the script before its COMMIT)
+/// unless `ROW_COUNT()` says each reservation was found. Each row changes
+/// (its version goes up), so rows changed are rows found.
+fn update_reservations(script: &mut Script, rows: &[(&str, &Reservation)]) {
+    if rows.is_empty() {
+        return;
     }
-    Ok(())
-}
-
-async fn update_reservation_rows(
-    conn: &mut MySqlConnection,
-    rows: &[&(&str, &Reservation)],
-) -> Result<(), CommandError> {
-    let mut update =
-        QueryBuilder::<MySql>::new("UPDATE reservations SET status = CASE reservation_id");
-    for (id, r) in rows {
-        update
-            .push(" WHEN ")
-            .push_bind(*id)
-            .push(" THEN ")
-            .push_bind(r.status.as_str());
-    }
-    update.push(" END, version = CASE reservation_id");
-    for (id, r) in rows {
-        update
-            .push(" WHEN ")
-            .push_bind(*id)
-            .push(" THEN ")
-            .push_bind(r.version);
-    }
-    update.push(" END WHERE reservation_id IN (");
-    let mut ids = update.separated(", ");
-    for (id, _) in rows {
-        ids.push_bind(*id);
-    }
-    update.push(")");
-    let updated = update.build().execute(&mut *conn).await?;
-    // Rows found (sqlx asks for CLIENT_FOUND_ROWS), each counted once.
-    let distinct = rows.iter().map(|(id, _)| id).collect::<HashSet<_>>().len() as u64;
-    if updated.rows_affected() != distinct {
-        return Err(CommandError::Internal(format!(
-            "{} of {distinct} reservations to update were missing",
-            distinct.saturating_sub(updated.rows_affected()),
-        )));
-    }
-    Ok(())
+    let when = |script: &mut Script, value: &dyn Fn(&mut Script, &Reservation)| {
+        for (id, r) in rows {
+            script.sql(" WHEN ").value(*id).sql(" THEN ");
+            value(script, r);
+        }
+    };
+    script.sql("UPDATE reservations SET status = CASE reservation_id");
+    when(script, &|script, r| {
+        script.value(r.status.as_str());
+    });
+    script.sql(" END, version = CASE reservation_id");
+    when(script, &|script, r| {
+        script.value(r.version);
+    });
+    script
+        .sql(" END WHERE reservation_id IN (")
+        .each(rows, ", ", |script, (id, _)| {
+            script.value(*id);
+        })
+        .sql(")")
+        .end();
+    script
+        .sql("UPDATE event_head SET position = IF(ROW_COUNT() = ")
+        .value(rows.len() as i64)
+        .sql(", position, -1) WHERE id = 1")
+        .end();
 }

@@ -40,7 +40,7 @@ use super::{
     fence, now_ms,
     primary::{Primary, is_read_only},
     script::{Script, ScriptError},
-    working_set::{Asked, KnownRoomTypes, WorkingSet},
+    working_set::{Asked, Carried, WorkingSet},
 };
 use crate::{
     domain::command::{CommandKind, Reply, ValidCommand},
@@ -76,6 +76,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Most log events a room type's stale-read check reads.
     pub precondition_scan_limit: i64,
+    /// Most night counts carried from one batch to the next.
+    pub carried_nights: usize,
 }
 
 impl Default for Limits {
@@ -88,6 +90,7 @@ impl Default for Limits {
             queue_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
             precondition_scan_limit: 10_000,
+            carried_nights: 100_000,
         }
     }
 }
@@ -641,29 +644,43 @@ impl BatchReads {
     fn ask(jobs: &[Job], carried: Option<Known>) -> Self {
         let mut script = Script::new();
         script.sql(LOCK).end();
-        let command_ids: Vec<String> = jobs
-            .iter()
-            .map(|job| job.command.command_id.to_string())
-            .collect();
-        let id_refs: Vec<&str> = command_ids.iter().map(String::as_str).collect();
-        let commands = command_log::ask_many(&mut script, &id_refs);
-        let (carried_head, room_types) = match carried {
-            Some(known) => (Some(known.head), known.room_types),
-            None => (None, KnownRoomTypes::default()),
+        let (carried_head, carried) = match carried {
+            Some(known) => (Some(known.head), known.rows),
+            None => (None, Carried::default()),
         };
-        let rows = WorkingSet::with_room_types(room_types);
-        let asked_commands: Vec<&ValidCommand> = jobs.iter().map(|job| &job.command).collect();
-        let asked = rows.ask(&mut script, &asked_commands);
+        let rows = WorkingSet::with_carried(carried);
+        let commands: Vec<&ValidCommand> = jobs.iter().map(|job| &job.command).collect();
+        let (commands_index, asked) = ask_reads(&mut script, &commands, &rows);
         Self {
             script,
             results: Vec::new(),
-            commands,
-            command_ids: command_ids.into_iter().collect(),
+            commands: commands_index,
+            command_ids: commands
+                .iter()
+                .map(|command| command.command_id.to_string())
+                .collect(),
             asked,
             rows,
             carried_head,
         }
     }
+}
+
+/// Adds to `script` what `commands` need read before they run: their
+/// stored outcomes (the statement's index) and the rows they name that
+/// `rows` does not hold yet.
+fn ask_reads(
+    script: &mut Script,
+    commands: &[&ValidCommand],
+    rows: &WorkingSet,
+) -> (Option<usize>, Asked) {
+    let ids: Vec<String> = commands
+        .iter()
+        .map(|command| command.command_id.to_string())
+        .collect();
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let outcomes = command_log::ask_many(script, &id_refs);
+    (outcomes, rows.ask(script, commands))
 }
 
 /// Why a batch did not run on a read-only server.
@@ -739,13 +756,13 @@ struct Session {
     known: Option<Known>,
 }
 
-/// Room types as they stood when this writer committed at `head`. Room
-/// types change only through commands, so while the head is still `head`
-/// at the next batch (no other instance committed) they still hold, and the
-/// batch need not read them again.
+/// Room types and night counts as they stood when this writer committed at
+/// `head`. They change only through commands, so while the head is still
+/// `head` at the next batch (no other instance committed) they still hold,
+/// and the batch need not read them again.
 struct Known {
     head: i64,
-    room_types: KnownRoomTypes,
+    rows: Carried,
 }
 
 /// Runs the jobs' commands in the open transaction (the lock is held and
@@ -780,7 +797,7 @@ async fn run_transaction(
         })?;
     if carried_head != Some(head) {
         // Another process committed since this writer's last batch.
-        rows.forget_room_types();
+        rows.forget_carried();
     }
     rows.take(asked, &results).map_err(batch_error)?;
 
@@ -793,20 +810,25 @@ async fn run_transaction(
             .map_err(sql)?,
         None => HashMap::new(),
     };
-    // Commands that joined at the lock: their stored outcomes, if any.
-    let joined: Vec<&str> = ids
+    // Commands that joined at the lock: their stored outcomes and the rows
+    // they name, in one round trip.
+    let joined: Vec<&ValidCommand> = jobs
         .iter()
-        .filter(|id| !asked_ids.contains(*id))
-        .map(String::as_str)
+        .map(|job| &job.command)
+        .filter(|command| !asked_ids.contains(&command.command_id.to_string()))
         .collect();
     let mut joined_reads = Script::new();
-    if let Some(index) = command_log::ask_many(&mut joined_reads, &joined) {
+    let (commands_index, joined_asked) = ask_reads(&mut joined_reads, &joined, &rows);
+    if joined_reads.statements() > 0 {
         let results = joined_reads
             .fetch(tx)
             .await
             .map_err(|failed| sql(failed.error))?;
-        let rows = results.get(index).map_or(&[][..], Vec::as_slice);
-        known.extend(command_log::take_many(rows).map_err(sql)?);
+        if let Some(index) = commands_index {
+            let rows = results.get(index).map_or(&[][..], Vec::as_slice);
+            known.extend(command_log::take_many(rows).map_err(sql)?);
+        }
+        rows.take(joined_asked, &results).map_err(batch_error)?;
     }
 
     let now = now_ms();
@@ -886,7 +908,7 @@ async fn run_transaction(
 
     // Every write and the COMMIT go in one round trip (ADR 0002).
     let mut writes = Script::new();
-    rows.flush(tx, &mut writes).await.map_err(batch_error)?;
+    rows.flush(&mut writes).map_err(batch_error)?;
     if !batch.events.is_empty() {
         events::append(&mut writes, &batch.events, &event_traces);
         writes
@@ -921,7 +943,7 @@ async fn run_transaction(
     }
     session.known = Some(Known {
         head: last,
-        room_types: rows.into_room_types(),
+        rows: rows.into_carried(limits.carried_nights),
     });
     for (command, outcome) in commands.iter().zip(&outcomes) {
         match outcome {

@@ -1,0 +1,173 @@
+//! The writer's working set (store/working_set.rs) on MariaDB: what its
+//! write script checks before the COMMIT, and what it carries from one
+//! batch to the next.
+
+use command_server::commands::{Command, ValidCommand};
+use command_server::domain::ReservationStatus;
+use command_server::store::{
+    MIGRATOR,
+    script::Script,
+    working_set::{Carried, WorkingSet},
+};
+use command_server::testing::{TestDb, booking};
+use sqlx::{Connection, Executor, MySqlConnection};
+
+async fn migrated() -> (TestDb, MySqlConnection) {
+    let db = TestDb::create().await;
+    MIGRATOR.run(&db.pool).await.expect("migrations");
+    let conn = MySqlConnection::connect(&db.url).await.expect("connect");
+    (db, conn)
+}
+
+async fn insert_reservation(db: &TestDb, id: &str) {
+    sqlx::query(
+        "INSERT INTO reservations (reservation_id, hotel_id, room_type_code, check_in, \
+         check_out, guest_id, guest_name, guest_email, guests, priority, status, total_minor, \
+         currency, booked_position, booked_at_ms, version) VALUES (?, 'h1', 'DBL', \
+         '2027-03-01', '2027-03-03', 'g', 'G', 'g@example.com', 1, 0, 'CONFIRMED', 100, \
+         'EUR', 1, 0, 1)",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .expect("insert a reservation");
+}
+
+/// Status changes go in the write script with a check that the update
+/// found every row it changes: if a reservation the batch read is gone by
+/// its write (nothing but a writer holding the head lock should touch the
+/// table, so this is someone else's doing), the script stops before its
+/// COMMIT, naming the check, and nothing of it stays. With every row there,
+/// the same script commits.
+#[tokio::test]
+async fn a_status_change_that_finds_no_row_stops_the_script_before_its_commit() {
+    let (db, mut conn) = migrated().await;
+    for id in ["r1", "r2"] {
+        insert_reservation(&db, id).await;
+    }
+    let status = |id: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT status FROM reservations WHERE reservation_id = ?",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("status")
+        }
+    };
+    let cancel_both = |rows: &mut WorkingSet| {
+        for id in ["r1", "r2"] {
+            rows.set_status(id, ReservationStatus::Cancelled)
+                .expect("held");
+        }
+        let mut script = Script::new();
+        rows.flush(&mut script).expect("flush");
+        let before_commit = script.statements();
+        script.sql("COMMIT").end();
+        (script, before_commit)
+    };
+
+    // r2 disappears between the batch's read and its write.
+    conn.execute("BEGIN").await.expect("begin");
+    let mut rows = WorkingSet::default();
+    for id in ["r1", "r2"] {
+        rows.reservation(&mut conn, id).await.expect("read");
+    }
+    sqlx::query("DELETE FROM reservations WHERE reservation_id = 'r2'")
+        .execute(&db.pool)
+        .await
+        .expect("delete behind the batch's back");
+    let (script, before_commit) = cancel_both(&mut rows);
+    let failed = script.run(&mut conn).await.expect_err("the check stops it");
+    assert!(
+        failed.error.to_string().contains("update_found_every_row"),
+        "{}",
+        failed.error
+    );
+    assert!(
+        failed.completed < before_commit,
+        "stopped before the COMMIT"
+    );
+    conn.execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(status("r1").await, "CONFIRMED", "r1's change did not stay");
+    assert_eq!(db.count("SELECT position FROM event_head").await, 0);
+
+    // Both rows there: the same script commits.
+    insert_reservation(&db, "r2").await;
+    conn.execute("BEGIN").await.expect("begin");
+    let mut rows = WorkingSet::default();
+    for id in ["r1", "r2"] {
+        rows.reservation(&mut conn, id).await.expect("read");
+    }
+    let (script, _) = cancel_both(&mut rows);
+    script.run(&mut conn).await.expect("the script commits");
+    assert_eq!(status("r1").await, "CANCELLED");
+    assert_eq!(status("r2").await, "CANCELLED");
+    assert_eq!(db.count("SELECT position FROM event_head").await, 0);
+    db.cleanup().await;
+}
+
+/// The nights a booking asks for, held by a batch that read them, as it
+/// would carry them with a cap of `cap` nights.
+async fn carried_after_reading(
+    conn: &mut MySqlConnection,
+    command: &ValidCommand,
+    cap: usize,
+) -> Carried {
+    let Command::BookRoom {
+        hotel_id,
+        code,
+        stay,
+        ..
+    } = &command.command
+    else {
+        panic!("a booking")
+    };
+    let mut rows = WorkingSet::default();
+    let key = (hotel_id.clone(), code.clone());
+    let booked = rows.booked(conn, &key, *stay).await.expect("nights");
+    assert_eq!(booked, [0, 0, 0], "no night has a row yet: none booked");
+    rows.into_carried(cap)
+}
+
+/// Statements a batch that starts with `carried` asks to read for `command`.
+fn reads_asked(carried: Carried, command: &ValidCommand) -> usize {
+    let rows = WorkingSet::with_carried(carried);
+    let mut script = Script::new();
+    let _ = rows.ask(&mut script, &[command]);
+    script.statements()
+}
+
+/// Night counts a batch held are carried to the next batch, which then does
+/// not read them again; past the cap (`--writer-carried-nights`) none are
+/// carried, and the next batch reads them.
+#[tokio::test]
+async fn night_counts_are_carried_up_to_the_cap() {
+    let (db, mut conn) = migrated().await;
+    let three_nights = |guest: &str| {
+        command_server::commands::parse::validate(&booking("h1", "DBL", 10, 13, guest))
+            .expect("valid")
+    };
+    let (first, next) = (three_nights("g1"), three_nights("g2"));
+    let fresh = reads_asked(Carried::default(), &next);
+    assert_eq!(fresh, 2, "nothing carried: its room type and its nights");
+
+    let carried = carried_after_reading(&mut conn, &first, 3).await;
+    assert_eq!(carried.nights(), 3, "three nights, at the cap: carried");
+    assert_eq!(
+        reads_asked(carried, &next),
+        1,
+        "its room type only: the nights are held"
+    );
+
+    let carried = carried_after_reading(&mut conn, &first, 2).await;
+    assert_eq!(
+        carried.nights(),
+        0,
+        "three nights over a cap of two: none carried"
+    );
+    assert_eq!(reads_asked(carried, &next), 2, "the nights are read again");
+    db.cleanup().await;
+}
