@@ -795,8 +795,10 @@ async fn run_transaction(
         .ok_or_else(|| {
             BatchError::NotRun("the write lock's statement returned no row".to_owned())
         })?;
-    if carried_head != Some(head) {
-        // Another process committed since this writer's last batch.
+    // Another process committed since this writer's last batch: what it
+    // carried may be stale.
+    let others_commit = carried_head.is_some_and(|carried| carried != head);
+    if others_commit {
         rows.forget_carried();
     }
     rows.take(asked, &results).map_err(batch_error)?;
@@ -941,9 +943,19 @@ async fn run_transaction(
                 .collect(),
         );
     }
+    // While another process commits too, carried rows would mostly be
+    // stale by the next batch, which would then read them on demand, in
+    // round trips of their own: carry none, so that it asks for all it
+    // needs with its lock. Carrying resumes once a batch finds no commit
+    // but this writer's since its last.
+    let carried = if others_commit {
+        Carried::default()
+    } else {
+        rows.into_carried(limits.carried_nights)
+    };
     session.known = Some(Known {
         head: last,
-        rows: rows.into_carried(limits.carried_nights),
+        rows: carried,
     });
     for (command, outcome) in commands.iter().zip(&outcomes) {
         match outcome {
