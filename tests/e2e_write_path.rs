@@ -81,18 +81,28 @@ async fn a_paused_command_server_stalls_the_others_at_most_the_fence_bound() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // Pause it while its writer is inside a transaction.
+    // Pause it while its writer holds the write lock. A batch holds it
+    // only between its first round trip and its COMMIT, too briefly to
+    // catch by chance, so: a session of the test's own takes the lock, the
+    // instance's next batch waits for it, the instance is paused, and the
+    // lock passes to its waiting batch when the test's session lets go.
+    let holder = hold_write_lock(&db).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&paused, "STOP");
+    holder.close().await.expect("release the write lock");
     let mut caught = false;
     for _ in 0..40 {
-        signal(&paused, "STOP");
+        // InnoDB refreshes this table at most every 100 ms.
         if a_transaction_holds_locks(&db).await {
             caught = true;
             break;
         }
-        signal(&paused, "CONT");
-        tokio::time::sleep(Duration::from_millis(37)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(caught, "never caught the instance inside a transaction");
+    assert!(
+        caught,
+        "the paused instance's batch never took the write lock"
+    );
     let paused_at = Instant::now();
 
     // 32 clients book through the other instance meanwhile.
