@@ -376,6 +376,123 @@ async fn a_cancellation_promotes_past_a_long_waiting_list_that_does_not_fit() {
     db.cleanup().await;
 }
 
+/// More waiters overlap the freed room than a cancellation reads at once
+/// by date (256): it reads the list a page at a time in promotion order,
+/// and still finds the one that fits behind the 300 that do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_promotes_past_more_waiters_than_it_reads_at_once() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut client = server.commands().await;
+    register_hotel(&mut client, "h5", "Faro").await;
+    add_room_type(&mut client, "h5", "SGL", 1).await;
+    client
+        .book_room(booking("h5", "SGL", 1, 2, "first-night"))
+        .await
+        .expect("book");
+    let second_night = client
+        .book_room(booking("h5", "SGL", 2, 3, "second-night"))
+        .await
+        .expect("book")
+        .into_inner();
+    for chunk in 0..10 {
+        let waiting = (0..30).map(|i| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .book_room(booking("h5", "SGL", 1, 3, &format!("both-{chunk}-{i}")))
+                    .await
+                    .expect("book")
+                    .into_inner()
+            }
+        });
+        for reply in futures::future::join_all(waiting).await {
+            assert_eq!(reply.status, ReservationStatus::Waitlisted as i32);
+        }
+    }
+    let last = client
+        .book_room(booking("h5", "SGL", 2, 3, "last"))
+        .await
+        .expect("book")
+        .into_inner();
+    assert_eq!(last.status, ReservationStatus::Waitlisted as i32);
+
+    let cancelled = cancel(&mut client, &second_night.reservation_id).await;
+    assert_eq!(
+        cancelled.promoted_reservation_ids,
+        std::slice::from_ref(&last.reservation_id),
+        "the one that fits is found behind the 300 that do not"
+    );
+    assert_no_overbooking(&db).await;
+    assert_waitlist_settled(&db).await;
+    assert_reservations_match_events(&db).await;
+    server.stop().await;
+    db.cleanup().await;
+}
+
+/// A cancellation reads the waiters overlapping what it freed by check-in
+/// date, from 30 nights (the longest stay) before it: a 30-night stay that
+/// ends with the freed night is found and promoted; one that ends the night
+/// before (and waits for another night) stays waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_finds_the_longest_stay_ending_in_the_night_it_freed() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut client = server.commands().await;
+    register_hotel(&mut client, "h6", "Tavira").await;
+    add_room_type(&mut client, "h6", "SGL", 1).await;
+    let taken = client
+        .book_room(booking("h6", "SGL", 40, 41, "taken"))
+        .await
+        .expect("book")
+        .into_inner();
+    client
+        .book_room(booking("h6", "SGL", 10, 11, "night-ten"))
+        .await
+        .expect("book");
+    let long = client
+        .book_room(booking("h6", "SGL", 11, 41, "thirty-nights"))
+        .await
+        .expect("book")
+        .into_inner();
+    assert_eq!(long.status, ReservationStatus::Waitlisted as i32);
+    let before = client
+        .book_room(booking("h6", "SGL", 10, 40, "ends-before"))
+        .await
+        .expect("book")
+        .into_inner();
+    assert_eq!(before.status, ReservationStatus::Waitlisted as i32);
+
+    let cancelled = cancel(&mut client, &taken.reservation_id).await;
+    assert_eq!(
+        cancelled.promoted_reservation_ids,
+        std::slice::from_ref(&long.reservation_id),
+        "the thirty-night stay ending with the freed night moves up"
+    );
+    assert_no_overbooking(&db).await;
+    assert_waitlist_settled(&db).await;
+    assert_reservations_match_events(&db).await;
+    server.stop().await;
+    db.cleanup().await;
+}
+
+async fn cancel(
+    client: &mut pb::command_service_client::CommandServiceClient<tonic::transport::Channel>,
+    reservation_id: &str,
+) -> pb::CancelReservationResponse {
+    client
+        .cancel_reservation(pb::CancelReservationRequest {
+            precondition: None,
+            command_id: new_id(),
+            reservation_id: reservation_id.to_owned(),
+            reason: String::new(),
+            correlation_id: String::new(),
+        })
+        .await
+        .expect("cancel")
+        .into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_sees_room_types_another_server_changed() {
     // Each writer carries the room types it read from one batch to the

@@ -691,15 +691,23 @@ struct Freed<'a> {
 /// Waitlisted reservations read per page when a cancellation promotes.
 const PROMOTION_PAGE: usize = 32;
 
+/// Most waitlisted reservations overlapping a freed stay that a
+/// cancellation reads all at once, by date; with more, it reads pages in
+/// promotion order (they overlap densely, so pages fill fast).
+const OVERLAPPING_READ_AT_ONCE: usize = 256;
+
 /// Confirms the waitlisted reservations that fit now that `freed` gave its
-/// room back, reading the waiting list a page at a time in promotion order.
+/// room back.
 ///
 /// No waitlisted reservation fitted before (every cancellation and
 /// inventory rise promotes all that fit; tests check it), so one that fits
-/// now needs a night that was full and has a room again. When no night was
-/// full, nobody can move up and the list is not read; once those nights are
-/// full again, nobody else can, and reading stops. Under contention a
-/// waiting list holds thousands: this reads the first page, not all.
+/// now needs a night that was full and has a room again, and overlaps the
+/// freed stay. When no night was full, nobody can move up and the list is
+/// not read. When at most [`OVERLAPPING_READ_AT_ONCE`] waiters overlap the
+/// stay, they are read at once by date and decided in one pass. Otherwise
+/// (a crowded stay: under contention a waiting list holds thousands) the
+/// list is read a page at a time in promotion order, and reading stops once
+/// the full nights are full again, since nobody else can move up then.
 async fn promote_freed(
     conn: &mut MySqlConnection,
     rows: &mut WorkingSet,
@@ -715,6 +723,28 @@ async fn promote_freed(
     } = freed;
     let mut promoted = Promoted::default();
     let window = (stay.check_in, stay.check_out);
+    if rows.all_full(key, &was_full, inventory) {
+        return Ok(promoted);
+    }
+    if rows
+        .load_overlapping_waitlist(conn, batch.today, key, window, OVERLAPPING_READ_AT_ONCE)
+        .await?
+    {
+        // Every waiter that could move up is held: one pass, in order.
+        let candidates = rows.waitlisted_between(batch.today, key, window, None, None);
+        confirm(
+            conn,
+            rows,
+            batch,
+            cmd,
+            key,
+            inventory,
+            candidates,
+            &mut promoted,
+        )
+        .await?;
+        return Ok(promoted);
+    }
     let mut after = None;
     while !rows.all_full(key, &was_full, inventory) {
         let (through, more) = rows

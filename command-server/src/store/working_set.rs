@@ -22,7 +22,7 @@ use time::Date;
 use super::{padded_chunks, script::Script};
 use crate::{
     domain::command::{Command, ValidCommand},
-    domain::{Rate, ReservationStatus, Stay, waitlist::Waiting},
+    domain::{Rate, ReservationStatus, Stay, rules::MAX_NIGHTS, waitlist::Waiting},
     error::CommandError,
 };
 
@@ -415,6 +415,53 @@ impl WorkingSet {
         self.load_waitlists(conn, today, &[(key.clone(), from, until)])
             .await?;
         Ok(self.waitlisted(today, key, from, until))
+    }
+
+    /// Reads every waitlisted reservation of a room type whose stay overlaps
+    /// `[from, until)` and starts today or later, if there are at most
+    /// `max`: then they are all held (true). If there are more, it holds
+    /// none of them (false), and the caller reads the list a page at a time
+    /// in promotion order instead ([`load_waitlist_page`](Self::load_waitlist_page)).
+    ///
+    /// The read goes by check-in date (index `waitlist_by_check_in`): a stay
+    /// is at most [`MAX_NIGHTS`] long, so one that ends after `from` starts
+    /// no earlier than `from - MAX_NIGHTS`. Walking the list in promotion
+    /// order instead reads every waiter when few overlap: 571 ms for 87,140
+    /// waiters of one room type (ADR 0002).
+    pub async fn load_overlapping_waitlist(
+        &mut self,
+        conn: &mut MySqlConnection,
+        today: Date,
+        key: &RoomKey,
+        (from, until): (Date, Date),
+        max: usize,
+    ) -> Result<bool, CommandError> {
+        let earliest = today.max(from.saturating_sub(time::Duration::days(MAX_NIGHTS)));
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RESERVATION_COLUMNS} FROM reservations FORCE INDEX (waitlist_by_check_in) \
+             WHERE hotel_id = ? AND room_type_code = ? AND status = 'WAITLISTED' \
+             AND check_in >= ? AND check_in < ? AND check_out > ? LIMIT ?"
+        )))
+        .bind(&key.0)
+        .bind(&key.1)
+        .bind(earliest)
+        .bind(until)
+        .bind(from)
+        .bind(max as i64 + 1)
+        .fetch_all(&mut *conn)
+        .await?;
+        if rows.len() > max {
+            return Ok(false);
+        }
+        for row in &rows {
+            let (id, reservation) = reservation_from_row(row)?;
+            self.reservations.entry(id).or_insert(Some(reservation));
+        }
+        self.waitlists
+            .entry(key.clone())
+            .or_default()
+            .push((from, until));
+        Ok(true)
     }
 
     /// Loads the next `limit` waitlisted reservations of a room type that
