@@ -149,17 +149,7 @@ async fn cancellation_promotes_by_priority_then_age_and_inventory_changes_promot
         assert_eq!(waiting.status, ReservationStatus::Waitlisted as i32);
     }
 
-    let cancelled = client
-        .cancel_reservation(pb::CancelReservationRequest {
-            precondition: None,
-            command_id: new_id(),
-            reservation_id: holder.reservation_id.clone(),
-            reason: String::new(),
-            correlation_id: String::new(),
-        })
-        .await
-        .expect("cancel")
-        .into_inner();
+    let cancelled = cancel(&mut client, &holder.reservation_id).await;
     assert_eq!(
         cancelled.promoted_reservation_ids,
         std::slice::from_ref(&vip.reservation_id),
@@ -353,17 +343,7 @@ async fn a_cancellation_promotes_past_a_long_waiting_list_that_does_not_fit() {
     assert_eq!(last.status, ReservationStatus::Waitlisted as i32);
 
     // Night 2 frees up; night 1 stays full, so only the last one fits.
-    let cancelled = client
-        .cancel_reservation(pb::CancelReservationRequest {
-            precondition: None,
-            command_id: new_id(),
-            reservation_id: second_night.reservation_id.clone(),
-            reason: String::new(),
-            correlation_id: String::new(),
-        })
-        .await
-        .expect("cancel")
-        .into_inner();
+    let cancelled = cancel(&mut client, &second_night.reservation_id).await;
     assert_eq!(
         cancelled.promoted_reservation_ids,
         std::slice::from_ref(&last.reservation_id),
@@ -476,10 +456,19 @@ async fn a_cancellation_finds_the_longest_stay_ending_in_the_night_it_freed() {
     db.cleanup().await;
 }
 
-async fn cancel(
-    client: &mut pb::command_service_client::CommandServiceClient<tonic::transport::Channel>,
-    reservation_id: &str,
-) -> pb::CancelReservationResponse {
+/// The status of a booking of nights 3-4 of h7's DBL.
+async fn book_h7(client: &mut Client, guest: &str) -> i32 {
+    client
+        .book_room(booking("h7", "DBL", 3, 5, guest))
+        .await
+        .expect("book")
+        .into_inner()
+        .status
+}
+
+type Client = pb::command_service_client::CommandServiceClient<tonic::transport::Channel>;
+
+async fn cancel(client: &mut Client, reservation_id: &str) -> pb::CancelReservationResponse {
     client
         .cancel_reservation(pb::CancelReservationRequest {
             precondition: None,
@@ -491,6 +480,39 @@ async fn cancel(
         .await
         .expect("cancel")
         .into_inner()
+}
+
+/// Each writer carries the night counts it read and wrote from one batch
+/// to the next while nobody else commits: a booking through another
+/// instance in between must still count. Two rooms, three bookings of the
+/// same night alternating between the instances: the third waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_sees_nights_another_server_booked() {
+    let db = TestDb::create().await;
+    let first = TestServer::start(&db).await;
+    let second = TestServer::start(&db).await;
+    let mut one = first.commands().await;
+    let mut two = second.commands().await;
+    register_hotel(&mut one, "h7", "Beja").await;
+    add_room_type(&mut one, "h7", "DBL", 2).await;
+    assert_eq!(
+        book_h7(&mut one, "a").await,
+        ReservationStatus::Confirmed as i32
+    );
+    assert_eq!(
+        book_h7(&mut two, "b").await,
+        ReservationStatus::Confirmed as i32
+    );
+    assert_eq!(
+        book_h7(&mut one, "c").await,
+        ReservationStatus::Waitlisted as i32,
+        "the first server counts the room the second one booked"
+    );
+    assert_no_overbooking(&db).await;
+    assert_reservations_match_events(&db).await;
+    first.stop().await;
+    second.stop().await;
+    db.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
