@@ -20,7 +20,7 @@
 #     then 64 spread over two command servers on the same database
 #   queries/s at concurrency 64 (GetReservation, GetAvailability,
 #     SearchAvailability in equal shares, then each alone), then the echo
-#     service (Health/Check) at 64
+#     service (Health/Check) at 64, and at 1 (the ceiling of one client)
 #   the cost of metrics and of tracing: commands/s and queries/s (mix, c64)
 #     against servers with metrics off, metrics on, and metrics on plus
 #     tracing sampled at 10 % (exported to `loadgen otlp-sink`), alternated
@@ -309,7 +309,7 @@ SECOND_URL=http://$ADDR
 said "two instances" "$RESULTS/commands-c64-two.json" commands_per_sec
 stop_all_but 2
 
-hotel_section "queries/s at concurrency 64, then the echo service at 64"
+hotel_section "queries/s at concurrency 64, then the echo service at 64 and at 1"
 hotel_log "settling for ${SETTLE_SECONDS}s after the command loads"
 sleep "$SETTLE_SECONDS"
 "$LOADGEN" run --command-url "$COMMAND_URL" --query-url "$QUERY_URL" --concurrency 64 \
@@ -326,6 +326,11 @@ start echo-server "$LOADGEN" echo-server --listen 127.0.0.1:0
 "$LOADGEN" echo --url "http://$ADDR" --concurrency 64 --duration "${LOAD_SECONDS}s" --json \
     >"$RESULTS/echo-c64.json"
 hotel_log "echo: $(grep -m1 '"per_sec"' "$RESULTS/echo-c64.json" | sed 's/[^0-9.]//g') per_sec"
+# One client too: the ceiling of the concurrency-1 command target (a
+# command cannot answer sooner than a call that does nothing).
+"$LOADGEN" echo --url "http://$ADDR" --concurrency 1 --duration "${LOAD_SECONDS}s" --json \
+    >"$RESULTS/echo-c1.json"
+hotel_log "echo, one client: $(grep -m1 '"per_sec"' "$RESULTS/echo-c1.json" | sed 's/[^0-9.]//g') per_sec"
 stop_all_but 2
 
 hotel_section "the cost of metrics, then of tracing (sampled at 10 %), ${OBS_ROUNDS} rounds"

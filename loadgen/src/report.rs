@@ -79,6 +79,9 @@ pub struct Results {
     /// Each query alone at concurrency 64: (RPC name, report).
     query_parts: Vec<(&'static str, RunReport)>,
     echo: Option<RunReport>,
+    /// The echo service at concurrency 1: the most one client's calls can
+    /// do, whatever the call does.
+    echo_one: Option<RunReport>,
     lag: Option<RunReport>,
     catchup: Option<CatchupReport>,
     /// Peak RSS of the command server and the query server, KiB.
@@ -255,6 +258,7 @@ impl Results {
             commands_two: read_json(&dir.join("commands-c64-two.json"))?,
             queries: read_json(&dir.join("queries-c64.json"))?,
             echo: read_json(&dir.join("echo-c64.json"))?,
+            echo_one: read_json(&dir.join("echo-c1.json"))?,
             lag: read_json(&dir.join("lag.json"))?,
             catchup: read_json(&dir.join("catchup.json"))?,
             rss_command: read_number(&dir.join("rss-command-server.kib")),
@@ -310,6 +314,35 @@ impl Results {
                 ratio,
                 target.map_or("-".to_owned(), |t| format!("≥ {t:.1} × sysbench")),
                 met,
+            ]);
+        }
+
+        // What the concurrency-1 target asks, against the transport alone:
+        // one client calling an RPC that does nothing.
+        if let Some(echo_one) = self.echo_one.as_ref().and_then(|r| r.group("echo")) {
+            let needed = self
+                .sysbench_one
+                .as_ref()
+                .map(|s| s.tps * ONE_CLIENT_VS_SYSBENCH_ONE);
+            rows.push([
+                "1. (the ceiling at concurrency 1) trivial tonic unary (Health/Check)".to_owned(),
+                format!(
+                    "{}/s, p50 {:.2} ms",
+                    number(echo_one.per_sec),
+                    echo_one.latency_ms.p50
+                ),
+                needed.map_or_else(missing, |n| {
+                    format!(
+                        "what the target asks of one client's commands: {}/s",
+                        number(n)
+                    )
+                }),
+                needed.map_or_else(
+                    || "-".to_owned(),
+                    |n| format!("{:.2}", echo_one.per_sec / n),
+                ),
+                "-".to_owned(),
+                "(context: a command cannot beat an empty call)".to_owned(),
             ]);
         }
 
@@ -615,6 +648,9 @@ impl Results {
         }
         if let Some(report) = &self.echo {
             details(&mut md, "Echo (Health/Check), concurrency 64", report);
+        }
+        if let Some(report) = &self.echo_one {
+            details(&mut md, "Echo (Health/Check), concurrency 1", report);
         }
         self.obs_details(&mut md);
         if let Some(report) = &self.lag {
@@ -965,6 +1001,39 @@ Latency (ms):
         assert!(second.contains("What limits commands/s: the head lock."));
         assert_eq!(second.matches(NOTES_MARKER).count(), 1);
         assert!(second.contains("| 4. catch-up, fresh query server | not measured |"));
+    }
+
+    #[test]
+    fn the_ceiling_of_one_client_sets_the_echo_at_one_against_the_target() {
+        // One client's echo calls: 3,000 in 1 s, 0.3 ms each.
+        let mut recorder = crate::stats::Recorder::default();
+        for _ in 0..3_000 {
+            recorder.ok("Health/Check", std::time::Duration::from_micros(300));
+        }
+        let echo_one = RunReport::new(
+            "echo",
+            1,
+            None,
+            std::time::Duration::from_secs(1),
+            &recorder,
+        );
+        let results = Results {
+            sysbench_one: parse_sysbench(&SYSBENCH.replace("2373.94", "1000.00")),
+            echo_one: Some(echo_one),
+            ..Results::default()
+        };
+        let row = results
+            .summary_rows()
+            .into_iter()
+            .find(|row| row[0].contains("ceiling at concurrency 1"))
+            .expect("a ceiling row");
+        assert!(row[1].starts_with("3,000/s, p50 0.30 ms"), "{row:?}");
+        // The target asks 2 x 1,000/s of one client: the echo reaches 1.5 x it.
+        assert!(row[2].ends_with("2,000/s"), "{row:?}");
+        assert_eq!(row[3], "1.50");
+        // Without the echo at one client, no such row.
+        let rows = Results::default().summary_rows();
+        assert!(!rows.iter().any(|row| row[0].contains("ceiling")));
     }
 
     #[test]
