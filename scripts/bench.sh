@@ -13,14 +13,16 @@
 #               chart goes to docs/benchmarks.svg, or beside FILE with --out)
 #
 # What it runs, in order (each load is loadgen, over gRPC on loopback):
-#   sysbench oltp_write_only, 16 threads then 1 thread, on the same MariaDB
+#   sysbench oltp_write_only, 16 threads then 1 thread, then oltp_insert
+#     with 1 thread (one durable commit after another), on the same MariaDB
 #     (database sbtest: prepare, run, cleanup); installed from Debian when
 #     missing
 #   commands/s at concurrency 1, 16 and 64 (book=80,cancel=15,checkin=5),
 #     then 64 spread over two command servers on the same database
 #   queries/s at concurrency 64 (GetReservation, GetAvailability,
 #     SearchAvailability in equal shares, then each alone), then the echo
-#     service (Health/Check) at 64, and at 1 (the ceiling of one client)
+#     service (Health/Check) at 64, and at 1 (with oltp_insert: the floor
+#     of one client's commands)
 #   the cost of metrics and of tracing: commands/s and queries/s (mix, c64)
 #     against servers with metrics off, metrics on, and metrics on plus
 #     tracing sampled at 10 % (exported to `loadgen otlp-sink`), alternated
@@ -270,10 +272,14 @@ SYSBENCH=(sysbench oltp_write_only --db-driver=mysql
 "${SYSBENCH[@]}" --threads=16 run >"$RESULTS/sysbench.txt"
 # One thread: the reference of one client's commands (issue 15).
 "${SYSBENCH[@]}" --threads=1 run >"$RESULTS/sysbench-1.txt"
+# One durable single-row commit after another from one thread: with the
+# echo at one client below, the floor of one client's commands.
+"${SYSBENCH[@]/oltp_write_only/oltp_insert}" --threads=1 run >"$RESULTS/sysbench-insert-1.txt"
 "${SYSBENCH[@]}" cleanup >/dev/null
 sql 'DROP DATABASE IF EXISTS sbtest'
 hotel_log "sysbench, 16 threads: $(grep -m1 'transactions:' "$RESULTS/sysbench.txt" | sed 's/^ *//')"
 hotel_log "sysbench, 1 thread: $(grep -m1 'transactions:' "$RESULTS/sysbench-1.txt" | sed 's/^ *//')"
+hotel_log "sysbench oltp_insert, 1 thread: $(grep -m1 'transactions:' "$RESULTS/sysbench-insert-1.txt" | sed 's/^ *//')"
 
 hotel_section "servers (database $BENCH_DB)"
 sql "DROP DATABASE IF EXISTS \`$BENCH_DB\`; CREATE DATABASE \`$BENCH_DB\`"
@@ -326,8 +332,8 @@ start echo-server "$LOADGEN" echo-server --listen 127.0.0.1:0
 "$LOADGEN" echo --url "http://$ADDR" --concurrency 64 --duration "${LOAD_SECONDS}s" --json \
     >"$RESULTS/echo-c64.json"
 hotel_log "echo: $(grep -m1 '"per_sec"' "$RESULTS/echo-c64.json" | sed 's/[^0-9.]//g') per_sec"
-# One client too: the ceiling of the concurrency-1 command target (a
-# command cannot answer sooner than a call that does nothing).
+# One client too: with sysbench oltp_insert at one thread, the floor of one
+# client's commands (a durable commit, then a call).
 "$LOADGEN" echo --url "http://$ADDR" --concurrency 1 --duration "${LOAD_SECONDS}s" --json \
     >"$RESULTS/echo-c1.json"
 hotel_log "echo, one client: $(grep -m1 '"per_sec"' "$RESULTS/echo-c1.json" | sed 's/[^0-9.]//g') per_sec"
