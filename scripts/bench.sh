@@ -18,7 +18,9 @@
 #     (database sbtest: prepare, run, cleanup); installed from Debian when
 #     missing
 #   commands/s at concurrency 1, 16 and 64 (book=80,cancel=15,checkin=5),
-#     then 64 spread over two command servers on the same database
+#     then 64 spread over two command servers on the same database, then
+#     64 on one again (the two are compared with the mean of the ones
+#     before and after them)
 #   queries/s at concurrency 64 (GetReservation, GetAvailability,
 #     SearchAvailability in equal shares, then each alone), then the echo
 #     service (Health/Check) at 64, and at 1 (with oltp_insert: the floor
@@ -314,6 +316,12 @@ SECOND_URL=http://$ADDR
     >"$RESULTS/commands-c64-two.json"
 said "two instances" "$RESULTS/commands-c64-two.json" commands_per_sec
 stop_all_but 2
+# One server again: with the first load at 64, it brackets the two (every
+# load grows the log, and a later load runs on a larger one).
+"$LOADGEN" run --command-url "$COMMAND_URL" --concurrency 64 \
+    --duration "${LOAD_SECONDS}s" --mix book=80,cancel=15,checkin=5 --json \
+    >"$RESULTS/commands-c64-after.json"
+said "one instance again" "$RESULTS/commands-c64-after.json" commands_per_sec
 
 hotel_section "queries/s at concurrency 64, then the echo service at 64 and at 1"
 hotel_log "settling for ${SETTLE_SECONDS}s after the command loads"
