@@ -171,3 +171,68 @@ async fn night_counts_are_carried_up_to_the_cap() {
     assert_eq!(reads_asked(carried, &next), 2, "the nights are read again");
     db.cleanup().await;
 }
+
+/// A flush writes every night a batch changed, with its final count, once
+/// the stays that changed it overlap, across room types; and nothing else:
+/// not the nights carried from the batch before and left as they were, and
+/// not again at the next flush.
+#[tokio::test]
+async fn a_flush_writes_the_nights_the_batch_changed_and_no_other() {
+    use command_server::domain::Stay;
+    use time::{Date, Month};
+
+    let (db, mut conn) = migrated().await;
+    let day = |d: u8| Date::from_calendar_date(2027, Month::March, d).expect("a date");
+    let stay = |from: u8, until: u8| Stay {
+        check_in: day(from),
+        check_out: day(until),
+    };
+    let double = ("h1".to_owned(), "DBL".to_owned());
+    let single = ("h1".to_owned(), "SGL".to_owned());
+
+    // An earlier batch held ten nights of each room type, and changed none.
+    let mut rows = WorkingSet::default();
+    for key in [&double, &single] {
+        rows.booked(&mut conn, key, stay(10, 20))
+            .await
+            .expect("nights");
+    }
+    let mut rows = WorkingSet::with_carried(rows.into_carried(1_000));
+
+    // This batch: two overlapping stays in one room type, one in the other.
+    rows.add_to_nights(&mut conn, &double, stay(12, 14), 1, 0)
+        .await
+        .expect("book");
+    rows.add_to_nights(&mut conn, &double, stay(13, 16), 1, 0)
+        .await
+        .expect("book");
+    rows.add_to_nights(&mut conn, &single, stay(18, 19), 0, 1)
+        .await
+        .expect("waitlist");
+    let mut script = Script::new();
+    rows.flush(&mut script).expect("flush");
+    assert_eq!(script.statements(), 1, "one upsert of night counts");
+    script.run(&mut conn).await.expect("the script runs");
+    let written: Vec<(String, Date, i32, i32)> =
+        sqlx::query_as("SELECT code, night, booked, waiting FROM room_nights ORDER BY code, night")
+            .fetch_all(&db.pool)
+            .await
+            .expect("night counts");
+    assert_eq!(
+        written,
+        vec![
+            ("DBL".to_owned(), day(12), 1, 0),
+            ("DBL".to_owned(), day(13), 2, 0),
+            ("DBL".to_owned(), day(14), 1, 0),
+            ("DBL".to_owned(), day(15), 1, 0),
+            ("SGL".to_owned(), day(18), 0, 1),
+        ],
+        "the changed nights, each with its final count, and no other"
+    );
+
+    // Flushed: the next flush has nothing to write.
+    let mut again = Script::new();
+    rows.flush(&mut again).expect("flush");
+    assert_eq!(again.statements(), 0, "nothing changed since");
+    db.cleanup().await;
+}

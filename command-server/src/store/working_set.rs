@@ -110,6 +110,10 @@ pub struct WorkingSet {
     nights: HashMap<RoomKey, BTreeMap<Date, Night>>,
     /// Windows `[from, until)` whose waitlisted reservations are all here.
     waitlists: HashMap<RoomKey, Vec<(Date, Date)>>,
+    /// The stays whose nights changed since the last flush: the flush
+    /// looks at these nights only, not at every night held (night counts
+    /// are carried from batch to batch, up to a hundred thousand of them).
+    changed_stays: Vec<(RoomKey, Stay)>,
 }
 
 /// The reads of rows asked in a script ([`WorkingSet::ask`]): for each
@@ -365,6 +369,7 @@ impl WorkingSet {
         waiting: i32,
     ) -> Result<(), CommandError> {
         self.load_nights(conn, &[(key.clone(), stay)]).await?;
+        self.changed_stays.push((key.clone(), stay));
         let nights = self.nights.entry(key.clone()).or_default();
         for date in stay.nights() {
             let night = nights.entry(date).or_default();
@@ -589,18 +594,36 @@ impl WorkingSet {
             reservation.new = None;
         }
 
+        // Each changed night once (stays overlap: the first visit clears
+        // its flag), in room type and date order.
+        let stays = std::mem::take(&mut self.changed_stays);
         let mut nights = Vec::new();
-        for (key, dates) in &mut self.nights {
-            for (date, night) in dates.iter_mut().filter(|(_, n)| n.dirty) {
-                night.dirty = false;
-                nights.push((key, *date, *night));
+        for (index, (key, stay)) in stays.iter().enumerate() {
+            // (`range_mut` panics on a reversed range; such a stay has no
+            // nights to change.)
+            let Some(dates) = self
+                .nights
+                .get_mut(key)
+                .filter(|_| stay.check_in <= stay.check_out)
+            else {
+                continue;
+            };
+            for (date, night) in dates.range_mut(stay.check_in..stay.check_out) {
+                if night.dirty {
+                    night.dirty = false;
+                    nights.push((index, *date, *night));
+                }
             }
         }
+        nights.sort_unstable_by(|(a, a_date, _), (b, b_date, _)| {
+            stays[*a].0.cmp(&stays[*b].0).then(a_date.cmp(b_date))
+        });
         if !nights.is_empty() {
             // Absolute values: what the batch decided, whatever was there.
             script
                 .sql("INSERT INTO room_nights (hotel_id, code, night, booked, waiting)")
-                .values(&nights, |row, (key, date, night)| {
+                .values(&nights, |row, (index, date, night)| {
+                    let key = &stays[*index].0;
                     row.value(&key.0)
                         .value(&key.1)
                         .value(*date)
