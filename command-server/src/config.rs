@@ -131,6 +131,14 @@ pub struct Config {
     #[arg(long, env = "HOTEL_WRITER_CARRIED_NIGHTS", default_value_t = 100_000)]
     pub writer_carried_nights: usize,
 
+    /// Most events of other command servers on the same database a batch
+    /// reads, with its lock, to bring the room types and night counts it
+    /// carries up to date with their commits (instead of reading those
+    /// again). When more came in between, or with 0, it forgets what it
+    /// carries and reads what it needs.
+    #[arg(long, env = "HOTEL_WRITER_CATCH_UP_EVENTS", default_value_t = 1_000)]
+    pub writer_catch_up_events: usize,
+
     /// Largest command request accepted, in bytes (protobuf-encoded),
     /// checked before anything else; at most 65535 (the command log stores
     /// every request whole). Larger requests get INVALID_ARGUMENT.
@@ -256,6 +264,7 @@ impl Config {
             idle_timeout: Duration::from_secs(self.db_idle_timeout_secs.max(1)),
             precondition_scan_limit: self.precondition_scan_limit,
             carried_nights: self.writer_carried_nights,
+            catch_up_events: self.writer_catch_up_events,
         })
     }
 

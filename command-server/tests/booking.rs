@@ -515,6 +515,91 @@ async fn a_server_sees_nights_another_server_booked() {
     db.cleanup().await;
 }
 
+/// A writer that found another instance's commits before its last batch
+/// reads, with its next lock, the events committed since its own last
+/// commit, and brings the night counts it carries up to date with them
+/// (bookings, waits, cancellations, promotions) instead of reading them
+/// again. Two rooms, bookings and cancellations of one stay alternating
+/// between two instances: every answer must count what the other did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_catches_up_with_what_another_server_booked_and_cancelled() {
+    alternate_bookings_and_cancellations(1_000).await;
+}
+
+/// The same with `--writer-catch-up-events 0`: a writer that finds another
+/// instance's commit forgets what it carries and reads it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_catching_up_a_server_reads_again_what_another_server_changed() {
+    alternate_bookings_and_cancellations(0).await;
+}
+
+async fn alternate_bookings_and_cancellations(catch_up_events: usize) {
+    let db = TestDb::create().await;
+    let start = || {
+        let mut config = command_server::Config::for_tests(&db.url);
+        config.writer_catch_up_events = catch_up_events;
+        TestServer::start_with(config)
+    };
+    let first = start().await;
+    let second = start().await;
+    let mut one = first.commands().await;
+    let mut two = second.commands().await;
+    register_hotel(&mut one, "h7", "Beja").await;
+    add_room_type(&mut one, "h7", "DBL", 2).await;
+    let book = |client: &mut Client, guest: &'static str| {
+        let mut client = client.clone();
+        async move {
+            client
+                .book_room(booking("h7", "DBL", 3, 5, guest))
+                .await
+                .expect("book")
+                .into_inner()
+        }
+    };
+    const CONFIRMED: i32 = ReservationStatus::Confirmed as i32;
+    const WAITLISTED: i32 = ReservationStatus::Waitlisted as i32;
+
+    let a = book(&mut one, "a").await;
+    let b = book(&mut two, "b").await;
+    assert_eq!((a.status, b.status), (CONFIRMED, CONFIRMED));
+    // The first instance finds the second's commit: it reads the nights.
+    let c = book(&mut one, "c").await;
+    assert_eq!(c.status, WAITLISTED, "both rooms are taken");
+    // From here on each catches up from the other's events.
+    let freed = cancel(&mut two, &a.reservation_id).await;
+    assert_eq!(
+        freed.promoted_reservation_ids,
+        std::slice::from_ref(&c.reservation_id),
+        "the second instance counts the wait the first one booked"
+    );
+    let d = book(&mut one, "d").await;
+    assert_eq!(
+        d.status, WAITLISTED,
+        "a's room went to c: the first instance counts the cancellation and the promotion"
+    );
+    let e = book(&mut two, "e").await;
+    assert_eq!(e.status, WAITLISTED);
+    let freed = cancel(&mut one, &b.reservation_id).await;
+    assert_eq!(
+        freed.promoted_reservation_ids,
+        std::slice::from_ref(&d.reservation_id),
+        "d waited first"
+    );
+    let freed = cancel(&mut two, &c.reservation_id).await;
+    assert_eq!(
+        freed.promoted_reservation_ids,
+        std::slice::from_ref(&e.reservation_id)
+    );
+    let f = book(&mut one, "f").await;
+    assert_eq!(f.status, WAITLISTED, "d and e hold both rooms");
+    assert_no_overbooking(&db).await;
+    assert_waitlist_settled(&db).await;
+    assert_reservations_match_events(&db).await;
+    first.stop().await;
+    second.stop().await;
+    db.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_sees_room_types_another_server_changed() {
     // Each writer carries the room types it read from one batch to the

@@ -2,15 +2,18 @@
 //! write script checks before the COMMIT, and what it carries from one
 //! batch to the next.
 
+mod support;
+
 use command_server::commands::{Command, ValidCommand};
 use command_server::domain::ReservationStatus;
 use command_server::store::{
     MIGRATOR,
+    others::{self, Change},
     script::Script,
     working_set::{Carried, WorkingSet},
 };
-use command_server::testing::{TestDb, booking};
 use sqlx::{Connection, Executor, MySqlConnection};
+use support::*;
 
 async fn migrated() -> (TestDb, MySqlConnection) {
     let db = TestDb::create().await;
@@ -234,5 +237,114 @@ async fn a_flush_writes_the_nights_the_batch_changed_and_no_other() {
     let mut again = Script::new();
     rows.flush(&mut again).expect("flush");
     assert_eq!(again.statements(), 0, "nothing changed since");
+    db.cleanup().await;
+}
+
+/// Another command server's events since this writer's last commit, read
+/// with the lock, bring the night counts it carries up to date: at most
+/// `--writer-catch-up-events` of them (more, and they are not used: the
+/// carried rows are forgotten and read again), exactly the ones up to the
+/// head, and only changes the carried counts can have started from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_servers_events_bring_carried_nights_up_to_date_within_the_limit() {
+    use command_server::domain::Stay;
+
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut client = server.commands().await;
+    register_hotel(&mut client, "h1", "Lisbon").await;
+    add_room_type(&mut client, "h1", "DBL", 1).await;
+    let mut conn = MySqlConnection::connect(&db.url).await.expect("connect");
+    let key = ("h1".to_owned(), "DBL".to_owned());
+    let date = |days| hotel_common::dates::parse(&day(days)).expect("a date");
+    let stay = Stay {
+        check_in: date(10),
+        check_out: date(13),
+    };
+    let head = || {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT position FROM event_head")
+                .fetch_one(&pool)
+                .await
+                .expect("head")
+        }
+    };
+    // What this writer carried after its last batch: the stay's three
+    // nights, none booked.
+    let carried = || {
+        let url = db.url.clone();
+        let key = key.clone();
+        async move {
+            let mut conn = MySqlConnection::connect(&url).await.expect("connect");
+            let mut rows = WorkingSet::default();
+            let booked = rows.booked(&mut conn, &key, stay).await.expect("nights");
+            assert_eq!(booked, [0, 0, 0]);
+            rows.into_carried(1_000)
+        }
+    };
+    let (stale, fresh) = (carried().await, carried().await);
+    let after = head().await;
+
+    // Another server books the last room; a second booking waits.
+    for guest in ["a", "b"] {
+        client
+            .book_room(booking("h1", "DBL", 10, 13, guest))
+            .await
+            .expect("book");
+    }
+    let head = head().await;
+    assert_eq!(head - after, 2, "two events since");
+    async fn events(
+        conn: &mut MySqlConnection,
+        after: i64,
+        limit: usize,
+    ) -> Vec<sqlx::mysql::MySqlRow> {
+        let mut script = Script::new();
+        others::ask(&mut script, after, limit);
+        let mut results = script.fetch(conn).await.expect("the events");
+        results.remove(0)
+    }
+
+    // Within the limit: both events, and the carried nights caught up.
+    let read = events(&mut conn, after, 2).await;
+    let changes = others::changes(&read, after, head).expect("exactly the events since");
+    assert_eq!(
+        changes[0],
+        Change::Nights {
+            key: key.clone(),
+            stay,
+            booked: 1,
+            waiting: 0
+        }
+    );
+    let mut rows = WorkingSet::with_carried(fresh);
+    assert!(rows.catch_up(&changes));
+    assert_eq!(
+        rows.booked(&mut conn, &key, stay).await.expect("held"),
+        [1, 1, 1],
+        "caught up: the room the other server booked counts"
+    );
+    // The same carried rows without the catch-up still say none is booked
+    // (held rows are not read again): what a writer must not decide on.
+    let mut rows = WorkingSet::with_carried(stale);
+    assert_eq!(
+        rows.booked(&mut conn, &key, stay).await.expect("held"),
+        [0, 0, 0]
+    );
+
+    // Over the limit (one event of two), or not up to the head: not used.
+    assert!(others::changes(&events(&mut conn, after, 1).await, after, head).is_none());
+    assert!(others::changes(&read, after, head + 1).is_none());
+    // A change the carried counts cannot have started from (a room freed
+    // that they never counted): refused, to be forgotten.
+    let freed = Change::Nights {
+        key: key.clone(),
+        stay,
+        booked: -1,
+        waiting: 0,
+    };
+    assert!(!rows.catch_up(&[freed]));
+    server.stop().await;
     db.cleanup().await;
 }

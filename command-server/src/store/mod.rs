@@ -18,6 +18,7 @@ pub mod command_log;
 pub mod events;
 pub mod execute;
 pub mod fence;
+pub mod others;
 pub mod precondition;
 pub mod primary;
 pub mod retention;

@@ -19,7 +19,7 @@ use hotel_common::pb;
 use sqlx::{MySql, MySqlConnection, QueryBuilder, Row, mysql::MySqlRow};
 use time::Date;
 
-use super::{padded_chunks, script::Script};
+use super::{others::Change, padded_chunks, script::Script};
 use crate::{
     domain::command::{Command, ValidCommand},
     domain::{Rate, ReservationStatus, Stay, rules::MAX_NIGHTS, waitlist::Waiting},
@@ -178,6 +178,11 @@ impl Carried {
     pub fn nights(&self) -> usize {
         self.nights.values().map(BTreeMap::len).sum()
     }
+
+    /// Whether nothing is carried.
+    pub fn is_empty(&self) -> bool {
+        self.room_types.is_empty() && self.nights.is_empty()
+    }
 }
 
 impl WorkingSet {
@@ -243,6 +248,42 @@ impl WorkingSet {
             self.take_nights(stays, rows(index)?)?;
         }
         Ok(())
+    }
+
+    /// Brings the rows carried from the last batch up to date with
+    /// `changes`: what other processes' commits did since, in order
+    /// ([`changes`](super::others::changes)). Nights not held stay unheld (a read finds
+    /// them as they are now). False when a count would go below zero: the
+    /// rows were not what the changes started from, and must be forgotten.
+    pub fn catch_up(&mut self, changes: &[Change]) -> bool {
+        for change in changes {
+            match change {
+                Change::Nights {
+                    key,
+                    stay,
+                    booked,
+                    waiting,
+                } => {
+                    let Some(nights) = self.nights.get_mut(key) else {
+                        continue;
+                    };
+                    for date in stay.nights() {
+                        if let Some(night) = nights.get_mut(&date) {
+                            night.booked += booked;
+                            night.waiting += waiting;
+                            if night.booked < 0 || night.waiting < 0 {
+                                return false;
+                            }
+                        }
+                    }
+                }
+                Change::RoomType(key) => {
+                    self.room_types.remove(key);
+                }
+                Change::Nothing => {}
+            }
+        }
+        true
     }
 
     /// Forgets the rows carried from the last batch (another process's

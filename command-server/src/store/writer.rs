@@ -37,7 +37,7 @@ use super::{
     command_log::{self, CommandRecord},
     events,
     execute::{Batch, execute},
-    fence, now_ms,
+    fence, now_ms, others,
     primary::{Primary, is_read_only},
     script::{Script, ScriptError},
     working_set::{Asked, Carried, WorkingSet},
@@ -78,6 +78,9 @@ pub struct Limits {
     pub precondition_scan_limit: i64,
     /// Most night counts carried from one batch to the next.
     pub carried_nights: usize,
+    /// Most events of other processes a batch reads to bring its carried
+    /// rows up to date (more, or 0: it forgets them and reads what it needs).
+    pub catch_up_events: usize,
 }
 
 impl Default for Limits {
@@ -91,6 +94,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(600),
             precondition_scan_limit: 10_000,
             carried_nights: 100_000,
+            catch_up_events: 1_000,
         }
     }
 }
@@ -447,7 +451,7 @@ impl Task {
         }
         let session = self.session.as_mut().expect("connected above");
         // What the commands need goes with the lock, in one round trip.
-        let mut reads = BatchReads::ask(&jobs, session.known.take());
+        let mut reads = BatchReads::ask(&jobs, session.known.take(), limits.catch_up_events);
         let results = match lock_head(
             session,
             &self.pool,
@@ -638,15 +642,24 @@ struct BatchReads {
     rows: WorkingSet,
     /// The head this writer last committed, when room types are carried.
     carried_head: Option<i64>,
+    /// The statement that reads other processes' events since then.
+    others: Option<usize>,
 }
 
 impl BatchReads {
-    fn ask(jobs: &[Job], carried: Option<Known>) -> Self {
+    fn ask(jobs: &[Job], carried: Option<Known>, catch_up_events: usize) -> Self {
         let mut script = Script::new();
         script.sql(LOCK).end();
-        let (carried_head, carried) = match carried {
-            Some(known) => (Some(known.head), known.rows),
-            None => (None, Carried::default()),
+        let (carried_head, carried, others) = match carried {
+            Some(known) => {
+                // Another process committed before the last batch: it
+                // likely did again, and its events tell what changed.
+                let others =
+                    (known.others_committed && catch_up_events > 0 && !known.rows.is_empty())
+                        .then(|| others::ask(&mut script, known.head, catch_up_events));
+                (Some(known.head), known.rows, others)
+            }
+            None => (None, Carried::default(), None),
         };
         let rows = WorkingSet::with_carried(carried);
         let commands: Vec<&ValidCommand> = jobs.iter().map(|job| &job.command).collect();
@@ -662,6 +675,7 @@ impl BatchReads {
             asked,
             rows,
             carried_head,
+            others,
         }
     }
 }
@@ -759,10 +773,14 @@ struct Session {
 /// Room types and night counts as they stood when this writer committed at
 /// `head`. They change only through commands, so while the head is still
 /// `head` at the next batch (no other instance committed) they still hold,
-/// and the batch need not read them again.
+/// and the batch need not read them again; when it moved, the events in
+/// between tell what changed ([`others`]).
 struct Known {
     head: i64,
     rows: Carried,
+    /// The batch that committed at `head` found another process's commits
+    /// since the one before: the next asks for the events in between.
+    others_committed: bool,
 }
 
 /// Runs the jobs' commands in the open transaction (the lock is held and
@@ -784,6 +802,7 @@ async fn run_transaction(
         asked,
         mut rows,
         carried_head,
+        others: others_read,
         ..
     } = reads;
     let head: i64 = results
@@ -796,10 +815,22 @@ async fn run_transaction(
             BatchError::NotRun("the write lock's statement returned no row".to_owned())
         })?;
     // Another process committed since this writer's last batch: what it
-    // carried may be stale.
+    // carried is brought up to date with those commits' events when they
+    // were read, and forgotten otherwise.
     let others_commit = carried_head.is_some_and(|carried| carried != head);
     if others_commit {
-        rows.forget_carried();
+        let caught_up = match (others_read, carried_head) {
+            (Some(index), Some(after)) => results
+                .get(index)
+                .and_then(|events| others::changes(events, after, head))
+                .is_some_and(|changes| rows.catch_up(&changes)),
+            _ => false,
+        };
+        let outcome = if caught_up { "caught_up" } else { "forgotten" };
+        metrics::counter!("writer_carried_rows_total", "outcome" => outcome).increment(1);
+        if !caught_up {
+            rows.forget_carried();
+        }
     }
     rows.take(asked, &results).map_err(batch_error)?;
 
@@ -943,19 +974,12 @@ async fn run_transaction(
                 .collect(),
         );
     }
-    // While another process commits too, carried rows would mostly be
-    // stale by the next batch, which would then read them on demand, in
-    // round trips of their own: carry none, so that it asks for all it
-    // needs with its lock. Carrying resumes once a batch finds no commit
-    // but this writer's since its last.
-    let carried = if others_commit {
-        Carried::default()
-    } else {
-        rows.into_carried(limits.carried_nights)
-    };
+    // Every row held now is true as of this commit: carried and caught
+    // up, or read under the lock, then changed by this batch alone.
     session.known = Some(Known {
         head: last,
-        rows: carried,
+        rows: rows.into_carried(limits.carried_nights),
+        others_committed: others_commit,
     });
     for (command, outcome) in commands.iter().zip(&outcomes) {
         match outcome {
