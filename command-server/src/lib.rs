@@ -40,6 +40,9 @@ fn zero_metrics() {
         metrics::counter!("writer_jobs_not_started_total", "reason" => reason).increment(0);
     }
     metrics::counter!("submitted_refused_total", "reason" => "queue_full").increment(0);
+    for outcome in ["caught_up", "forgotten"] {
+        metrics::counter!("writer_carried_rows_total", "outcome" => outcome).increment(0);
+    }
     for counter in [
         "command_batches_total",
         "writer_fenced_sessions_total",

@@ -105,6 +105,10 @@ fn describe_metrics() {
         "MySQL sessions ended for holding the write lock past --fence-after-ms"
     );
     describe_counter!(
+        "writer_carried_rows_total",
+        "Batches that found another command server's commits since the writer's last one, by what became of the rows it carried: caught_up (from those commits' events) or forgotten (read again)"
+    );
+    describe_counter!(
         "writer_read_only_refusals_total",
         "Batches that found the database read-only at the write lock and wrote nothing"
     );
