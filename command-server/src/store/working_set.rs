@@ -251,10 +251,11 @@ impl WorkingSet {
     }
 
     /// Brings the rows carried from the last batch up to date with
-    /// `changes`: what other processes' commits did since, in order
-    /// ([`changes`](super::others::changes)). Nights not held stay unheld (a read finds
-    /// them as they are now). False when a count would go below zero: the
-    /// rows were not what the changes started from, and must be forgotten.
+    /// `changes`: what other processes' commits did since, in order (see
+    /// [`changes`](super::others::changes)). Nights not held stay unheld (a
+    /// read finds them as they are now). False when a count would go below
+    /// zero: the rows were not what the changes started from, and must be
+    /// forgotten.
     pub fn catch_up(&mut self, changes: &[Change]) -> bool {
         for change in changes {
             match change {
