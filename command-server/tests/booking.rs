@@ -308,52 +308,12 @@ async fn check_in_and_check_out_follow_the_rules() {
     db.cleanup().await;
 }
 
+/// Forty wait for two nights (more than a page of the waiting list), then
+/// one for the second night only; the second night frees up: the one that
+/// fits is found behind the forty that do not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancellation_promotes_past_a_long_waiting_list_that_does_not_fit() {
-    let db = TestDb::create().await;
-    let server = TestServer::start(&db).await;
-    let mut client = server.commands().await;
-    register_hotel(&mut client, "h4", "Evora").await;
-    add_room_type(&mut client, "h4", "SGL", 1).await;
-    // Night 1 and night 2 are each taken.
-    client
-        .book_room(booking("h4", "SGL", 1, 2, "first-night"))
-        .await
-        .expect("book");
-    let second_night = client
-        .book_room(booking("h4", "SGL", 2, 3, "second-night"))
-        .await
-        .expect("book")
-        .into_inner();
-    // Forty wait for both nights (more than a page of the waiting list),
-    // then one waits for night 2 only.
-    for i in 0..40 {
-        let waiting = client
-            .book_room(booking("h4", "SGL", 1, 3, &format!("both-{i}")))
-            .await
-            .expect("book")
-            .into_inner();
-        assert_eq!(waiting.status, ReservationStatus::Waitlisted as i32);
-    }
-    let last = client
-        .book_room(booking("h4", "SGL", 2, 3, "last"))
-        .await
-        .expect("book")
-        .into_inner();
-    assert_eq!(last.status, ReservationStatus::Waitlisted as i32);
-
-    // Night 2 frees up; night 1 stays full, so only the last one fits.
-    let cancelled = cancel(&mut client, &second_night.reservation_id).await;
-    assert_eq!(
-        cancelled.promoted_reservation_ids,
-        std::slice::from_ref(&last.reservation_id),
-        "the one that fits is found behind the forty that do not"
-    );
-    assert_no_overbooking(&db).await;
-    assert_waitlist_settled(&db).await;
-    assert_reservations_match_events(&db).await;
-    server.stop().await;
-    db.cleanup().await;
+    promotes_the_one_that_fits_behind("h4", "Evora", 40).await;
 }
 
 /// More waiters overlap the freed room than a cancellation reads at once
@@ -361,26 +321,34 @@ async fn a_cancellation_promotes_past_a_long_waiting_list_that_does_not_fit() {
 /// and still finds the one that fits behind the 300 that do not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancellation_promotes_past_more_waiters_than_it_reads_at_once() {
+    promotes_the_one_that_fits_behind("h5", "Faro", 300).await;
+}
+
+/// Night 1 and night 2 of a one-room type are each taken; `waiters` wait
+/// for both nights, then one for night 2 alone. Night 2 frees up; night 1
+/// stays full, so only the last one fits, and it is promoted.
+async fn promotes_the_one_that_fits_behind(hotel_id: &'static str, city: &str, waiters: usize) {
     let db = TestDb::create().await;
     let server = TestServer::start(&db).await;
     let mut client = server.commands().await;
-    register_hotel(&mut client, "h5", "Faro").await;
-    add_room_type(&mut client, "h5", "SGL", 1).await;
+    register_hotel(&mut client, hotel_id, city).await;
+    add_room_type(&mut client, hotel_id, "SGL", 1).await;
     client
-        .book_room(booking("h5", "SGL", 1, 2, "first-night"))
+        .book_room(booking(hotel_id, "SGL", 1, 2, "first-night"))
         .await
         .expect("book");
     let second_night = client
-        .book_room(booking("h5", "SGL", 2, 3, "second-night"))
+        .book_room(booking(hotel_id, "SGL", 2, 3, "second-night"))
         .await
         .expect("book")
         .into_inner();
-    for chunk in 0..10 {
-        let waiting = (0..30).map(|i| {
+    // In rounds of 30 at once: the writer batches them.
+    for first in (0..waiters).step_by(30) {
+        let waiting = (first..(first + 30).min(waiters)).map(|i| {
             let mut client = client.clone();
             async move {
                 client
-                    .book_room(booking("h5", "SGL", 1, 3, &format!("both-{chunk}-{i}")))
+                    .book_room(booking(hotel_id, "SGL", 1, 3, &format!("both-{i}")))
                     .await
                     .expect("book")
                     .into_inner()
@@ -391,7 +359,7 @@ async fn a_cancellation_promotes_past_more_waiters_than_it_reads_at_once() {
         }
     }
     let last = client
-        .book_room(booking("h5", "SGL", 2, 3, "last"))
+        .book_room(booking(hotel_id, "SGL", 2, 3, "last"))
         .await
         .expect("book")
         .into_inner();
@@ -401,7 +369,7 @@ async fn a_cancellation_promotes_past_more_waiters_than_it_reads_at_once() {
     assert_eq!(
         cancelled.promoted_reservation_ids,
         std::slice::from_ref(&last.reservation_id),
-        "the one that fits is found behind the 300 that do not"
+        "the one that fits is found behind the {waiters} that do not"
     );
     assert_no_overbooking(&db).await;
     assert_waitlist_settled(&db).await;

@@ -51,19 +51,6 @@ impl ReservationStatus {
         }
     }
 
-    /// The status of a `hotel.v1.ReservationStatus` value; `None` for
-    /// UNSPECIFIED and values this version does not know.
-    pub fn from_pb_code(code: i32) -> Option<Self> {
-        Some(match pb::ReservationStatus::try_from(code).ok()? {
-            pb::ReservationStatus::Confirmed => Self::Confirmed,
-            pb::ReservationStatus::Waitlisted => Self::Waitlisted,
-            pb::ReservationStatus::Cancelled => Self::Cancelled,
-            pb::ReservationStatus::CheckedIn => Self::CheckedIn,
-            pb::ReservationStatus::CheckedOut => Self::CheckedOut,
-            _ => return None,
-        })
-    }
-
     /// Whether the reservation holds a room on each of its nights.
     pub fn holds_rooms(self) -> bool {
         matches!(self, Self::Confirmed | Self::CheckedIn)

@@ -15,7 +15,7 @@ use prost::Message;
 use sqlx::{Row, mysql::MySqlRow};
 
 use super::{script::Script, working_set::RoomKey};
-use crate::domain::{ReservationStatus, Stay};
+use crate::domain::Stay;
 
 /// What one event of another process did to the rows a writer carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,9 +114,11 @@ pub fn change(event: &pb::Event) -> Option<Change> {
             -1,
         ),
         Kind::ReservationCancelled(e) => {
-            let (booked, waiting) = match ReservationStatus::from_pb_code(e.previous_status)? {
-                status if status.holds_rooms() => (-1, 0),
-                ReservationStatus::Waitlisted => (0, -1),
+            // What it held: the rooms of a confirmed (or checked-in) stay,
+            // or a place on the waiting list.
+            let (booked, waiting) = match e.previous_status() {
+                pb::ReservationStatus::Confirmed | pb::ReservationStatus::CheckedIn => (-1, 0),
+                pb::ReservationStatus::Waitlisted => (0, -1),
                 _ => return None,
             };
             nights(
