@@ -7,6 +7,8 @@
 //! - [`validate`]: parsing and checking of request fields, collecting every
 //!   problem into one `INVALID_ARGUMENT` with `google.rpc.BadRequest` details.
 //! - [`dates`]: the calendar-date format of the API (`YYYY-MM-DD`).
+//! - [`nights`]: what each event does to the night counts, for everything
+//!   that follows the log.
 //! - [`allocator`]: how long mimalloc keeps freed memory.
 //! - [`server`]: health, reflection, metrics and shutdown plumbing for tonic.
 //! - [`process_metrics`]: the standard `process_*` metrics, from `/proc`.
@@ -24,6 +26,7 @@ pub mod allocator;
 pub mod auth;
 pub mod dates;
 pub mod limits;
+pub mod nights;
 pub mod process_metrics;
 pub mod server;
 pub mod telemetry;

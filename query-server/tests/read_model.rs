@@ -290,6 +290,50 @@ fn promotion_cancellation_check_in_and_out() {
     assert_eq!(f.reservation(&first.reservation_id).version, 2);
 }
 
+/// The night counts follow `hotel_common::nights`, the one definition the
+/// command server's writer also follows: a cancellation frees what its
+/// previous status held (a checked-in stay's rooms too), and one whose
+/// previous status held nothing is not counted as zero but stops the read
+/// model before it.
+#[test]
+fn a_cancellation_frees_what_its_previous_status_held_or_stops_the_read_model() {
+    let mut f = fixture();
+    f.hotel_with_rooms(2);
+    let stay = Stay::new("h1", "DBL", "ana", "2030-06-01", "2030-06-03");
+    let batch = [f.events.confirmed(&stay), f.events.checked_in(&stay)];
+    f.apply(&batch);
+    assert_eq!(f.night("h1", "DBL", "2030-06-01"), (1, 0));
+    let cancelled = f.events.cancelled(&stay, S::CheckedIn);
+    f.apply(&[cancelled]);
+    assert_eq!(f.status(&stay.reservation_id), S::Cancelled);
+    assert_eq!(f.night("h1", "DBL", "2030-06-01"), (0, 0));
+    assert_eq!(f.night("h1", "DBL", "2030-06-02"), (0, 0));
+
+    let other = Stay::new("h1", "DBL", "bo", "2030-06-01", "2030-06-02");
+    let booked = f.events.confirmed(&other);
+    let position = f.apply(&[booked]);
+    let odd = f.events.cancelled(&other, S::CheckedOut);
+    let error = f
+        .writer
+        .apply_batch(&[odd])
+        .expect_err("a cancellation of a checked-out stay");
+    match &error {
+        ApplyError::Unapplicable {
+            position: at,
+            checkpoint,
+            message,
+            ..
+        } => {
+            assert_eq!((*at, *checkpoint), (position + 1, position));
+            assert!(message.contains("previous status"), "{message}");
+        }
+        other => panic!("expected Unapplicable, got {other}"),
+    }
+    assert_eq!(f.checkpoint(), position);
+    assert_eq!(f.status(&other.reservation_id), S::Confirmed);
+    assert_eq!(f.night("h1", "DBL", "2030-06-01"), (1, 0));
+}
+
 #[test]
 fn replies_show_the_versions_of_their_aggregates() {
     let mut f = fixture();

@@ -10,7 +10,11 @@
 //! again when needed). The events are the whole truth of what changed: every
 //! change to the write model is an event, committed under the same lock.
 
-use hotel_common::{dates, pb};
+use hotel_common::{
+    dates,
+    nights::{NightEffect, night_effect},
+    pb,
+};
 use prost::Message;
 use sqlx::{Row, mysql::MySqlRow};
 
@@ -69,66 +73,22 @@ pub fn changes(rows: &[MySqlRow], after: i64, head: i64) -> Option<Vec<Change>> 
 }
 
 /// What `event` did to the rows a writer carries; `None` for an event this
-/// version does not know (the carried rows are then forgotten).
+/// version cannot read (the carried rows are then forgotten).
 pub fn change(event: &pb::Event) -> Option<Change> {
-    use pb::event::Kind;
-    let nights = |hotel_id: &str, code: &str, check_in: &str, check_out: &str, booked, waiting| {
-        Some(Change::Nights {
-            key: (hotel_id.to_owned(), code.to_owned()),
+    Some(match night_effect(event).ok()? {
+        NightEffect::Stay(counts) => Change::Nights {
+            key: (counts.hotel_id.to_owned(), counts.room_type_code.to_owned()),
             stay: Stay {
-                check_in: dates::parse(check_in)?,
-                check_out: dates::parse(check_out)?,
+                check_in: dates::parse(counts.check_in)?,
+                check_out: dates::parse(counts.check_out)?,
             },
-            booked,
-            waiting,
-        })
-    };
-    let booking = |booking: &Option<pb::Booking>, booked, waiting| {
-        let b = booking.as_ref()?;
-        nights(
-            &b.hotel_id,
-            &b.room_type_code,
-            &b.check_in,
-            &b.check_out,
-            booked,
-            waiting,
-        )
-    };
-    match event.kind.as_ref()? {
-        Kind::HotelRegistered(_) | Kind::GuestCheckedIn(_) | Kind::GuestCheckedOut(_) => {
-            Some(Change::Nothing)
-        }
-        Kind::RoomTypeAdded(e) => Some(Change::RoomType((e.hotel_id.clone(), e.code.clone()))),
-        Kind::RoomInventoryChanged(e) => Some(Change::RoomType((
-            e.hotel_id.clone(),
-            e.room_type_code.clone(),
-        ))),
-        Kind::ReservationConfirmed(e) => booking(&e.booking, 1, 0),
-        Kind::ReservationWaitlisted(e) => booking(&e.booking, 0, 1),
-        Kind::ReservationPromoted(e) => nights(
-            &e.hotel_id,
-            &e.room_type_code,
-            &e.check_in,
-            &e.check_out,
-            1,
-            -1,
-        ),
-        Kind::ReservationCancelled(e) => {
-            // What it held: the rooms of a confirmed (or checked-in) stay,
-            // or a place on the waiting list.
-            let (booked, waiting) = match e.previous_status() {
-                pb::ReservationStatus::Confirmed | pb::ReservationStatus::CheckedIn => (-1, 0),
-                pb::ReservationStatus::Waitlisted => (0, -1),
-                _ => return None,
-            };
-            nights(
-                &e.hotel_id,
-                &e.room_type_code,
-                &e.check_in,
-                &e.check_out,
-                booked,
-                waiting,
-            )
-        }
-    }
+            booked: counts.booked,
+            waiting: counts.waiting,
+        },
+        NightEffect::RoomType {
+            hotel_id,
+            room_type_code,
+        } => Change::RoomType((hotel_id.to_owned(), room_type_code.to_owned())),
+        NightEffect::Unchanged => Change::Nothing,
+    })
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use hotel_common::{
     dates,
+    nights::{NightEffect, night_effect},
     pb::{self, event::Kind},
 };
 use rusqlite::{Transaction, params};
@@ -213,7 +214,11 @@ pub fn apply_event<'e>(
     nights: &mut NightDeltas<'e>,
 ) -> Result<(), ApplyError> {
     let position = envelope.position;
-    let Some(kind) = envelope.event.as_ref().and_then(|e| e.kind.as_ref()) else {
+    let Some((event, kind)) = envelope
+        .event
+        .as_ref()
+        .and_then(|e| Some((e, e.kind.as_ref()?)))
+    else {
         // A kind this binary does not know (a newer command server): never
         // skipped, the read model stops before it (ADR 0009).
         return Err(ApplyError::UnknownKind {
@@ -274,14 +279,12 @@ pub fn apply_event<'e>(
             envelope,
             e.booking.as_ref(),
             pb::ReservationStatus::Confirmed,
-            nights,
         )?,
         Kind::ReservationWaitlisted(e) => book(
             tx,
             envelope,
             e.booking.as_ref(),
             pb::ReservationStatus::Waitlisted,
-            nights,
         )?,
         Kind::ReservationPromoted(e) => {
             set_status(
@@ -290,8 +293,6 @@ pub fn apply_event<'e>(
                 pb::ReservationStatus::Confirmed,
                 envelope,
             )?;
-            let stay = Stay::parse(position, &e.check_in, &e.check_out)?;
-            nights.add(tx, (&e.hotel_id, &e.room_type_code), stay, (1, -1))?;
         }
         Kind::ReservationCancelled(e) => {
             set_status(
@@ -300,20 +301,6 @@ pub fn apply_event<'e>(
                 pb::ReservationStatus::Cancelled,
                 envelope,
             )?;
-            let (booked, waiting) = match e.previous_status() {
-                pb::ReservationStatus::Confirmed => (-1, 0),
-                pb::ReservationStatus::Waitlisted => (0, -1),
-                _ => (0, 0),
-            };
-            if (booked, waiting) != (0, 0) {
-                let stay = Stay::parse(position, &e.check_in, &e.check_out)?;
-                nights.add(
-                    tx,
-                    (&e.hotel_id, &e.room_type_code),
-                    stay,
-                    (booked, waiting),
-                )?;
-            }
         }
         Kind::GuestCheckedIn(e) => {
             set_status(
@@ -332,7 +319,23 @@ pub fn apply_event<'e>(
             )?;
         }
     }
-    Ok(())
+    // The night counts, as everything that follows the log counts them.
+    match night_effect(event) {
+        Ok(NightEffect::Stay(counts)) => {
+            let stay = Stay::parse(position, counts.check_in, counts.check_out)?;
+            nights.add(
+                tx,
+                (counts.hotel_id, counts.room_type_code),
+                stay,
+                (i64::from(counts.booked), i64::from(counts.waiting)),
+            )
+        }
+        Ok(NightEffect::RoomType { .. } | NightEffect::Unchanged) => Ok(()),
+        Err(reason) => Err(ApplyError::Malformed {
+            position,
+            reason: reason.into(),
+        }),
+    }
 }
 
 /// The key `SearchAvailability` matches a city by.
@@ -360,14 +363,13 @@ fn refresh_search_entries(tx: &Transaction<'_>, hotel_id: &str) -> Result<(), Ap
     Ok(())
 }
 
-/// A new reservation of `status` (confirmed or waitlisted): its row, and
-/// one more booked or waiting on each night of its stay.
-fn book<'e>(
+/// A new reservation of `status` (confirmed or waitlisted): its row (its
+/// nights are counted with every event's, by [`apply_event`]).
+fn book(
     tx: &Transaction<'_>,
     envelope: &pb::EventEnvelope,
-    booking: Option<&'e pb::Booking>,
+    booking: Option<&pb::Booking>,
     status: pb::ReservationStatus,
-    nights: &mut NightDeltas<'e>,
 ) -> Result<(), ApplyError> {
     let position = envelope.position;
     let booking = booking.ok_or_else(|| ApplyError::Malformed {
@@ -375,17 +377,7 @@ fn book<'e>(
         reason: "the booking is missing".into(),
     })?;
     let stay = Stay::parse(position, &booking.check_in, &booking.check_out)?;
-    insert_reservation(tx, envelope, booking, stay, status)?;
-    let counts = match status {
-        pb::ReservationStatus::Waitlisted => (0, 1),
-        _ => (1, 0),
-    };
-    nights.add(
-        tx,
-        (&booking.hotel_id, &booking.room_type_code),
-        stay,
-        counts,
-    )
+    insert_reservation(tx, envelope, booking, stay, status)
 }
 
 /// The nights `[check_in, check_out)` of a stay, checked.

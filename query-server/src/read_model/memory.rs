@@ -29,6 +29,7 @@ use std::{
 };
 
 use hotel_common::{
+    nights::{NightEffect, night_effect},
     pb::{self, event::Kind},
     wire,
 };
@@ -459,39 +460,27 @@ struct Touched {
 fn touched(events: &[pb::EventEnvelope]) -> HashMap<&str, Touched> {
     let mut touched: HashMap<&str, Touched> = HashMap::new();
     for envelope in events {
-        let stay = match envelope.event.as_ref().and_then(|e| e.kind.as_ref()) {
-            Some(Kind::ReservationConfirmed(e)) => e.booking.as_ref().map(|b| {
-                (
-                    b.hotel_id.as_str(),
-                    &b.room_type_code,
-                    &b.check_in,
-                    &b.check_out,
-                )
-            }),
-            Some(Kind::ReservationWaitlisted(e)) => e.booking.as_ref().map(|b| {
-                (
-                    b.hotel_id.as_str(),
-                    &b.room_type_code,
-                    &b.check_in,
-                    &b.check_out,
-                )
-            }),
-            Some(Kind::ReservationPromoted(e)) => Some((
-                e.hotel_id.as_str(),
-                &e.room_type_code,
-                &e.check_in,
-                &e.check_out,
-            )),
-            Some(Kind::ReservationCancelled(e)) => Some((
-                e.hotel_id.as_str(),
-                &e.room_type_code,
-                &e.check_in,
-                &e.check_out,
-            )),
-            // A check-in or check-out changes no night count.
-            Some(Kind::GuestCheckedIn(_) | Kind::GuestCheckedOut(_)) => continue,
-            // Hotels, room types, inventory, and anything unknown.
-            _ => None,
+        let stay = match envelope.event.as_ref() {
+            // A check-in or check-out changes nothing held here.
+            Some(event)
+                if matches!(
+                    event.kind,
+                    Some(Kind::GuestCheckedIn(_) | Kind::GuestCheckedOut(_))
+                ) =>
+            {
+                continue;
+            }
+            Some(event) => match night_effect(event) {
+                Ok(NightEffect::Stay(counts)) => Some((
+                    counts.hotel_id,
+                    counts.room_type_code,
+                    counts.check_in,
+                    counts.check_out,
+                )),
+                // Hotels, room types, inventory, and anything unknown.
+                _ => None,
+            },
+            None => None,
         };
         let range = stay.and_then(|(hotel_id, code, check_in, check_out)| {
             Some((hotel_id, code, night_day(check_in)?, night_day(check_out)?))
@@ -499,7 +488,7 @@ fn touched(events: &[pb::EventEnvelope]) -> HashMap<&str, Touched> {
         match range {
             Some((hotel_id, code, from, to)) => {
                 let entry = touched.entry(hotel_id).or_default();
-                let range = entry.nights.entry(code.clone()).or_insert((from, to));
+                let range = entry.nights.entry(code.to_owned()).or_insert((from, to));
                 range.0 = range.0.min(from);
                 range.1 = range.1.max(to);
             }
