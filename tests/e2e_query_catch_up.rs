@@ -5,7 +5,6 @@
 mod support;
 
 use std::{
-    collections::BTreeMap,
     sync::{
         Arc,
         atomic::{AtomicI64, Ordering},
@@ -141,102 +140,6 @@ async fn write_until(mut client: CommandServiceClient<Channel>, task: usize, hea
     }
 }
 
-/// What MySQL holds: reservation id to (hotel, room type, check-in,
-/// check-out, guest, status).
-type Reservations = BTreeMap<String, (String, String, String, String, String, String)>;
-/// Per (hotel, room type, night): (booked, waiting).
-type Nights = BTreeMap<(String, String, String), (i32, i32)>;
-
-async fn write_model(db: &TestDb) -> (Reservations, Nights, BTreeMap<(String, String), i32>) {
-    let rows: Vec<(String, String, String, String, String, String, String)> = sqlx::query_as(
-        "SELECT reservation_id, hotel_id, room_type_code, CAST(check_in AS CHAR), \
-         CAST(check_out AS CHAR), guest_id, status FROM reservations",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .expect("reservations");
-    let reservations = rows
-        .into_iter()
-        .map(|(id, h, c, i, o, g, s)| (id, (h, c, i, o, g, s)))
-        .collect();
-    let rows: Vec<(String, String, String, i32, i32)> = sqlx::query_as(
-        "SELECT hotel_id, code, CAST(night AS CHAR), booked, waiting FROM room_nights",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .expect("room nights");
-    let nights = rows
-        .into_iter()
-        .map(|(h, c, n, b, w)| ((h, c, n), (b, w)))
-        .collect();
-    let rows: Vec<(String, String, i32)> =
-        sqlx::query_as("SELECT hotel_id, code, inventory FROM room_types")
-            .fetch_all(&db.pool)
-            .await
-            .expect("room types");
-    let inventories = rows.into_iter().map(|(h, c, i)| ((h, c), i)).collect();
-    (reservations, nights, inventories)
-}
-
-fn status_name(status: i32) -> String {
-    use pb::ReservationStatus as S;
-    match S::try_from(status) {
-        Ok(S::Confirmed) => "CONFIRMED",
-        Ok(S::Waitlisted) => "WAITLISTED",
-        Ok(S::Cancelled) => "CANCELLED",
-        Ok(S::CheckedIn) => "CHECKED_IN",
-        Ok(S::CheckedOut) => "CHECKED_OUT",
-        _ => "UNSPECIFIED",
-    }
-    .to_owned()
-}
-
-/// Every reservation of every hotel, through ListReservations (all pages).
-async fn read_reservations(
-    queries: &mut pb::query_service_client::QueryServiceClient<Channel>,
-    head: i64,
-) -> Reservations {
-    let mut read = Reservations::new();
-    for index in 0..HOTELS {
-        let mut page_token = String::new();
-        loop {
-            let page = queries
-                .list_reservations(pb::ListReservationsRequest {
-                    hotel_id: hotel(index),
-                    page_size: 500,
-                    page_token: page_token.clone(),
-                    min_position: head,
-                    ..Default::default()
-                })
-                .await
-                .expect("list reservations")
-                .into_inner();
-            assert_eq!(page.as_of_position, head, "nothing is written any more");
-            for r in page.reservations {
-                let guest = r.guest.map(|g| g.guest_id).unwrap_or_default();
-                let value = (
-                    r.hotel_id,
-                    r.room_type_code,
-                    r.check_in,
-                    r.check_out,
-                    guest,
-                    status_name(r.status),
-                );
-                let id = r.reservation_id;
-                assert!(
-                    read.insert(id.clone(), value).is_none(),
-                    "{id} listed twice"
-                );
-            }
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
-    }
-    read
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_during_catch_up_loses_nothing_and_applies_nothing_twice() {
     let started = Instant::now();
@@ -334,91 +237,16 @@ async fn kill_9_during_catch_up_loses_nothing_and_applies_nothing_twice() {
     assert_eq!(status.lag_events, 0);
     let catch_up = caught_up_from.elapsed();
 
-    // The read model equals the write model.
-    let (reservations, nights, inventories) = write_model(&db).await;
-    let read = read_reservations(&mut queries, head).await;
-    assert_eq!(read.len(), reservations.len(), "as many reservations");
-    let wrong: Vec<_> = reservations
-        .iter()
-        .filter(|(id, stored)| read.get(*id) != Some(stored))
-        .map(|(id, stored)| format!("{id}: MySQL {stored:?}, read model {:?}", read.get(id)))
-        .take(10)
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "reservations differ:\n{}",
-        wrong.join("\n")
-    );
-
-    let (from, to): (String, String) = sqlx::query_as(
-        "SELECT CAST(MIN(night) AS CHAR), CAST(MAX(night) + INTERVAL 1 DAY AS CHAR) FROM room_nights",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .expect("night range");
-    let mut compared = 0;
-    let mut wrong = Vec::new();
-    for index in 0..HOTELS {
-        let availability = queries
-            .get_availability(pb::GetAvailabilityRequest {
-                hotel_id: hotel(index),
-                room_type_code: String::new(),
-                from_date: from.clone(),
-                to_date: to.clone(),
-                min_position: head,
-            })
-            .await
-            .expect("availability")
-            .into_inner();
-        assert_eq!(availability.as_of_position, head);
-        let codes: Vec<&str> = availability
-            .room_types
-            .iter()
-            .map(|t| t.room_type_code.as_str())
-            .collect();
-        let mut expected_codes = ROOM_TYPES.to_vec();
-        expected_codes.sort_unstable();
-        let mut sorted = codes.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, expected_codes, "room types of {}", hotel(index));
-        for room_type in &availability.room_types {
-            let key = (hotel(index), room_type.room_type_code.clone());
-            let inventory = inventories[&key];
-            for night in &room_type.nights {
-                let (booked, waiting) = nights
-                    .get(&(key.0.clone(), key.1.clone(), night.date.clone()))
-                    .copied()
-                    .unwrap_or((0, 0));
-                let expected = (inventory, booked, (inventory - booked).max(0), waiting);
-                let got = (night.inventory, night.booked, night.free, night.waiting);
-                if got != expected {
-                    wrong.push(format!(
-                        "{}/{} {}: MySQL (inventory, booked, free, waiting) {expected:?}, read model {got:?}",
-                        key.0, key.1, night.date
-                    ));
-                }
-                compared += 1;
-            }
-        }
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} nights differ, e.g.:\n{}",
-        wrong.len(),
-        wrong
-            .iter()
-            .take(10)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert!(compared >= nights.len(), "every stored night was compared");
+    // The read model equals the write model: every reservation and every
+    // night of every room type, read through the query API at the head.
+    let (reservations, compared) =
+        convergence::assert_read_model_matches(&db, &mut queries, head).await;
 
     eprintln!(
         "{head} events ({promoted} promotions, {} reservations) written in {written:?}; \
          kills (after ms, checkpoint) {kills:?}; final catch-up {catch_up:?}; \
          {compared} nights compared; total {:?}",
-        reservations.len(),
+        reservations,
         started.elapsed()
     );
     drop(server);
