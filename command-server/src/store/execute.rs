@@ -590,24 +590,21 @@ async fn check_in(
     cmd: &ValidCommand,
     reservation_id: &str,
 ) -> Result<Reply, CommandError> {
-    let stored = rows.reservation(conn, reservation_id).await?;
-    rules::check_check_in(stored.status, &stored.stay, batch.today)
-        .map_err(CommandError::Rejected)?;
-    let (hotel_id, room_type_code) = (stored.hotel_id.clone(), stored.code.clone());
-    let version = rows.set_status(reservation_id, ReservationStatus::CheckedIn)?;
-    let event = pb::GuestCheckedIn {
-        reservation_id: reservation_id.to_owned(),
-        hotel_id,
-        room_type_code,
-    };
-    let position = batch.emit(
-        cmd,
-        Aggregate::Reservation {
-            id: reservation_id,
-            version,
+    let today = batch.today;
+    let position = move_stay(
+        (conn, rows, batch, cmd),
+        reservation_id,
+        ReservationStatus::CheckedIn,
+        |stored| rules::check_check_in(stored.status, &stored.stay, today),
+        |reservation_id, hotel_id, room_type_code| {
+            pb::event::Kind::GuestCheckedIn(pb::GuestCheckedIn {
+                reservation_id,
+                hotel_id,
+                room_type_code,
+            })
         },
-        pb::event::Kind::GuestCheckedIn(event),
-    );
+    )
+    .await?;
     Ok(Reply::CheckIn(pb::CheckInResponse {
         position,
         replayed: false,
@@ -621,27 +618,53 @@ async fn check_out(
     cmd: &ValidCommand,
     reservation_id: &str,
 ) -> Result<Reply, CommandError> {
+    let position = move_stay(
+        (conn, rows, batch, cmd),
+        reservation_id,
+        ReservationStatus::CheckedOut,
+        |stored| rules::check_check_out(stored.status),
+        |reservation_id, hotel_id, room_type_code| {
+            pb::event::Kind::GuestCheckedOut(pb::GuestCheckedOut {
+                reservation_id,
+                hotel_id,
+                room_type_code,
+            })
+        },
+    )
+    .await?;
+    Ok(Reply::CheckOut(pb::CheckOutResponse {
+        position,
+        replayed: false,
+    }))
+}
+
+/// A check-in or check-out: moves the reservation to `status` once `rule`
+/// allows it (else `Rejected`, nothing changed), and emits the event `kind`
+/// makes of its id, hotel and room type. Returns the event's position.
+async fn move_stay(
+    (conn, rows, batch, cmd): (
+        &mut MySqlConnection,
+        &mut WorkingSet,
+        &mut Batch,
+        &ValidCommand,
+    ),
+    reservation_id: &str,
+    status: ReservationStatus,
+    rule: impl FnOnce(&Reservation) -> Result<(), String>,
+    kind: impl FnOnce(String, String, String) -> pb::event::Kind,
+) -> Result<i64, CommandError> {
     let stored = rows.reservation(conn, reservation_id).await?;
-    rules::check_check_out(stored.status).map_err(CommandError::Rejected)?;
+    rule(stored).map_err(CommandError::Rejected)?;
     let (hotel_id, room_type_code) = (stored.hotel_id.clone(), stored.code.clone());
-    let version = rows.set_status(reservation_id, ReservationStatus::CheckedOut)?;
-    let event = pb::GuestCheckedOut {
-        reservation_id: reservation_id.to_owned(),
-        hotel_id,
-        room_type_code,
-    };
-    let position = batch.emit(
+    let version = rows.set_status(reservation_id, status)?;
+    Ok(batch.emit(
         cmd,
         Aggregate::Reservation {
             id: reservation_id,
             version,
         },
-        pb::event::Kind::GuestCheckedOut(event),
-    );
-    Ok(Reply::CheckOut(pb::CheckOutResponse {
-        position,
-        replayed: false,
-    }))
+        kind(reservation_id.to_owned(), hotel_id, room_type_code),
+    ))
 }
 
 /// What a promotion round did.
